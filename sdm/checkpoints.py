@@ -1,0 +1,161 @@
+"""Checkpoint folders: ``model.safetensors`` + ``config.json`` + ``card.json`` (+ a README.md model card).
+
+No pickle anywhere: weights are safetensors, configs and cards are JSON.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import DiffusionConfig, ModelConfig, load_config, save_config
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+CARD = "card.json"
+REQUIRED = (WEIGHTS, CONFIG, CARD)
+MAX_FILE_BYTES = 10 * 1024 * 1024
+
+
+def checkpoints_dir() -> Path:
+    """The folder of shipped checkpoints: $SDM_CHECKPOINTS, else ``checkpoints/`` beside the package."""
+    env = os.environ.get("SDM_CHECKPOINTS")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def list_checkpoints(root: str | Path | None = None) -> list[str]:
+    """Names of the model folders under ``root`` (default: ``checkpoints_dir()``), sorted."""
+    root = Path(root) if root is not None else checkpoints_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / CONFIG).is_file() and (p / WEIGHTS).exists())
+
+
+def resolve_checkpoint(name_or_path: str | Path, root: str | Path | None = None) -> Path:
+    """A checkpoint name under ``root`` or a folder path -> the folder. Unknown names list the available ones."""
+    p = Path(name_or_path)
+    if p.is_dir() and (p / CONFIG).exists():
+        return p
+    root = Path(root) if root is not None else checkpoints_dir()
+    if (root / str(name_or_path)).is_dir():
+        return root / str(name_or_path)
+    available = list_checkpoints(root)
+    raise FileNotFoundError(
+        f"checkpoint {str(name_or_path)!r} not found in {root}; available: "
+        f"{', '.join(available) if available else '(none: train one with python -m sdm.train)'}")
+
+
+def save_checkpoint(folder: str | Path, model: torch.nn.Module, diffusion: DiffusionConfig, card: dict,
+                    state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a checkpoint folder.
+
+    Args:
+        folder: the target folder (created).
+        model: a SpikingUNet; its ``cfg`` goes into config.json.
+        diffusion: the forward process it was trained with.
+        card: the model card (JSON-serialisable); also rendered to README.md.
+        state_dict: weights to save instead of ``model.state_dict()`` (e.g. EMA weights).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = state_dict if state_dict is not None else model.state_dict()
+    sd = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
+    tmp = folder / (WEIGHTS + ".tmp")
+    save_file(sd, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, folder / WEIGHTS)
+    save_config(folder / CONFIG, model.cfg, diffusion)
+    write_card(folder, card)
+    size = (folder / WEIGHTS).stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ValueError(f"{folder / WEIGHTS} is {size / 1e6:.1f} MB, over the 10 MB limit for shipped files; "
+                         "use fewer channels")
+    return folder
+
+
+def write_card(folder: str | Path, card: dict) -> None:
+    folder = Path(folder)
+    (folder / CARD).write_text(json.dumps(card, indent=2, default=float) + "\n")
+    (folder / "README.md").write_text(render_card(card))
+
+
+def read_card(folder: str | Path) -> dict:
+    path = Path(folder) / CARD
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: model card is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu"):
+    """Load a checkpoint folder.
+
+    Returns:
+        (model in eval mode, DiffusionConfig, card dict)
+    Raises:
+        FileNotFoundError naming a missing file; ValueError naming a corrupted one and the problem.
+    """
+    from .unet import SpikingUNet
+
+    folder = Path(folder)
+    missing = [f for f in REQUIRED if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"checkpoint {folder} is incomplete: missing {', '.join(missing)} "
+                                f"(a checkpoint folder holds {', '.join(REQUIRED)})")
+    model_cfg, diffusion, _ = load_config(folder / CONFIG)
+    card = read_card(folder)
+    path = folder / WEIGHTS
+    try:
+        sd = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path}: corrupted or truncated safetensors file ({e}); "
+                         "restore it (git checkout) or retrain") from None
+    model = SpikingUNet(model_cfg).to(device)
+    own = model.state_dict()
+    missing_keys = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    if missing_keys or unexpected:
+        raise ValueError(f"{path}: weights do not match {folder / CONFIG}: missing {missing_keys[:5]}"
+                         f"{'...' if len(missing_keys) > 5 else ''}, unexpected {unexpected[:5]}"
+                         f"{'...' if len(unexpected) > 5 else ''}")
+    bad = [k for k in own if own[k].shape != sd[k].shape]
+    if bad:
+        raise ValueError(f"{path}: tensor shapes do not match the config for {bad[:5]}")
+    nonfinite = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if nonfinite:
+        raise ValueError(f"{path}: non-finite values in {nonfinite[:5]}; the file is corrupted")
+    model.load_state_dict(sd)
+    model.eval()
+    return model, diffusion, card
+
+
+def render_card(card: dict) -> str:
+    """A human-readable model card (README.md) from card.json."""
+    lines = [f"# {card.get('name', 'SDM checkpoint')}", ""]
+    if card.get("description"):
+        lines += [card["description"], ""]
+    for section in ("model", "training", "metrics"):
+        data = card.get(section)
+        if not data:
+            continue
+        lines += [f"## {section.capitalize()}", ""]
+        for k, v in data.items():
+            if isinstance(v, (dict, list)):
+                v = "`" + json.dumps(v, default=float) + "`"
+            lines.append(f"- **{k}**: {v}")
+        lines.append("")
+    for k, v in card.items():
+        if k in ("name", "description", "model", "training", "metrics"):
+            continue
+        if isinstance(v, str) and v.endswith(".png"):
+            lines += [f"![{k}]({v})", ""]
+        elif isinstance(v, str) and "\n" in v:
+            lines += [f"## {k}", "", v, ""]
+        else:
+            lines += [f"- **{k}**: {json.dumps(v, default=float)}"]
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,145 @@
+"""Configuration dataclasses that round-trip to JSON.
+
+A checkpoint folder stores ``config.json`` = ``{"model": ModelConfig, "diffusion": DiffusionConfig}``;
+nothing else is needed to rebuild the model (diffusers' ``register_to_config``, nanoGPT's ``model_args``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, asdict
+from pathlib import Path
+from typing import Any
+
+NEURONS = ("lif", "if", "ann", "qann")
+
+
+def _from_dict(cls, data: dict[str, Any], what: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{what}: unknown field(s) {unknown}; known fields: {sorted(names)}")
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the spiking UNet (and of its ANN counterpart).
+
+    Attributes:
+        image_channels: 1 for gray, 3 for RGB.
+        image_size: height = width of the images.
+        base_channels: channels after the first convolution.
+        channel_mult: channel multiplier per resolution level.
+        num_res_blocks: res blocks per level on the way down (the way up has one more).
+        time_embed_dim: width of the (float) time embedding MLP.
+        T: spiking time steps per denoiser call (ignored by ANN neurons).
+        neuron: "lif" | "if" | "ann" (SiLU) | "qann" (quantised clip-ReLU, for conversion).
+        tsm: temporal-wise spiking mechanism (paper Eq. 16) on/off.
+        beta: LIF leak factor (IF neurons use 1.0).
+        threshold: firing threshold before threshold guidance.
+        reset: "zero" (hard reset) or "subtract".
+        readout: "mean" over T, or "decay" = weights 0.8^(T-t) normalised (FSVAE readout).
+        bits: activation bits of the "qann" neuron (T of the converted SNN = 2^bits - 1).
+        dropout: dropout inside res blocks during training.
+    """
+
+    image_channels: int = 1
+    image_size: int = 28
+    base_channels: int = 16
+    channel_mult: tuple[int, ...] = (1, 2, 4)
+    num_res_blocks: int = 1
+    time_embed_dim: int = 64
+    T: int = 4
+    neuron: str = "lif"
+    tsm: bool = False
+    beta: float = 0.9
+    threshold: float = 1.0
+    reset: str = "zero"
+    readout: str = "mean"
+    bits: int = 2
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.neuron not in NEURONS:
+            raise ValueError(f"neuron must be one of {NEURONS}, got {self.neuron!r}")
+        if self.reset not in ("zero", "subtract"):
+            raise ValueError(f"reset must be 'zero' or 'subtract', got {self.reset!r}")
+        if self.readout not in ("mean", "decay"):
+            raise ValueError(f"readout must be 'mean' or 'decay', got {self.readout!r}")
+        if self.T < 1:
+            raise ValueError(f"T must be >= 1, got {self.T}")
+        if self.image_size % (2 ** (len(self.channel_mult) - 1)):
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by 2^(levels-1) = "
+                f"{2 ** (len(self.channel_mult) - 1)}; use fewer channel_mult entries or pad the images")
+
+    @property
+    def spiking(self) -> bool:
+        return self.neuron in ("lif", "if")
+
+    @property
+    def time_steps(self) -> int:
+        """Spiking time steps actually run (1 for an ANN)."""
+        return self.T if self.spiking else 1
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["channel_mult"] = list(self.channel_mult)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        return _from_dict(cls, data, "ModelConfig")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Forward process: ``num_train_timesteps`` steps of a linear (or cosine) beta schedule."""
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    beta_schedule: str = "linear"
+    clip_sample: bool = True
+
+    def __post_init__(self):
+        if self.beta_schedule not in ("linear", "cosine"):
+            raise ValueError(f"beta_schedule must be 'linear' or 'cosine', got {self.beta_schedule!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DiffusionConfig":
+        return _from_dict(cls, data, "DiffusionConfig")
+
+
+def save_config(path: str | Path, model: ModelConfig, diffusion: DiffusionConfig, extra: dict | None = None) -> None:
+    data = {"model": model.to_dict(), "diffusion": diffusion.to_dict()}
+    if extra:
+        data.update(extra)
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def load_config(path: str | Path) -> tuple[ModelConfig, DiffusionConfig, dict]:
+    """Read config.json. Returns (model config, diffusion config, the remaining keys)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: config file is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); restore the file from git") from None
+    if not isinstance(data, dict) or "model" not in data:
+        raise ValueError(f"{path}: expected an object with a 'model' key")
+    try:
+        model = ModelConfig.from_dict(data.pop("model"))
+        diffusion = DiffusionConfig.from_dict(data.pop("diffusion", {}))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
+    return model, diffusion, data

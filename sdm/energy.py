@@ -1,0 +1,167 @@
+"""Synaptic operations, MACs and an energy estimate (paper Eqs. 19-20, 45 nm figures).
+
+* A spiking layer's SOPs are counted from the real spikes of a denoiser call: every spike costs one
+  accumulate per synapse it drives (its fan-out), counted exactly at the borders and strides of the conv
+  it feeds: ``SOPs = sum over output positions of (spikes in the receptive field) * C_out``.
+* Analog layers cost MACs: the first conv (once per call: its input is constant over T), the time-embedding
+  MLP and its per-block projections, the 1x1 shortcut convs (T times), and the readout over T.
+* E = 0.9 pJ x SOPs + 4.6 pJ x MACs. The ANN counterpart costs 4.6 pJ x its MACs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, asdict
+from functools import lru_cache
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+PJ_PER_SOP = 0.9
+PJ_PER_MAC = 4.6
+
+
+@dataclass
+class LayerEnergy:
+    """One spiking layer, summed over every denoiser call measured (per image)."""
+
+    neurons: int = 0          # M, neurons of the layer per image
+    spikes: float = 0.0       # spikes per image
+    sops: float = 0.0         # synaptic operations per image
+    firing_rate: float = 0.0  # spikes / (neurons * T * calls)
+
+
+@dataclass
+class EnergyReport:
+    """Energy of generating one image.
+
+    Attributes:
+        calls: denoiser calls per image (the number of inference steps).
+        total_sops: SOPs per image over all calls.
+        snn_macs: the SNN's analog MACs per image over all calls.
+        ann_macs: the ANN counterpart's MACs per image over the same number of calls.
+        snn_energy_mj, ann_energy_mj: estimated energy per image in millijoules.
+        per_layer: {layer name: LayerEnergy}.
+    """
+
+    calls: int
+    total_sops: float
+    snn_macs: float
+    ann_macs: float
+    snn_energy_mj: float
+    ann_energy_mj: float
+    per_layer: dict[str, LayerEnergy] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        """SNN energy / ANN energy."""
+        return self.snn_energy_mj / self.ann_energy_mj if self.ann_energy_mj else float("nan")
+
+    @property
+    def mean_firing_rate(self) -> float:
+        tot = sum(l.neurons for l in self.per_layer.values())
+        return sum(l.firing_rate * l.neurons for l in self.per_layer.values()) / tot if tot else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ratio"] = self.ratio
+        d["mean_firing_rate"] = self.mean_firing_rate
+        return d
+
+
+def conv_sops(conv: nn.Conv2d, conv_input: torch.Tensor) -> torch.Tensor:
+    """Exact synaptic operations of binary ``conv_input [N, C_in, H, W]`` through ``conv`` (a scalar tensor)."""
+    ones = torch.ones(1, conv.in_channels // conv.groups, *conv.kernel_size, dtype=torch.float32, device=conv_input.device)
+    if conv.groups != 1:
+        raise NotImplementedError("grouped convolutions are not counted")
+    per_pos = F.conv2d(conv_input.float(), ones, stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
+    return per_pos.sum() * conv.out_channels
+
+
+class EnergyMeter:
+    """Monitor that counts spikes and SOPs per layer over any number of denoiser calls."""
+
+    def __init__(self):
+        self.calls = 0
+        self.images = 0
+        self._spikes: dict[str, float] = {}
+        self._sops: dict[str, float] = {}
+        self._neurons: dict[str, int] = {}
+        self._steps: dict[str, int] = {}   # neuron-time-steps seen: T * B per call
+
+    def start_call(self, batch: int) -> None:
+        self.calls += 1
+        self.images = batch
+
+    def on_spikes(self, layer, spikes: torch.Tensor, v, threshold) -> None:
+        T, B = spikes.shape[:2]
+        n = layer.name
+        self._spikes[n] = self._spikes.get(n, 0.0) + float(spikes.sum())
+        self._neurons[n] = int(spikes[0, 0].numel())
+        self._steps[n] = self._steps.get(n, 0) + T * B
+
+    def on_synapses(self, layer, conv, conv_input) -> None:
+        n = layer.name
+        self._sops[n] = self._sops.get(n, 0.0) + float(conv_sops(conv, conv_input))
+
+    def report(self, cfg: ModelConfig) -> EnergyReport:
+        """Per-image figures for the calls measured so far (``images`` per call)."""
+        if self.calls == 0 or self.images == 0:
+            raise ValueError("EnergyMeter.report(): no denoiser call was measured")
+        per_image = 1.0 / self.images
+        per_layer = {
+            n: LayerEnergy(neurons=self._neurons[n], spikes=self._spikes[n] * per_image,
+                           sops=self._sops.get(n, 0.0) * per_image,
+                           firing_rate=self._spikes[n] / (self._neurons[n] * self._steps[n]))
+            for n in self._spikes
+        }
+        total_sops = sum(l.sops for l in per_layer.values())
+        snn_macs = analog_macs(cfg) * self.calls
+        ann_macs = ann_macs_per_call(cfg) * self.calls
+        return EnergyReport(
+            calls=self.calls, total_sops=total_sops, snn_macs=snn_macs, ann_macs=ann_macs,
+            snn_energy_mj=(PJ_PER_SOP * total_sops + PJ_PER_MAC * snn_macs) * 1e-9,
+            ann_energy_mj=PJ_PER_MAC * ann_macs * 1e-9, per_layer=per_layer)
+
+
+def _count_macs(cfg: ModelConfig, skip_spike_convs: bool) -> int:
+    """MACs of one denoiser call at batch 1, from forward hooks on a throw-away model of this config."""
+    from .unet import SpikingUNet, SpikeConv  # local import: unet imports nothing from here
+    model = SpikingUNet(cfg).eval()
+    skip = set()
+    if skip_spike_convs:
+        skip = {id(m.conv) for m in model.modules() if isinstance(m, SpikeConv)}
+    total = [0]
+
+    def hook(mod, inp, out):
+        if id(mod) in skip:
+            return
+        if isinstance(mod, nn.Conv2d):
+            k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
+            total[0] += out.numel() * k
+        elif isinstance(mod, nn.Linear):
+            total[0] += out.numel() * mod.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    x = torch.zeros(1, cfg.image_channels, cfg.image_size, cfg.image_size)
+    with torch.no_grad():
+        model(x, torch.zeros(1, dtype=torch.long))
+    for h in handles:
+        h.remove()
+    if skip_spike_convs and cfg.time_steps > 1:
+        # readout: a weighted sum over T of the output layer's spikes
+        total[0] += cfg.time_steps * cfg.base_channels * cfg.channel_mult[0] * cfg.image_size ** 2
+    return total[0]
+
+
+@lru_cache(maxsize=64)
+def analog_macs(cfg: ModelConfig) -> int:
+    """The SNN's MACs per denoiser call and image: first conv, time embedding, shortcuts, readout."""
+    return _count_macs(cfg, skip_spike_convs=cfg.spiking)
+
+
+@lru_cache(maxsize=64)
+def ann_macs_per_call(cfg: ModelConfig) -> int:
+    """MACs per call and image of the ANN counterpart of ``cfg`` (same convolutions, SiLU, T = 1)."""
+    return _count_macs(cfg.replace(neuron="ann", tsm=False), skip_spike_convs=False)

@@ -1,0 +1,353 @@
+"""Train a spiking (or ANN) denoiser with the DDPM loss.
+
+    python -m sdm.train --data fmnist --out checkpoints/fmnist-sdm-t4-vanilla --steps 20000 --bf16
+    python -m sdm.train --init-from checkpoints/fmnist-sdm-t4-vanilla --tsm --out checkpoints/fmnist-sdm-t4 --steps 2000
+    torchrun --nproc_per_node 4 -m sdm.train --data fmnist --out runs/big --base-channels 64   # DDP, CUDA if present
+
+The output folder is a checkpoint (EMA weights + config + card) rewritten every --save-every steps, plus
+``train_state/`` (raw weights, optimizer, step; not meant for git) from which ``--resume`` continues. Resuming a
+folder without train_state/ (e.g. committed weights only) restarts the optimizer from those weights.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from .checkpoints import load_checkpoint, resolve_checkpoint, save_checkpoint, read_card
+from .config import DiffusionConfig, ModelConfig
+from .data import load_dataset
+from .scheduling_ddpm import DDPMScheduler
+from .unet import SpikingUNet, count_parameters
+
+MODEL_FLAGS = {
+    "image_channels": None, "image_size": None, "base_channels": int, "channel_mult": str, "num_res_blocks": int,
+    "time_embed_dim": int, "T": int, "neuron": str, "beta": float, "threshold": float, "reset": str,
+    "readout": str, "bits": int, "dropout": float,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sdm.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="JSON file with any of these options (flags given on the command line win)")
+    p.add_argument("--data", default="fmnist", help="fmnist | mnist | digits | a folder of PNG images")
+    p.add_argument("--data-dir", help="where the data set lies, if not in its default place")
+    p.add_argument("--out", required=False, help="checkpoint folder to write (required)")
+    p.add_argument("--name", help="checkpoint name for the card (default: the folder name)")
+    # model
+    p.add_argument("--base-channels", type=int, default=16)
+    p.add_argument("--channel-mult", default="1,2,4", help="comma-separated multipliers per level")
+    p.add_argument("--num-res-blocks", type=int, default=1)
+    p.add_argument("--time-embed-dim", type=int, default=64)
+    p.add_argument("--T", type=int, default=4, help="spiking time steps")
+    p.add_argument("--neuron", default="lif", choices=["lif", "if", "ann", "qann"])
+    p.add_argument("--beta", type=float, default=0.9)
+    p.add_argument("--threshold", type=float, default=1.0)
+    p.add_argument("--reset", default="zero", choices=["zero", "subtract"])
+    p.add_argument("--readout", default="mean", choices=["mean", "decay"])
+    p.add_argument("--bits", type=int, default=2, help="activation bits of --neuron qann")
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--tsm", action="store_true", help="enable TSM (with --init-from: the paper's TSM stage)")
+    p.add_argument("--init-from", help="start from this checkpoint's weights (name or folder)")
+    # optimisation
+    p.add_argument("--steps", type=int, default=10000, help="total optimizer steps (a resumed run continues to it)")
+    p.add_argument("--batch-size", type=int, default=64, help="per process")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--min-lr", type=float, default=1e-4, help="cosine decay floor")
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--hflip", action="store_true", help="random horizontal flips")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU or CUDA)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--resume", action="store_true", help="continue from --out's train_state/ (or its weights)")
+    p.add_argument("--max-minutes", type=float, default=0, help="stop (and save) after this wall time; 0 = no limit")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config:
+        try:
+            data = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            parser.error(f"--config {args.config}: {e}")
+        explicit = {a.split("=")[0].lstrip("-").replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
+                    if a.startswith("--")}
+        for k, v in data.items():
+            k = k.replace("-", "_")
+            if not hasattr(args, k):
+                parser.error(f"--config {args.config}: unknown option {k!r}")
+            if k not in explicit:
+                setattr(args, k, ",".join(map(str, v)) if isinstance(v, list) else v)
+    if not args.out:
+        parser.error("--out is required: the checkpoint folder to write, e.g. --out checkpoints/my-model")
+    return args
+
+
+def model_config_from_args(args, data) -> ModelConfig:
+    try:
+        mult = tuple(int(m) for m in str(args.channel_mult).split(","))
+    except ValueError:
+        raise SystemExit(f"--channel-mult must be comma-separated integers, got {args.channel_mult!r}")
+    return ModelConfig(image_channels=data.images.shape[1], image_size=data.images.shape[2],
+                       base_channels=args.base_channels, channel_mult=mult, num_res_blocks=args.num_res_blocks,
+                       time_embed_dim=args.time_embed_dim, T=args.T, neuron=args.neuron, tsm=args.tsm,
+                       beta=args.beta, threshold=args.threshold, reset=args.reset, readout=args.readout,
+                       bits=args.bits, dropout=args.dropout)
+
+
+def machine_description(device: torch.device, world: int) -> str:
+    if device.type == "cuda":
+        return f"{world}x {torch.cuda.get_device_name(device)}"
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, {world} process(es)"
+
+
+def lr_at(step: int, args) -> float:
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    progress = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
+    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def _flat_optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, meta = {}, {"param_groups": sd["param_groups"], "state": {}}
+    for pid, st in sd["state"].items():
+        meta["state"][str(pid)] = {}
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v.contiguous()
+            else:
+                meta["state"][str(pid)][k] = v
+    return tensors, meta
+
+
+def _load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state = {}
+    for pid, rest in meta["state"].items():
+        st = dict(rest)
+        for key, v in tensors.items():
+            p, k = key.split(".", 1)
+            if p == pid:
+                st[k] = v
+        state[int(pid)] = st
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_train_state(folder: Path, model, ema: dict, opt, step: int, wall: float, args) -> None:
+    st = folder / "train_state"
+    st.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(st / "model_raw.safetensors"))
+    tensors, meta = _flat_optimizer_state(opt)
+    save_file({k: v.cpu() for k, v in tensors.items()}, str(st / "optimizer.safetensors"))
+    (st / "state.json").write_text(json.dumps({"step": step, "wall_time_s": wall, "optimizer": meta,
+                                               "rng": torch.get_rng_state().tolist()}))
+
+
+class EMA:
+    def __init__(self, model, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model, step: int):
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def state_dict(self, like: dict) -> dict:
+        return {k: self.shadow[k].to(like[k].dtype) for k in like}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    command = "python -m sdm.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank, world = 0, 1
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if distributed:
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed + rank)
+
+    out = Path(args.out)
+    data = load_dataset(args.data, "train", args.data_dir)
+    diffusion = DiffusionConfig()
+    sched = DDPMScheduler(diffusion)
+
+    # ---- model: fresh, --init-from, or resumed
+    step, wall_before = 0, 0.0
+    init_note = None
+    if args.resume and (out / "config.json").exists():
+        model, diffusion, card = load_checkpoint(out, device)
+        cfg = model.cfg
+        ema_init = {k: v.clone() for k, v in model.state_dict().items()}
+        st = out / "train_state"
+        meta = None
+        if (st / "state.json").exists():
+            meta = json.loads((st / "state.json").read_text())
+            model.load_state_dict(load_file(str(st / "model_raw.safetensors"), device=str(device)))
+            step, wall_before = meta["step"], meta["wall_time_s"]
+        else:
+            tr = card.get("training", {})
+            step, wall_before = int(tr.get("steps", 0)), float(tr.get("wall_time_s", 0.0))
+            init_note = "resumed from committed EMA weights with a fresh optimizer"
+        history = card.get("training", {}).get("history", [])
+    else:
+        if args.init_from:
+            src = resolve_checkpoint(args.init_from)
+            model, diffusion, _ = load_checkpoint(src, device)
+            if args.tsm:
+                model.enable_tsm()
+            cfg = model.cfg
+            init_note = f"initialised from {src.name}" + (" then TSM enabled (p = 1)" if args.tsm else "")
+        else:
+            cfg = model_config_from_args(args, data)
+            model = SpikingUNet(cfg).to(device)
+        ema_init = None
+        meta = None
+        history = []
+    model.train()
+    if cfg.image_channels != data.images.shape[1] or cfg.image_size != data.images.shape[2]:
+        raise SystemExit(f"the model expects {cfg.image_channels}x{cfg.image_size}x{cfg.image_size} images, "
+                         f"the data set {args.data} has {tuple(data.images.shape[1:])}")
+    ema = EMA(model, args.ema_decay)
+    if ema_init is not None:
+        ema.shadow = {k: v.float().clone() for k, v in ema_init.items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    if meta is not None:
+        _load_optimizer_state(opt, load_file(str(out / "train_state" / "optimizer.safetensors")), meta["optimizer"])
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+
+    n_params = count_parameters(model)
+    log_path = out / "train_log.csv"
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        new_log = not log_path.exists() or not args.resume
+        log_file = open(log_path, "w" if new_log else "a", newline="")
+        log = csv.writer(log_file)
+        if new_log:
+            log.writerow(["step", "loss", "lr", "images_per_s", "wall_time_s"])
+        print(f"{cfg.neuron} UNet, {n_params / 1e6:.3f}M parameters, T={cfg.time_steps}, data {args.data} "
+              f"{tuple(data.images.shape)}, {machine_description(device, world)}, from step {step}"
+              + (f" ({init_note})" if init_note else ""), file=sys.stderr)
+
+    def save(final: bool):
+        if rank != 0:
+            return
+        wall = wall_before + (time.time() - t_start)
+        hist = history + [{"command": command, "from_step": start_step, "to_step": step,
+                           "wall_time_s": round(time.time() - t_start, 1), "machine": machine_description(device, world)}]
+        card = {
+            "name": args.name or out.name,
+            "model": {"dataset": args.data, "architecture": "spiking UNet (SDDPM pre-spike res blocks)" if cfg.spiking
+                      else "ANN UNet (same convolutions, SiLU)", "parameters": n_params, "neuron": cfg.neuron,
+                      "T": cfg.time_steps, "tsm": cfg.tsm, "image_size": cfg.image_size},
+            "training": {"command": command, "steps": step, "batch_size": args.batch_size * world,
+                         "wall_time_s": round(wall, 1), "machine": machine_description(device, world),
+                         "bf16": args.bf16, "lr": args.lr, "ema_decay": args.ema_decay,
+                         "final_loss_ema": round(loss_ema, 5) if loss_ema is not None else None,
+                         "init": init_note, "history": hist, "complete": final and step >= args.steps},
+        }
+        old = read_card(out) if (out / "card.json").exists() else {}
+        if old.get("metrics") and args.resume:
+            card["metrics_stale"] = old["metrics"]
+        save_checkpoint(out, model, diffusion, card, state_dict=ema.state_dict(model.state_dict()))
+        save_train_state(out, model, ema, opt, step, wall, args)
+
+    start_step = step
+    t_start = time.time()
+    loss_ema = None
+    gen = torch.Generator().manual_seed(args.seed * 1000 + rank + step)
+    N = len(data.images)
+    images = data.images
+    bar = None
+    if rank == 0 and not args.no_progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=args.steps, initial=step, desc="training", unit="step", dynamic_ncols=True)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    last_t, last_step = time.time(), step
+    stop = False
+    while step < args.steps and not stop:
+        idx = torch.randint(0, N, (args.batch_size,), generator=gen)
+        x0 = images[idx].to(device, non_blocking=True)
+        if args.hflip:
+            flip = torch.rand(x0.shape[0], generator=gen) < 0.5
+            x0 = torch.where(flip[:, None, None, None].to(device), x0.flip(-1), x0)
+        t = torch.randint(0, diffusion.num_train_timesteps, (x0.shape[0],), generator=gen).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        xt = sched.add_noise(x0, noise, t)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args)
+        with autocast:
+            pred = ddp_model(xt, t)
+        loss = F.mse_loss(pred.float(), noise)
+        if not torch.isfinite(loss):
+            raise SystemExit(f"loss became {loss.item()} at step {step}; lower --lr or check the data")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        opt.step()
+        ema.update(model, step)
+        step += 1
+        lv = loss.item()
+        loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
+        if rank == 0:
+            if step % args.log_every == 0 or step == args.steps:
+                now = time.time()
+                ips = (step - last_step) * args.batch_size * world / max(now - last_t, 1e-9)
+                last_t, last_step = now, step
+                log.writerow([step, f"{loss_ema:.5f}", f"{g['lr']:.2e}", f"{ips:.1f}",
+                              f"{wall_before + now - t_start:.1f}"])
+                log_file.flush()
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss_ema:.4f}", img_s=f"{ips:.0f}")
+            if bar is not None:
+                bar.update(1)
+        if args.max_minutes and time.time() - t_start > args.max_minutes * 60:
+            stop = True
+        if step % args.save_every == 0 and step < args.steps and not stop:
+            save(final=False)
+    save(final=True)
+    if rank == 0:
+        if bar is not None:
+            bar.close()
+        log_file.close()
+        print(f"saved {out} at step {step} (loss {loss_ema:.4f}, {time.time() - t_start:.0f} s this run)", file=sys.stderr)
+    if distributed:
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

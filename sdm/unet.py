@@ -1,0 +1,222 @@
+"""The spiking UNet (SDDPM / SDM) and its ANN counterpart, built from one ``ModelConfig``.
+
+Layout (paper: SDDPM, reused by SDM), all tensors of the residual stream are ``[T*B, C, H, W]``:
+
+* sinusoidal time embedding -> Linear -> SiLU -> Linear, in float, computed once per call;
+* direct encoding: the first (analog) conv sees x_t once; its output is repeated over T;
+* "pre-spike" res blocks: neuron -> conv -> BN -> + time embedding -> neuron -> conv -> BN, plus a shortcut,
+  summed in float; BatchNorm runs over the flattened ``[T*B]`` batch;
+* down-sampling: neuron -> stride-2 conv; up-sampling: neuron -> nearest x2 -> conv;
+* output: neuron -> conv, combined over T (mean, or 0.8^(T-t) weights). The conv is linear, so it is
+  applied once to the combined spikes: the same result as T convolutions, at 1/T of the cost.
+
+``neuron="ann"`` builds the same convolutions with SiLU in place of the neurons, and T = 1.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .neurons import (RunContext, SpikingNeuron, QuantClipReLU, AnalogActivation, make_activation,
+                      check_threshold_scale)
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding (DDPM). timesteps ``[B]`` -> ``[B, dim]``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
+    args = timesteps.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class SpikeConv(nn.Module):
+    """neuron -> [nearest x2] -> conv -> [BN]: one spiking layer and the synapses it drives."""
+
+    def __init__(self, cfg: ModelConfig, cin: int, cout: int, k: int = 3, stride: int = 1,
+                 upsample: bool = False, bn: bool = True):
+        super().__init__()
+        self.act = make_activation(cfg)
+        self.upsample = upsample
+        self.conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=not bn)
+        self.bn = nn.BatchNorm2d(cout) if bn else nn.Identity()
+
+    def spikes(self, h: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+        """``[T*B, C, H, W]`` currents -> spikes (or activations) of the same shape."""
+        s = self.act(h.view(ctx.T, ctx.batch, *h.shape[1:]), ctx.threshold_scale, ctx.monitor)
+        s = s.reshape(h.shape)
+        if self.upsample:
+            s = F.interpolate(s, scale_factor=2.0, mode="nearest")
+        if ctx.monitor is not None and isinstance(self.act, SpikingNeuron):
+            ctx.monitor.on_synapses(self.act, self.conv, s)
+        return s
+
+    def forward(self, h: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+        return self.bn(self.conv(self.spikes(h, ctx)))
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig, cin: int, cout: int):
+        super().__init__()
+        self.conv1 = SpikeConv(cfg, cin, cout)
+        self.temb = nn.Linear(cfg.time_embed_dim, cout)
+        self.conv2 = SpikeConv(cfg, cout, cout)
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+        h = self.conv1(x, ctx)
+        C, H, W = h.shape[1:]
+        # the time embedding is constant over T: project once, broadcast over the T copies
+        h = (h.view(ctx.T, ctx.batch, C, H, W) + self.temb(temb)[None, :, :, None, None]).view(-1, C, H, W)
+        h = self.conv2(self.dropout(h), ctx)
+        return h + self.shortcut(x)
+
+
+class SpikingUNet(nn.Module):
+    """Noise predictor eps_theta(x_t, t).
+
+    Args:
+        cfg: the architecture; ``cfg.neuron`` selects LIF / IF spiking neurons or the ANN counterpart.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        ch = cfg.base_channels
+        E = cfg.time_embed_dim
+        self.time_mlp = nn.Sequential(nn.Linear(ch, E), nn.SiLU(), nn.Linear(E, E))
+        self.conv_in = nn.Conv2d(cfg.image_channels, ch, 3, padding=1)
+
+        self.down = nn.ModuleList()
+        chans = [ch]
+        cur = ch
+        for i, mult in enumerate(cfg.channel_mult):
+            level = nn.Module()
+            level.blocks = nn.ModuleList()
+            for _ in range(cfg.num_res_blocks):
+                level.blocks.append(ResBlock(cfg, cur, ch * mult))
+                cur = ch * mult
+                chans.append(cur)
+            level.downsample = None
+            if i != len(cfg.channel_mult) - 1:
+                level.downsample = SpikeConv(cfg, cur, cur, stride=2)
+                chans.append(cur)
+            self.down.append(level)
+
+        self.mid = nn.ModuleList([ResBlock(cfg, cur, cur), ResBlock(cfg, cur, cur)])
+
+        self.up = nn.ModuleList()
+        for i, mult in reversed(list(enumerate(cfg.channel_mult))):
+            level = nn.Module()
+            level.blocks = nn.ModuleList()
+            for _ in range(cfg.num_res_blocks + 1):
+                level.blocks.append(ResBlock(cfg, cur + chans.pop(), ch * mult))
+                cur = ch * mult
+            level.upsample = SpikeConv(cfg, cur, cur, upsample=True) if i != 0 else None
+            self.up.append(level)
+
+        self.out = SpikeConv(cfg, cur, cfg.image_channels, bn=False)
+        nn.init.zeros_(self.out.conv.weight)
+        nn.init.zeros_(self.out.conv.bias)
+        for name, m in self.named_modules():
+            if isinstance(m, (SpikingNeuron, QuantClipReLU, AnalogActivation)):
+                m.name = name
+
+    # ------------------------------------------------------------------ introspection
+    def activations(self) -> list[tuple[str, nn.Module]]:
+        """(name, activation module) in forward order."""
+        return [(n, m) for n, m in self.named_modules() if isinstance(m, (SpikingNeuron, QuantClipReLU, AnalogActivation))]
+
+    def layer_names(self) -> list[str]:
+        return [n for n, _ in self.activations()]
+
+    def neurons(self) -> list[SpikingNeuron]:
+        return [m for _, m in self.activations() if isinstance(m, SpikingNeuron)]
+
+    def enable_tsm(self) -> None:
+        """Switch TSM on in every spiking layer (weights start at 1: outputs unchanged)."""
+        for m in self.neurons():
+            m.enable_tsm()
+        object.__setattr__(self, "cfg", self.cfg.replace(tsm=True))
+
+    def tsm_weights(self) -> dict[str, torch.Tensor]:
+        return {m.name: m.tsm.detach() for m in self.neurons() if m.tsm is not None}
+
+    @torch.no_grad()
+    def fuse_batchnorm(self) -> "SpikingUNet":
+        """Fold every eval-mode BatchNorm into its conv, in place. For inference only (the pipeline calls it)."""
+        for m in self.modules():
+            if isinstance(m, SpikeConv) and isinstance(m.bn, nn.BatchNorm2d):
+                bn, conv = m.bn, m.conv
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                                  padding=conv.padding, bias=True).to(conv.weight.device)
+                fused.weight.copy_(conv.weight * scale[:, None, None, None])
+                b = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+                fused.bias.copy_((b - bn.running_mean) * scale + bn.bias)
+                m.conv, m.bn = fused, nn.Identity()
+        self.eval()
+        return self
+
+    # ------------------------------------------------------------------ forward
+    def readout_weights(self, T: int, device=None) -> torch.Tensor:
+        if self.cfg.readout == "decay":
+            w = 0.8 ** torch.arange(T - 1, -1, -1, dtype=torch.float32, device=device)
+            return w / w.sum()
+        return torch.full((T,), 1.0 / T, device=device)
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, threshold_scale: float = 1.0, monitor=None) -> torch.Tensor:
+        """Predict the noise.
+
+        Args:
+            x: noisy images ``[B, C, H, W]`` in model space.
+            timesteps: diffusion timesteps ``[B]`` (or a scalar).
+            threshold_scale: threshold guidance for this call (1.0 = off).
+            monitor: optional probe / energy meter observing every spiking layer.
+        Returns:
+            eps prediction ``[B, C, H, W]``.
+        """
+        threshold_scale = check_threshold_scale(threshold_scale)
+        B = x.shape[0]
+        T = self.cfg.time_steps
+        ctx = RunContext(T=T, batch=B, threshold_scale=threshold_scale, monitor=monitor)
+        if not torch.is_tensor(timesteps) or timesteps.dim() == 0:
+            timesteps = torch.full((B,), int(timesteps), device=x.device)
+        temb = self.time_mlp(timestep_embedding(timesteps, self.cfg.base_channels))
+        temb = F.silu(temb)  # each block projects silu(temb), as in DDPM
+
+        h = self.conv_in(x)  # direct encoding: analog pixels, constant over T -> computed once
+        if T > 1:
+            h = h.unsqueeze(0).expand(T, *h.shape).reshape(T * B, *h.shape[1:])
+        hs = [h]
+        for level in self.down:
+            for block in level.blocks:
+                h = block(h, temb, ctx)
+                hs.append(h)
+            if level.downsample is not None:
+                h = level.downsample(h, ctx)
+                hs.append(h)
+        for block in self.mid:
+            h = block(h, temb, ctx)
+        for level in self.up:
+            for block in level.blocks:
+                h = block(torch.cat([h, hs.pop()], dim=1), temb, ctx)
+            if level.upsample is not None:
+                h = level.upsample(h, ctx)
+
+        s = self.out.spikes(h, ctx)  # [T*B, C, H, W]
+        if T > 1:  # readout: combine over T, then the (linear) output conv once
+            w = self.readout_weights(T, s.device).to(s.dtype)
+            s = torch.einsum("t,tbchw->bchw", w, s.view(T, B, *s.shape[1:]))
+        return self.out.conv(s)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

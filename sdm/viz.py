@@ -1,0 +1,599 @@
+"""Images and plots for the SDM Explorer.
+
+Pure functions: numpy arrays in, ``uint8`` images ``[H, W, 3]`` or plotly ``go.Figure`` objects out.
+Nothing here touches the model, the file system or gradio.
+
+Conventions
+    * Images in *model space* are float ``[C, H, W]`` / ``[B, C, H, W]`` in [-1, 1]; display images are
+      float in [0, 1]; C = 1 (gray) or 3 (RGB). :func:`to_display` converts between them.
+    * Spikes of one probe are bool ``[T, N]`` (spiking time steps x recorded neurons), membrane potentials
+      are ``[T, N]`` in threshold units. Select the batch item before calling (``frame.spikes[:, b]``).
+
+All figures share one template (:data:`TEMPLATE`): white background, black axes, big fonts and a
+colour-blind-safe palette, so that they stay readable on a classroom projector.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+__all__ = [
+    "TEMPLATE", "PALETTE", "NO_TSM_MESSAGE", "MAX_RASTER_MARKERS",
+    "to_display", "upscale", "image_grid", "pick_frames", "filmstrip",
+    "spike_raster", "spike_raster_trajectory", "membrane_heatmap", "membrane_traces",
+    "firing_rate_bars", "firing_rate_course", "tsm_heatmap", "tsm_curve", "energy_bars", "empty_figure",
+]
+
+# ----------------------------------------------------------------------------------------------- style
+
+FONT_SIZE = 18
+INK = "#111111"
+GRID = "#D0D0D0"
+#: Okabe-Ito (colour-blind safe) first, then a few more dark, high-contrast colours.
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
+           "#882255", "#44AA99", "#999933")
+DASHES = ("solid", "dash", "dot", "dashdot")
+DIVERGING = "RdBu_r"
+
+NO_TSM_MESSAGE = "This model has no TSM weights (TSM off)"
+#: Above this many spikes :func:`spike_raster_trajectory` draws a random (seeded) subsample.
+MAX_RASTER_MARKERS = 200_000
+
+
+def _axis_style() -> dict:
+    return dict(
+        showline=True, linecolor=INK, linewidth=2, mirror=False,
+        ticks="outside", tickcolor=INK, tickwidth=2, ticklen=6,
+        tickfont=dict(size=FONT_SIZE - 2, color=INK),
+        title=dict(font=dict(size=FONT_SIZE, color=INK)),
+        showgrid=True, gridcolor=GRID, zeroline=False, automargin=True,
+    )
+
+
+#: The one template every figure of this module uses.
+TEMPLATE = go.layout.Template(
+    layout=go.Layout(
+        font=dict(family="Arial, Helvetica, sans-serif", size=FONT_SIZE, color=INK),
+        title=dict(font=dict(size=FONT_SIZE + 4, color=INK), x=0.01, xanchor="left"),
+        paper_bgcolor="white",
+        plot_bgcolor="white",
+        colorway=list(PALETTE),
+        xaxis=_axis_style(),
+        yaxis=_axis_style(),
+        legend=dict(font=dict(size=FONT_SIZE - 2), bgcolor="rgba(255,255,255,0.85)"),
+        hoverlabel=dict(font=dict(size=FONT_SIZE - 2)),
+        margin=dict(l=80, r=30, t=90, b=70),
+        height=480,
+    ),
+    data=dict(
+        heatmap=[go.Heatmap(colorbar=dict(
+            outlinecolor=INK, outlinewidth=1, thickness=22,
+            tickfont=dict(size=FONT_SIZE - 2), title=dict(font=dict(size=FONT_SIZE - 2))))],
+    ),
+)
+
+
+def _figure(title: str = "", height: int | None = None) -> go.Figure:
+    fig = go.Figure(layout=dict(template=TEMPLATE))
+    if title:
+        fig.update_layout(title_text=title)
+    if height is not None:
+        fig.update_layout(height=int(height))
+    return fig
+
+
+def _note(fig: go.Figure, text: str) -> None:
+    """A small annotation in the top-right corner, just above the plot area."""
+    fig.add_annotation(text=text, xref="paper", yref="paper", x=1.0, y=1.0, xanchor="right",
+                       yanchor="bottom", showarrow=False, font=dict(size=FONT_SIZE - 2, color=INK))
+
+
+def _centre_message(fig: go.Figure, text: str) -> None:
+    fig.add_annotation(text=text, xref="paper", yref="paper", x=0.5, y=0.5, xanchor="center",
+                       yanchor="middle", showarrow=False, font=dict(size=FONT_SIZE + 4, color=INK),
+                       bgcolor="rgba(255,255,255,0.85)")
+
+
+def empty_figure(message: str, title: str = "") -> go.Figure:
+    """A figure with hidden axes and only ``message`` centred in it (placeholders, "nothing to show")."""
+    fig = _figure(title)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    _centre_message(fig, message)
+    return fig
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+def to_display(x, from_model_space: bool = True) -> np.ndarray:
+    """Convert images to display range: float32 ``[..., C, H, W]`` in [0, 1].
+
+    ``from_model_space=True`` maps [-1, 1] to [0, 1] (``(x + 1) / 2``); otherwise ``x`` is taken to be in
+    [0, 1] already. Values outside the range are clipped. The shape is unchanged.
+    """
+    a = np.asarray(x, dtype=np.float32)
+    if from_model_space:
+        a = (a + 1.0) * 0.5
+    return np.clip(a, 0.0, 1.0)
+
+
+def _to_uint8(a) -> np.ndarray:
+    return np.round(np.clip(np.asarray(a, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _check_chw(img, what: str = "image") -> np.ndarray:
+    a = np.asarray(img)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3 or a.shape[0] not in (1, 3):
+        raise ValueError(f"{what}: expected a [C, H, W] image with C = 1 or 3, got shape {tuple(a.shape)}")
+    if a.dtype == bool or not np.issubdtype(a.dtype, np.number):
+        raise ValueError(f"{what}: expected a float image in [0, 1], got dtype {a.dtype}")
+    return a
+
+
+def _check_scale(scale, what: str = "scale") -> int:
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
+        raise ValueError(f"{what} must be an integer >= 1, got {scale!r}")
+    return int(scale)
+
+
+def upscale(img, scale: int) -> np.ndarray:
+    """Nearest-neighbour upscaling of a display image, for pixel-crisp small images.
+
+    Args:
+        img: float ``[C, H, W]`` in [0, 1] (C = 1 or 3; a 2-D ``[H, W]`` array is taken as gray).
+        scale: integer factor >= 1; every source pixel becomes a ``scale x scale`` block.
+
+    Returns:
+        uint8 ``[H*scale, W*scale, 3]`` (gray is repeated into 3 channels).
+    """
+    s = _check_scale(scale)
+    u = _to_uint8(_check_chw(img)).transpose(1, 2, 0)           # [H, W, C]
+    if u.shape[2] == 1:
+        u = np.repeat(u, 3, axis=2)
+    if s > 1:
+        u = np.repeat(np.repeat(u, s, axis=0), s, axis=1)
+    return np.ascontiguousarray(u)
+
+
+def _pad_colour(pad_value) -> np.ndarray:
+    pv = np.asarray(pad_value, dtype=np.float32).reshape(-1)
+    if pv.size not in (1, 3):
+        raise ValueError(f"pad_value must be one number or 3 numbers in [0, 1], got {pad_value!r}")
+    return _to_uint8(np.broadcast_to(pv, (3,)))
+
+
+def image_grid(images, nrow: int | None = None, pad: int = 1, scale: int = 1,
+               pad_value=1.0) -> np.ndarray:
+    """Tile display images into one picture.
+
+    Args:
+        images: float ``[n, C, H, W]`` in [0, 1] (or a list of ``[C, H, W]``; one ``[C, H, W]`` is n = 1).
+        nrow: images per row (as in torchvision); ``None`` -> ``ceil(sqrt(n))``, i.e. about square.
+        pad: pixels of border around and between the images (in output pixels).
+        scale: nearest-neighbour upscaling factor of every image.
+        pad_value: border colour, gray level in [0, 1] or an RGB triple.
+
+    Returns:
+        uint8 ``[rows*(H*scale+pad)+pad, ncol*(W*scale+pad)+pad, 3]``; unused cells have the pad colour.
+    """
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError("image_grid: no images given")
+        shapes = {np.shape(im) for im in images}
+        if len(shapes) > 1:
+            raise ValueError(f"image_grid: all images must have the same shape, got {sorted(shapes)}")
+        images = np.stack([np.asarray(im) for im in images])
+    a = np.asarray(images)
+    if a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4:
+        raise ValueError(f"image_grid: expected images [n, C, H, W], got shape {tuple(a.shape)}")
+    n = a.shape[0]
+    if n == 0:
+        raise ValueError("image_grid: no images given (n = 0)")
+    s = _check_scale(scale)
+    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
+        raise ValueError(f"pad must be an integer >= 0, got {pad!r}")
+    if nrow is None:
+        ncol = math.ceil(math.sqrt(n))
+    else:
+        ncol = _check_scale(nrow, "nrow")
+    ncol = min(ncol, n)
+    rows = math.ceil(n / ncol)
+    tiles = [upscale(_check_chw(im, f"image_grid: image {i}"), s) for i, im in enumerate(a)]
+    h, w = tiles[0].shape[:2]
+    out = np.empty((rows * (h + pad) + pad, ncol * (w + pad) + pad, 3), dtype=np.uint8)
+    out[...] = _pad_colour(pad_value)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, ncol)
+        y, x = pad + r * (h + pad), pad + c * (w + pad)
+        out[y:y + h, x:x + w] = tile
+    return out
+
+
+def pick_frames(n: int, max_frames: int) -> list[int]:
+    """Indices of at most ``max_frames`` evenly spaced frames out of ``n``, always with first and last."""
+    if n < 1:
+        raise ValueError("no frames given")
+    if isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)) or max_frames < 2:
+        raise ValueError(f"max_frames must be an integer >= 2 (first and last frame), got {max_frames!r}")
+    if n <= max_frames:
+        return list(range(n))
+    # spacing (n-1)/(k-1) > 1, so the rounded indices are distinct
+    return [int(i) for i in np.round(np.linspace(0, n - 1, int(max_frames))).astype(int)]
+
+
+def filmstrip(frames: Sequence, max_frames: int = 10, scale: int = 2, pad: int = 2,
+              pad_value=1.0) -> np.ndarray:
+    """One row of evenly spaced frames of a sequence (e.g. the reverse diffusion x_T ... x_0).
+
+    Args:
+        frames: list of float ``[C, H, W]`` in [0, 1], all the same shape.
+        max_frames: most frames to show (>= 2); the first and the last frame are always included.
+        scale, pad, pad_value: as in :func:`image_grid`.
+
+    Returns:
+        uint8 ``[H*scale + 2*pad, k*(W*scale+pad)+pad, 3]`` with k = min(len(frames), max_frames).
+        :func:`pick_frames` gives the indices shown (for captions).
+    """
+    frames = list(frames)
+    if not frames:
+        raise ValueError("filmstrip: no frames given")
+    idx = pick_frames(len(frames), max_frames)
+    chosen = [frames[i] for i in idx]
+    return image_grid(chosen, nrow=len(chosen), pad=pad, scale=scale, pad_value=pad_value)
+
+
+# ---------------------------------------------------------------------------------------------- spikes
+
+def _check_spikes(spikes, what: str = "spikes") -> np.ndarray:
+    a = np.asarray(spikes)
+    if a.ndim != 2:
+        hint = " (select one batch item, e.g. frame.spikes[:, 0])" if a.ndim == 3 else ""
+        raise ValueError(f"{what}: expected a [T, N] array, got shape {tuple(a.shape)}{hint}")
+    return a.astype(bool, copy=False)
+
+
+def _check_total(total_neurons, n: int) -> int:
+    if isinstance(total_neurons, bool) or not isinstance(total_neurons, (int, np.integer)):
+        raise ValueError(f"total_neurons must be an integer, got {total_neurons!r}")
+    if total_neurons < n:
+        raise ValueError(f"total_neurons ({total_neurons}) is smaller than the {n} recorded neurons")
+    return int(total_neurons)
+
+
+def _showing(n: int, m: int) -> str:
+    return f"showing {n:,} of {m:,} neurons"
+
+
+def _neuron_axis(fig: go.Figure, n: int) -> None:
+    fig.update_yaxes(title_text="recorded neuron", range=[-0.5, max(n, 1) - 0.5], showgrid=False)
+
+
+def spike_raster(spikes, total_neurons: int, title: str = "") -> go.Figure:
+    """Spike raster of one layer for one denoiser call: one marker per spike.
+
+    Args:
+        spikes: bool ``[T, N]`` (spiking time step x recorded neuron).
+        total_neurons: neurons M of the whole layer (N of them are recorded).
+        title: figure title (default "Spike raster").
+
+    Returns:
+        Figure with one trace named "spikes" (x = time step t, y = neuron index); the annotation reads
+        "showing N of M neurons · k spikes", or "... · no spikes" (plus a centred "no spikes").
+    """
+    s = _check_spikes(spikes)
+    T, N = s.shape
+    M = _check_total(total_neurons, N)
+    t, n = np.nonzero(s)
+    fig = _figure(title or "Spike raster")
+    size = float(np.clip(300.0 / max(N, 1), 4, 16))
+    fig.add_trace(go.Scatter(
+        x=t.astype(np.int32), y=n.astype(np.int32), mode="markers", name="spikes", showlegend=False,
+        marker=dict(symbol="line-ns", size=size, color=INK, line=dict(width=2.5, color=INK)),
+        hovertemplate="t = %{x}<br>neuron %{y}<extra></extra>",
+    ))
+    k = int(t.size)
+    _note(fig, f"{_showing(N, M)} · " + (f"{k:,} spikes" if k else "no spikes"))
+    if k == 0:
+        _centre_message(fig, "no spikes")
+    fig.update_xaxes(title_text="spiking time step t", range=[-0.5, max(T, 1) - 0.5],
+                     dtick=1 if T <= 32 else None)
+    _neuron_axis(fig, N)
+    return fig
+
+
+def _thin(n: int, k: int) -> np.ndarray:
+    """At most k evenly spaced indices out of n (first and last included)."""
+    if n <= k:
+        return np.arange(n)
+    return np.unique(np.round(np.linspace(0, n - 1, k)).astype(int))
+
+
+def spike_raster_trajectory(spikes: Sequence, step_labels: Sequence, total_neurons: int,
+                            title: str = "", max_markers: int = MAX_RASTER_MARKERS,
+                            max_separators: int = 200, max_ticks: int = 20) -> go.Figure:
+    """Spike raster over a whole reverse-diffusion run: denoising steps side by side.
+
+    Args:
+        spikes: list (one per diffusion step, in display order) of bool ``[T, N]``, all the same shape.
+        step_labels: one label per entry of ``spikes`` (e.g. the timestep t), shown as x tick labels.
+        total_neurons: neurons M of the whole layer.
+        title: figure title (default "Spikes across denoising steps").
+        max_markers: above this many spikes a seeded random subsample of this size is drawn (noted in
+            the annotation), so 1000 steps x T=4 x 256 neurons stays fast (WebGL ``Scattergl``).
+        max_separators: separator lines are drawn between all steps up to this many steps, otherwise
+            only at the labelled steps (so they do not cover the raster).
+        max_ticks: most x tick labels (evenly spaced, first and last included).
+
+    Returns:
+        Figure with a trace "spikes" at x = step_index * T + t, y = neuron, and a trace "step boundaries"
+        of vertical lines at x = step_index * T - 0.5; the annotation reads "showing N of M neurons · ...".
+        An empty ``spikes`` list gives an :func:`empty_figure`.
+    """
+    spikes = list(spikes)
+    step_labels = list(step_labels)
+    if not spikes:
+        return empty_figure("no denoising steps recorded yet", title)
+    if len(step_labels) != len(spikes):
+        raise ValueError(f"step_labels has {len(step_labels)} entries but spikes has {len(spikes)} steps")
+    arrs = [_check_spikes(s, f"spikes[{i}]") for i, s in enumerate(spikes)]
+    shape0 = arrs[0].shape
+    for i, a in enumerate(arrs):
+        if a.shape != shape0:
+            raise ValueError(f"spikes[{i}] has shape {a.shape}, but spikes[0] has {shape0}; "
+                             "all steps must record the same [T, N]")
+    K = len(arrs)
+    T, N = shape0
+    M = _check_total(total_neurons, N)
+    k, t, n = np.nonzero(np.stack(arrs))
+    total = int(k.size)
+    note = _showing(N, M)
+    if total > max_markers:
+        keep = np.sort(np.random.default_rng(0).choice(total, size=int(max_markers), replace=False))
+        k, t, n = k[keep], t[keep], n[keep]
+        note += f" · {int(max_markers):,} of {total:,} spikes drawn (random subsample)"
+    else:
+        note += f" · {total:,} spikes" if total else " · no spikes"
+    x = (k * T + t).astype(np.int32)
+
+    # hover: the step label when labels are numbers, else the step position
+    try:
+        label_vals = np.asarray([int(v) for v in step_labels], dtype=np.int64)
+        step_name = "step"
+    except (TypeError, ValueError):
+        label_vals = np.arange(K, dtype=np.int64)
+        step_name = "step #"
+    custom = np.stack([label_vals[k], t.astype(np.int64)], axis=1) if total else None
+
+    fig = _figure(title or "Spikes across denoising steps")
+    ticks = _thin(K, max_ticks)
+    sep_steps = np.arange(1, K) if K - 1 <= max_separators else ticks[ticks > 0]
+    sx = np.repeat(sep_steps * T - 0.5, 3).astype(np.float64)
+    sy = np.tile([-0.5, max(N, 1) - 0.5, np.nan], len(sep_steps))
+    sx[2::3] = np.nan
+    fig.add_trace(go.Scatter(
+        x=sx, y=sy, mode="lines", name="step boundaries", showlegend=False, hoverinfo="skip",
+        line=dict(color="#8C8C8C", width=1),
+    ))
+    width_px = 900.0 / max(K * T, 1)
+    height_px = 300.0 / max(N, 1)
+    fig.add_trace(go.Scattergl(
+        x=x, y=n.astype(np.int32), mode="markers", name="spikes", showlegend=False,
+        marker=dict(symbol="square", size=float(np.clip(min(width_px, height_px), 2, 10)), color=INK),
+        customdata=custom,
+        hovertemplate=f"{step_name} %{{customdata[0]}} · t = %{{customdata[1]}}<br>neuron %{{y}}<extra></extra>",
+    ))
+    _note(fig, note)
+    if total == 0:
+        _centre_message(fig, "no spikes")
+    fig.update_xaxes(title_text=f"denoising step (each block = T = {T} spiking time steps)",
+                     range=[-0.5, K * T - 0.5], showgrid=False,
+                     tickmode="array", tickvals=(ticks * T + (T - 1) / 2.0).tolist(),
+                     ticktext=[str(step_labels[i]) for i in ticks])
+    _neuron_axis(fig, N)
+    return fig
+
+
+# -------------------------------------------------------------------------------------------- membrane
+
+def _check_v(v) -> np.ndarray:
+    a = np.asarray(v, dtype=np.float32)
+    if a.ndim != 2:
+        hint = " (select one batch item, e.g. frame.v[:, 0])" if a.ndim == 3 else ""
+        raise ValueError(f"v: expected a [T, N] array, got shape {tuple(a.shape)}{hint}")
+    return a
+
+
+def membrane_heatmap(v, threshold: float, title: str = "") -> go.Figure:
+    """Membrane potentials as a heatmap: recorded neurons (y) x spiking time steps (x).
+
+    The diverging colour scale is centred at 0 (rest) and symmetric, wide enough to include the
+    threshold; the threshold value is written in the colorbar title and marked with a "θ" tick.
+
+    Args:
+        v: ``[T, N]`` membrane potential in threshold units (float16 is fine).
+        threshold: the effective threshold θ·s in the same units.
+    """
+    a = _check_v(v)
+    T, N = a.shape
+    thr = float(threshold)
+    finite = a[np.isfinite(a)]
+    m = max(float(np.abs(finite).max()) if finite.size else 0.0, abs(thr), 1e-6)
+    ticks = [-m, 0.0, thr] + ([m] if abs(m - thr) > 0.15 * m else [])
+    ticktext = [_fmt(-m), "0", f"θ·s = {thr:g}"] + ([_fmt(m)] if len(ticks) == 4 else [])
+    fig = _figure(title or "Membrane potential")
+    fig.add_trace(go.Heatmap(
+        z=a.T, x=np.arange(T), y=np.arange(N), zmin=-m, zmax=m, zmid=0.0, colorscale=DIVERGING,
+        colorbar=dict(title=dict(text=f"v<br>(threshold<br>θ·s = {thr:g})"), tickvals=ticks,
+                      ticktext=ticktext),
+        hovertemplate="t = %{x}<br>neuron %{y}<br>v = %{z:.3f}<extra></extra>",
+    ))
+    fig.update_xaxes(title_text="spiking time step t", dtick=1 if T <= 32 else None, showgrid=False)
+    fig.update_yaxes(title_text="recorded neuron", showgrid=False)
+    return fig
+
+
+def membrane_traces(v, neurons: Sequence[int], threshold: float, title: str = "") -> go.Figure:
+    """Membrane potential of selected neurons over the spiking time steps.
+
+    Args:
+        v: ``[T, N]`` membrane potential in threshold units.
+        neurons: indices (0 <= i < N) of the recorded neurons to draw, one line (and legend entry) each.
+        threshold: effective threshold θ·s, drawn as a dashed horizontal line labelled
+            "threshold θ·s = ...".
+    """
+    a = _check_v(v)
+    T, N = a.shape
+    thr = float(threshold)
+    fig = _figure(title or "Membrane potential traces")
+    for i, j in enumerate(neurons):
+        if isinstance(j, bool) or not isinstance(j, (int, np.integer)) or not 0 <= j < N:
+            raise ValueError(f"neuron index {j!r} is out of range: {N} neurons are recorded (0..{N - 1})")
+        fig.add_trace(go.Scatter(
+            x=np.arange(T), y=a[:, j], mode="lines+markers", name=f"neuron {int(j)}",
+            line=dict(width=3, color=PALETTE[i % len(PALETTE)], dash=DASHES[(i // len(PALETTE)) % 4]),
+            marker=dict(size=8),
+            hovertemplate=f"neuron {int(j)}<br>t = %{{x}}<br>v = %{{y:.3f}}<extra></extra>",
+        ))
+    fig.add_hline(y=thr, line=dict(dash="dash", color=INK, width=2),
+                  annotation_text=f"threshold θ·s = {thr:g}", annotation_position="top left",
+                  annotation_font=dict(size=FONT_SIZE - 2, color=INK))
+    if len(neurons) == 0:
+        _centre_message(fig, "select neurons to plot")
+    fig.update_xaxes(title_text="spiking time step t", dtick=1 if T <= 32 else None)
+    fig.update_yaxes(title_text="membrane potential v")
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ firing rate
+
+def firing_rate_bars(rates: Mapping[str, float], title: str = "") -> go.Figure:
+    """Firing rate (fraction of neurons spiking per time step) of each layer, layers in the given order."""
+    if not rates:
+        return empty_figure("no spiking layers recorded", title)
+    names = list(rates)
+    vals = np.asarray([float(rates[k]) for k in names], dtype=np.float64)
+    fig = _figure(title or "Firing rate per layer")
+    fig.add_trace(go.Bar(x=names, y=vals, marker=dict(color=PALETTE[0], line=dict(color=INK, width=1)),
+                         hovertemplate="%{x}<br>firing rate = %{y:.3f}<extra></extra>", name="firing rate"))
+    top = float(np.nanmax(vals)) if np.isfinite(vals).any() else 0.0
+    fig.update_xaxes(title_text="layer (forward order)", type="category", categoryorder="array",
+                     categoryarray=names, tickangle=-45 if len(names) > 4 else 0, showgrid=False)
+    fig.update_yaxes(title_text="firing rate", range=[0, max(top * 1.1, 1e-3)])
+    return fig
+
+
+def firing_rate_course(rates: Mapping[str, Sequence[float]], steps: Sequence[int],
+                       title: str = "") -> go.Figure:
+    """Firing rate of each layer over the denoising steps, one line (legend entry) per layer.
+
+    Args:
+        rates: layer name -> one rate per entry of ``steps``.
+        steps: denoising steps (x). When they decrease (timesteps 999 -> 0, the order of generation),
+            the x axis is reversed so that generation runs from left to right.
+    """
+    if not rates:
+        return empty_figure("no spiking layers recorded", title)
+    xs = np.asarray(list(steps))
+    for name, r in rates.items():
+        if len(r) != len(xs):
+            raise ValueError(f"firing_rate_course: layer {name!r} has {len(r)} rates but there are "
+                             f"{len(xs)} steps")
+    fig = _figure(title or "Firing rate over denoising steps")
+    for i, (name, r) in enumerate(rates.items()):
+        fig.add_trace(go.Scatter(
+            x=xs, y=np.asarray(r, dtype=np.float64), mode="lines", name=name,
+            line=dict(width=3, color=PALETTE[i % len(PALETTE)], dash=DASHES[(i // len(PALETTE)) % 4]),
+            hovertemplate=f"{name}<br>step %{{x}}<br>firing rate = %{{y:.3f}}<extra></extra>",
+        ))
+    decreasing = xs.size > 1 and bool(np.all(np.diff(xs.astype(np.float64)) < 0))
+    fig.update_xaxes(title_text="denoising step", autorange="reversed" if decreasing else True)
+    fig.update_yaxes(title_text="firing rate", rangemode="tozero")
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------- TSM
+
+def tsm_heatmap(weights: Mapping[str, np.ndarray] | None, title: str = "") -> go.Figure:
+    """TSM weights of all layers: layers (y, first layer on top) x spiking time steps (x).
+
+    The colour scale is centred at 1.0, the initial value. ``weights`` empty or None gives a figure that
+    says "This model has no TSM weights (TSM off)".
+    """
+    if not weights:
+        return empty_figure(NO_TSM_MESSAGE, title or "TSM weights")
+    names = list(weights)
+    rows = [np.asarray(weights[k], dtype=np.float64).reshape(-1) for k in names]
+    lengths = {r.size for r in rows}
+    if len(lengths) != 1:
+        raise ValueError(f"tsm_heatmap: all layers must have the same number of time steps, got {sorted(lengths)}")
+    z = np.stack(rows)                                                   # [layers, T]
+    T = z.shape[1]
+    finite = z[np.isfinite(z)]
+    d = max(float(np.abs(finite - 1.0).max()) if finite.size else 0.0, 1e-3)
+    fig = _figure(title or "TSM weights", height=max(420, 26 * len(names) + 200))
+    fig.add_trace(go.Heatmap(
+        z=z, x=np.arange(T), y=names, zmin=1.0 - d, zmax=1.0 + d, zmid=1.0, colorscale=DIVERGING,
+        colorbar=dict(title=dict(text="weight<br>(initial 1.0)")),
+        hovertemplate="%{y}<br>t = %{x}<br>weight = %{z:.3f}<extra></extra>",
+    ))
+    fig.update_xaxes(title_text="spiking time step t", dtick=1 if T <= 32 else None, showgrid=False)
+    fig.update_yaxes(title_text="", autorange="reversed", type="category", showgrid=False)
+    return fig
+
+
+def tsm_curve(weights, layer: str, title: str = "") -> go.Figure:
+    """TSM weights of one layer over the spiking time steps, with a dashed line at 1.0 (initial value).
+
+    ``weights`` None or empty gives the "no TSM" figure (as :func:`tsm_heatmap`).
+    """
+    if weights is None or np.size(weights) == 0:
+        return empty_figure(NO_TSM_MESSAGE, title or f"TSM weights · {layer}")
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 1:
+        raise ValueError(f"tsm_curve: expected weights [T], got shape {tuple(w.shape)}")
+    T = w.size
+    fig = _figure(title or f"TSM weights · {layer}")
+    fig.add_trace(go.Scatter(
+        x=np.arange(T), y=w, mode="lines+markers", name=str(layer), showlegend=False,
+        line=dict(width=3, color=PALETTE[0]), marker=dict(size=10),
+        hovertemplate="t = %{x}<br>weight = %{y:.3f}<extra></extra>",
+    ))
+    fig.add_hline(y=1.0, line=dict(dash="dash", color=INK, width=2), annotation_text="initial value 1.0",
+                  annotation_position="top left", annotation_font=dict(size=FONT_SIZE - 2, color=INK))
+    fig.update_xaxes(title_text="spiking time step t", dtick=1 if T <= 32 else None)
+    fig.update_yaxes(title_text="TSM weight")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- energy
+
+def energy_bars(snn_mj: float, ann_mj: float, title: str = "") -> go.Figure:
+    """Energy per image of the SNN vs. its ANN counterpart (mJ), ratio ANN / SNN in the title."""
+    snn, ann = float(snn_mj), float(ann_mj)
+    for name, val in (("snn_mj", snn), ("ann_mj", ann)):
+        if not math.isfinite(val) or val < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {val!r}")
+    if snn > 0:
+        ratio = f"{ann / snn:.2f}×"
+    else:
+        ratio = "∞" if ann > 0 else "n/a"
+    fig = _figure(title or f"Energy per image: ANN / SNN = {ratio}")
+    fig.add_trace(go.Bar(
+        x=["SNN", "ANN"], y=[snn, ann], marker=dict(color=[PALETTE[2], PALETTE[1]], line=dict(color=INK, width=1)),
+        text=[f"{snn:.3g} mJ", f"{ann:.3g} mJ"], textposition="outside", cliponaxis=False,
+        textfont=dict(size=FONT_SIZE), hovertemplate="%{x}: %{y:.4g} mJ<extra></extra>", showlegend=False,
+    ))
+    fig.update_xaxes(showgrid=False)
+    fig.update_yaxes(title_text="energy per image (mJ)", range=[0, max(snn, ann, 1e-9) * 1.2])
+    return fig

@@ -1,0 +1,177 @@
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+from sdm import viz
+
+
+def _texts(fig):
+    return [a.text for a in fig.layout.annotations]
+
+
+def _trace(fig, name):
+    (tr,) = [d for d in fig.data if d.name == name]
+    return tr
+
+
+# ------------------------------------------------------------------------------------------- images
+
+def test_to_display_maps_model_space_and_clips():
+    x = np.array([[[-1.0, 0.0, 1.0, 3.0]]])
+    np.testing.assert_allclose(viz.to_display(x), [[[0.0, 0.5, 1.0, 1.0]]])
+    np.testing.assert_allclose(viz.to_display(np.array([-0.5, 0.25, 2.0]), from_model_space=False),
+                               [0.0, 0.25, 1.0])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_upscale_is_exact_nearest_neighbour(channels):
+    rng = np.random.default_rng(0)
+    levels = rng.integers(0, 256, size=(channels, 5, 7))
+    img = levels / 255.0
+    s = 3
+    out = viz.upscale(img, s)
+    assert out.dtype == np.uint8 and out.shape == (5 * s, 7 * s, 3)
+    for y in range(5):
+        for x in range(7):
+            block = out[y * s:(y + 1) * s, x * s:(x + 1) * s]
+            expected = levels[:, y, x] if channels == 3 else np.repeat(levels[0, y, x], 3)
+            assert (block == expected).all()
+
+
+def test_upscale_rejects_bad_input():
+    with pytest.raises(ValueError):
+        viz.upscale(np.zeros((4, 5, 5)), 2)
+    with pytest.raises(ValueError):
+        viz.upscale(np.zeros((1, 5, 5)), 0)
+
+
+def test_image_grid_shape_and_padding():
+    imgs = np.zeros((5, 1, 4, 6))
+    g = viz.image_grid(imgs, pad=1, scale=2)            # ceil(sqrt(5)) = 3 per row -> 2 rows
+    assert g.dtype == np.uint8
+    assert g.shape == (2 * (8 + 1) + 1, 3 * (12 + 1) + 1, 3)
+    assert (g[0] == 255).all() and (g[1:9, 1:13] == 0).all()
+    assert (g[10:18, 27:39] == 255).all()                 # unused cell filled with pad colour
+    assert viz.image_grid(imgs, nrow=5, pad=0).shape == (4, 30, 3)
+
+
+def test_filmstrip_includes_first_and_last():
+    frames = [np.full((1, 2, 2), i / 29.0) for i in range(30)]
+    assert viz.pick_frames(30, 10)[0] == 0 and viz.pick_frames(30, 10)[-1] == 29
+    assert len(viz.pick_frames(30, 10)) == 10 and viz.pick_frames(3, 10) == [0, 1, 2]
+    strip = viz.filmstrip(frames, max_frames=10, scale=2, pad=2)
+    assert strip.shape == (2 * 2 + 4, 10 * (4 + 2) + 2, 3)
+    first = strip[2:6, 2:6]
+    last = strip[2:6, -6:-2]
+    assert (first == 0).all() and (last == 255).all()
+
+
+# ------------------------------------------------------------------------------------------- spikes
+
+def test_spike_raster_markers_and_text():
+    rng = np.random.default_rng(1)
+    spikes = rng.random((4, 64)) < 0.2
+    fig = viz.spike_raster(spikes, total_neurons=4096, title="layer")
+    assert isinstance(fig, go.Figure)
+    tr = _trace(fig, "spikes")
+    assert len(tr.x) == len(tr.y) == spikes.sum()
+    t, n = np.nonzero(spikes)
+    assert sorted(zip(np.asarray(tr.x).tolist(), np.asarray(tr.y).tolist())) == sorted(zip(t.tolist(), n.tolist()))
+    assert any("showing 64 of 4,096 neurons" in s for s in _texts(fig))
+
+
+def test_spike_raster_without_spikes():
+    fig = viz.spike_raster(np.zeros((4, 16), bool), total_neurons=16)
+    assert len(_trace(fig, "spikes").x) == 0
+    assert any("no spikes" in s for s in _texts(fig))
+    assert any("showing 16 of 16 neurons" in s for s in _texts(fig))
+    fig.to_json()                                          # still a valid figure
+
+
+def test_spike_raster_rejects_batch_dimension():
+    with pytest.raises(ValueError, match="T, N"):
+        viz.spike_raster(np.zeros((4, 2, 8), bool), total_neurons=8)
+
+
+def test_trajectory_raster_positions_and_separators():
+    rng = np.random.default_rng(2)
+    T, N, K = 4, 32, 6
+    steps = [rng.random((T, N)) < 0.3 for _ in range(K)]
+    fig = viz.spike_raster_trajectory(steps, step_labels=[50, 40, 30, 20, 10, 0], total_neurons=512)
+    tr = _trace(fig, "spikes")
+    k, t, n = np.nonzero(np.stack(steps))
+    got = sorted(zip(np.asarray(tr.x).tolist(), np.asarray(tr.y).tolist()))
+    assert got == sorted(zip((k * T + t).tolist(), n.tolist()))
+    sep = np.asarray(_trace(fig, "step boundaries").x, dtype=float)
+    assert sorted(set(sep[np.isfinite(sep)].tolist())) == [s * T - 0.5 for s in range(1, K)]
+    assert list(fig.layout.xaxis.ticktext) == ["50", "40", "30", "20", "10", "0"]
+    assert any("showing 32 of 512 neurons" in s for s in _texts(fig))
+
+
+def test_trajectory_raster_subsamples_large_runs():
+    rng = np.random.default_rng(3)
+    steps = [rng.random((4, 256)) < 0.5 for _ in range(1000)]
+    fig = viz.spike_raster_trajectory(steps, list(range(999, -1, -1)), total_neurons=8192)
+    tr = _trace(fig, "spikes")
+    assert isinstance(tr, go.Scattergl)
+    assert len(tr.x) == viz.MAX_RASTER_MARKERS
+    assert len(fig.layout.xaxis.tickvals) <= 20
+
+
+# ----------------------------------------------------------------------------------------- membrane
+
+def test_membrane_traces_threshold_line():
+    v = np.random.default_rng(4).normal(size=(4, 10)).astype(np.float16)
+    fig = viz.membrane_traces(v, [0, 3, 7], threshold=1.5)
+    assert [d.name for d in fig.data] == ["neuron 0", "neuron 3", "neuron 7"]
+    dashed = [s for s in fig.layout.shapes if s.line.dash == "dash"]
+    assert len(dashed) == 1 and dashed[0].y0 == dashed[0].y1 == 1.5
+    assert any("threshold θ·s = 1.5" in s for s in _texts(fig))
+    with pytest.raises(ValueError):
+        viz.membrane_traces(v, [10], threshold=1.0)
+
+
+def test_membrane_heatmap_neurons_by_time():
+    v = np.random.default_rng(5).normal(size=(4, 10)).astype(np.float16)
+    fig = viz.membrane_heatmap(v, threshold=2.0)
+    hm = fig.data[0]
+    assert np.asarray(hm.z).shape == (10, 4)
+    assert hm.zmin <= -2.0 and hm.zmax >= 2.0
+    assert "2" in fig.data[0].colorbar.title.text
+
+
+# ------------------------------------------------------------------------------------ rates, TSM, etc.
+
+def test_firing_rate_plots():
+    fig = viz.firing_rate_bars({"down.0.res.0.conv1": 0.1, "mid.conv": 0.3, "up.0.conv": 0.2})
+    assert list(fig.data[0].x) == ["down.0.res.0.conv1", "mid.conv", "up.0.conv"]
+    course = viz.firing_rate_course({"a": [0.1, 0.2, 0.3], "b": [0.3, 0.2, 0.1]}, steps=[999, 500, 0])
+    assert [d.name for d in course.data] == ["a", "b"]
+    assert list(course.data[0].x) == [999, 500, 0]
+    with pytest.raises(ValueError):
+        viz.firing_rate_course({"a": [0.1]}, steps=[1, 2])
+
+
+def test_tsm_heatmap_empty_and_data():
+    fig = viz.tsm_heatmap({})
+    assert viz.NO_TSM_MESSAGE in _texts(fig) and len(fig.data) == 0
+    w = {"down.0.res.0.conv1": np.array([1.0, 1.1, 0.9, 1.2]), "mid.conv": np.ones(4)}
+    fig = viz.tsm_heatmap(w)
+    assert np.asarray(fig.data[0].z).shape == (2, 4)
+    assert list(fig.data[0].y) == list(w)
+
+
+def test_tsm_curve():
+    fig = viz.tsm_curve(np.array([1.0, 1.2, 0.8]), "mid.conv")
+    assert list(fig.data[0].y) == [1.0, 1.2, 0.8]
+    assert any(s.line.dash == "dash" and s.y0 == 1.0 for s in fig.layout.shapes)
+    assert viz.NO_TSM_MESSAGE in _texts(viz.tsm_curve(None, "x"))
+    assert viz.NO_TSM_MESSAGE in _texts(viz.tsm_curve(np.array([]), "x"))
+
+
+def test_energy_and_empty_figure():
+    fig = viz.energy_bars(0.5, 2.0)
+    assert list(fig.data[0].y) == [0.5, 2.0]
+    assert "4.00" in fig.layout.title.text
+    e = viz.empty_figure("nothing yet")
+    assert _texts(e) == ["nothing yet"] and len(e.data) == 0
