@@ -47,10 +47,10 @@ class ModelConfig:
 
     image_channels: int = 1
     image_size: int = 28
-    base_channels: int = 16
-    channel_mult: tuple[int, ...] = (1, 2, 4)
+    base_channels: int = 24
+    channel_mult: tuple[int, ...] = (1, 2, 3)
     num_res_blocks: int = 1
-    time_embed_dim: int = 64
+    time_embed_dim: int = 96
     T: int = 4
     neuron: str = "lif"
     tsm: bool = False

@@ -47,10 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=False, help="checkpoint folder to write (required)")
     p.add_argument("--name", help="checkpoint name for the card (default: the folder name)")
     # model
-    p.add_argument("--base-channels", type=int, default=16)
-    p.add_argument("--channel-mult", default="1,2,4", help="comma-separated multipliers per level")
+    p.add_argument("--base-channels", type=int, default=24)
+    p.add_argument("--channel-mult", default="1,2,3", help="comma-separated multipliers per level")
     p.add_argument("--num-res-blocks", type=int, default=1)
-    p.add_argument("--time-embed-dim", type=int, default=64)
+    p.add_argument("--time-embed-dim", type=int, default=96)
     p.add_argument("--T", type=int, default=4, help="spiking time steps")
     p.add_argument("--neuron", default="lif", choices=["lif", "if", "ann", "qann"])
     p.add_argument("--beta", type=float, default=0.9)

@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+import torch
+
+import sdm
+
+
+def test_list_and_unknown_checkpoint_names_the_available_ones(fixtures_dir):
+    names = sdm.list_checkpoints(fixtures_dir)
+    assert {"tiny-sdm", "tiny-ann", "tiny-sdm-vanilla"} <= set(names)
+    with pytest.raises(FileNotFoundError) as e:
+        sdm.load_pipeline("no-such-model", fixtures_dir)
+    assert "no-such-model" in str(e.value) and "tiny-sdm" in str(e.value)
+
+
+def test_load_by_folder_path(fixtures_dir):
+    pipe = sdm.load_pipeline(fixtures_dir / "tiny-ann")
+    assert pipe.config.neuron == "ann" and pipe.tsm_weights() == {}
+
+
+def test_steps_contract(tiny_pipe):
+    outs = list(tiny_pipe.steps(seed=0, num_inference_steps=5, sampler="ddim", batch_size=2, record=True))
+    assert [o.index for o in outs] == list(range(5))
+    assert [o.timestep for o in outs] == [800, 600, 400, 200, 0]
+    for prev, o in zip(outs, outs[1:]):
+        assert torch.equal(o.model_input, prev.sample)
+    o = outs[-1]
+    for t in (o.sample, o.pred_original_sample, o.pred_noise, o.model_input):
+        assert t.shape == (2, 1, 28, 28)
+    assert set(o.probes) == set(tiny_pipe.layer_names()) and o.is_last
+
+
+def test_same_seed_bitwise_identical_other_seed_differs(tiny_pipe):
+    a = tiny_pipe.sample(n=3, seed=5, num_inference_steps=4, sampler="ddpm")
+    b = tiny_pipe.sample(n=3, seed=5, num_inference_steps=4, sampler="ddpm")
+    c = tiny_pipe.sample(n=3, seed=6, num_inference_steps=4, sampler="ddpm")
+    assert a.shape == (3, 1, 28, 28) and a.dtype == np.float32
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert a.min() >= 0 and a.max() <= 1
+
+
+def test_image_does_not_depend_on_batch(tiny_pipe):
+    four = tiny_pipe.sample(n=4, seed=1, num_inference_steps=4, sampler="ddpm")
+    one = tiny_pipe.sample(n=1, seed=1, num_inference_steps=4, sampler="ddpm")
+    chunked = tiny_pipe.sample(n=4, seed=1, num_inference_steps=4, sampler="ddpm", batch_size=3)
+    assert np.allclose(four[0], one[0], atol=1e-4)
+    assert np.allclose(four, chunked, atol=1e-4)
+
+
+def test_resume_from_the_middle_equals_one_run(tiny_pipe):
+    full = list(tiny_pipe.steps(seed=2, num_inference_steps=6, sampler="ddpm"))
+    resumed = list(tiny_pipe.steps(seed=2, num_inference_steps=6, sampler="ddpm", sample=full[2].sample, start_index=3))
+    assert [o.index for o in resumed] == [3, 4, 5]
+    assert torch.equal(resumed[-1].sample, full[-1].sample)
+
+
+def test_threshold_scale_changes_the_trajectory(tiny_pipe):
+    a = tiny_pipe.sample(n=1, seed=0, num_inference_steps=3, threshold_scale=1.0)
+    b = tiny_pipe.sample(n=1, seed=0, num_inference_steps=3, threshold_scale=0.95)
+    assert not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_inference_steps=0), "num_inference_steps"),
+    (dict(num_inference_steps=10 ** 9), "num_inference_steps"),
+    (dict(sampler="euler"), "sampler"),
+    (dict(threshold_scale=float("nan")), "threshold_scale"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(seed=-1), "seed"),
+    (dict(start_index=2), "resume"),
+])
+def test_bad_arguments(tiny_pipe, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        next(tiny_pipe.steps(**kwargs))
+
+
+def test_tsm_weights_and_layer_names(tiny_pipe):
+    w = tiny_pipe.tsm_weights()
+    assert list(w) == tiny_pipe.layer_names()
+    assert all(v.shape == (tiny_pipe.config.T,) for v in w.values())
+
+
+def test_energy_report_is_consistent(tiny_pipe):
+    rep = tiny_pipe.energy(seed=0, num_inference_steps=3)
+    assert rep.calls == 3 and rep.total_sops > 0
+    assert rep.snn_energy_mj == pytest.approx((0.9 * rep.total_sops + 4.6 * rep.snn_macs) * 1e-9)
+    assert rep.ann_energy_mj == pytest.approx(4.6 * rep.ann_macs * 1e-9)
+    assert set(rep.per_layer) == set(tiny_pipe.layer_names())
+    assert 0 < rep.mean_firing_rate < 1

@@ -1,0 +1,86 @@
+import copy
+
+import torch
+
+from sdm import ModelConfig, SpikingUNet
+from sdm.checkpoints import load_checkpoint, save_checkpoint
+from sdm.config import DiffusionConfig, load_config, save_config
+
+SMALL = dict(base_channels=8, channel_mult=(1, 2), time_embed_dim=16)
+
+
+def test_ann_counterpart_has_identical_convolutions():
+    snn = SpikingUNet(ModelConfig(**SMALL, neuron="lif"))
+    ann = SpikingUNet(ModelConfig(**SMALL, neuron="ann"))
+    s = {k: v.shape for k, v in snn.state_dict().items()}
+    a = {k: v.shape for k, v in ann.state_dict().items()}
+    assert s == a
+    assert len(snn.layer_names()) == len(ann.layer_names()) and snn.layer_names() == ann.layer_names()
+
+
+def test_config_round_trip_gives_identical_outputs(tmp_path):
+    cfg = ModelConfig(**SMALL, tsm=True, readout="decay")
+    model = SpikingUNet(cfg).eval()
+    torch.nn.init.normal_(model.out.conv.weight, std=0.1)
+    save_checkpoint(tmp_path / "m", model, DiffusionConfig(), {"name": "m"})
+    loaded, diffusion, card = load_checkpoint(tmp_path / "m")
+    assert loaded.cfg == cfg and diffusion == DiffusionConfig() and card["name"] == "m"
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([3, 600])
+    with torch.no_grad():
+        assert torch.equal(model(x, t), loaded(x, t))
+    save_config(tmp_path / "c.json", cfg, DiffusionConfig())
+    assert load_config(tmp_path / "c.json")[0] == cfg
+
+
+def test_fused_batchnorm_matches_unfused():
+    model = SpikingUNet(ModelConfig(**SMALL)).eval()
+    torch.nn.init.normal_(model.out.conv.weight, std=0.1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([3, 600])
+    with torch.no_grad():
+        ref = model(x, t)
+        fused = copy.deepcopy(model).fuse_batchnorm()(x, t)
+    assert torch.allclose(ref, fused, atol=1e-4)
+
+
+def test_readout_equals_mean_of_per_step_outputs():
+    """The output conv applied to the mean of the spikes equals the mean of T conv outputs."""
+    model = SpikingUNet(ModelConfig(**SMALL)).eval()
+    torch.nn.init.normal_(model.out.conv.weight, std=0.1)
+    torch.nn.init.normal_(model.out.conv.bias, std=0.1)
+    spikes = (torch.rand(4 * 2, 8, 28, 28) > 0.7).float()
+    per_step = model.out.conv(spikes).view(4, 2, 1, 28, 28).mean(0)
+    combined = model.out.conv(spikes.view(4, 2, 8, 28, 28).mean(0))
+    assert torch.allclose(per_step, combined, atol=1e-5)
+
+
+def test_direct_encoding_is_constant_over_T():
+    """conv_in sees x_t once; the first spiking layer gets the same current at every time step."""
+    model = SpikingUNet(ModelConfig(**SMALL)).eval()
+    seen = {}
+
+    class M:
+        def on_spikes(self, layer, spikes, v, threshold):
+            seen.setdefault(layer.name, v)
+
+        def on_synapses(self, *a):
+            pass
+
+    with torch.no_grad():
+        model(torch.randn(1, 1, 28, 28), torch.tensor([5]), monitor=M())
+    v = seen[model.layer_names()[0]]
+    # U[0] = I and, for neurons that never spiked, U[1] = beta * I + I
+    i0 = v[0]
+    quiet = (v < 1.0).all(0)
+    assert torch.allclose(v[1][quiet], (0.9 * i0 + i0)[quiet], atol=1e-5)
+
+
+def test_bad_config_is_refused():
+    import pytest
+    with pytest.raises(ValueError, match="neuron"):
+        ModelConfig(neuron="relu")
+    with pytest.raises(ValueError, match="divisible"):
+        ModelConfig(image_size=30, channel_mult=(1, 2, 4))
