@@ -43,6 +43,9 @@ class ModelConfig:
         readout: "mean" over T, or "decay" = weights 0.8^(T-t) normalised (FSVAE readout).
         bits: activation bits of the "qann" neuron (T of the converted SNN = 2^bits - 1).
         dropout: dropout inside res blocks during training.
+        thresholds: per-layer thresholds in forward order (empty: ``threshold`` everywhere); set by ANN-to-SNN
+            conversion, where layer l's threshold is the clip alpha_l of the quantised ANN.
+        v_init: initial membrane potential as a fraction of the threshold (0; 0.5 after conversion).
     """
 
     image_channels: int = 1
@@ -60,6 +63,8 @@ class ModelConfig:
     readout: str = "mean"
     bits: int = 2
     dropout: float = 0.0
+    thresholds: tuple[float, ...] = ()
+    v_init: float = 0.0
 
     def __post_init__(self):
         if self.neuron not in NEURONS:
@@ -90,6 +95,7 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["channel_mult"] = list(self.channel_mult)
+        d["thresholds"] = list(self.thresholds)
         return d
 
     @classmethod

@@ -73,9 +73,11 @@ class SpikingNeuron(nn.Module):
         threshold: base firing threshold theta.
         reset: "zero" (hard reset, default) or "subtract".
         tsm: create the TSM weights ``p`` (shape [T], init 1.0).
+        v_init: initial membrane potential as a fraction of the threshold (0.5 for converted ANNs).
     """
 
-    def __init__(self, T: int, beta: float = 0.9, threshold: float = 1.0, reset: str = "zero", tsm: bool = False):
+    def __init__(self, T: int, beta: float = 0.9, threshold: float = 1.0, reset: str = "zero", tsm: bool = False,
+                 v_init: float = 0.0):
         super().__init__()
         if reset not in ("zero", "subtract"):
             raise ValueError(f"reset must be 'zero' or 'subtract', got {reset!r}")
@@ -84,6 +86,7 @@ class SpikingNeuron(nn.Module):
         self.threshold = float(threshold)
         self.reset = reset
         self.tsm = nn.Parameter(torch.ones(T)) if tsm else None
+        self.v_init = float(v_init)
         self.name = ""  # qualified module name, set by the model after construction
 
     def extra_repr(self) -> str:
@@ -111,20 +114,23 @@ class SpikingNeuron(nn.Module):
         thr = self.threshold * threshold_scale
         record = monitor is not None
         if torch.is_grad_enabled() and x.requires_grad:
-            spikes, v = _MultiStepNeuron.apply(x, thr, self.beta, self.reset == "zero", record)
+            spikes, v = _MultiStepNeuron.apply(x, thr, self.beta, self.reset == "zero", record, self.v_init)
         else:
-            spikes, v, _ = _run_neuron(x, thr, self.beta, self.reset == "zero", record)
+            spikes, v, _ = _run_neuron(x, thr, self.beta, self.reset == "zero", record, v_init=self.v_init)
         if monitor is not None:
             monitor.on_spikes(self, spikes, v, thr)
         return spikes.to(x_seq.dtype)
 
 
-def _run_neuron(x: torch.Tensor, thr: float, beta: float, zero_reset: bool, record: bool, keep_mem: bool = False):
+def _run_neuron(x: torch.Tensor, thr: float, beta: float, zero_reset: bool, record: bool, keep_mem: bool = False,
+                v_init: float = 0.0):
     """The recurrence over T with in-place ops. Returns (spikes float [T, ...], v or None, mem history or None)."""
     T = x.shape[0]
     spikes = torch.empty(x.shape, dtype=torch.bool, device=x.device)
     hist = torch.empty_like(x) if (record or keep_mem) else None
     mem = x[0].clone()
+    if v_init:
+        mem.add_(v_init * thr)  # U[-1] = v_init * theta (the leak of the empty step is not applied)
     for t in range(T):
         if t:
             if zero_reset:
@@ -150,8 +156,8 @@ class _MultiStepNeuron(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, thr, beta, zero_reset, record):
-        spikes, v, hist = _run_neuron(x, thr, beta, zero_reset, record, keep_mem=True)
+    def forward(ctx, x, thr, beta, zero_reset, record, v_init):
+        spikes, v, hist = _run_neuron(x, thr, beta, zero_reset, record, keep_mem=True, v_init=v_init)
         ctx.save_for_backward(hist, spikes)
         ctx.thr, ctx.beta, ctx.zero_reset = thr, beta, zero_reset
         ctx.mark_non_differentiable(hist)
@@ -172,7 +178,7 @@ class _MultiStepNeuron(torch.autograd.Function):
             grad_x[t] = g
             if t:
                 carry = g * ctx.beta if not ctx.zero_reset else g * (1.0 - spikes[t - 1]) * ctx.beta
-        return grad_x, None, None, None, None
+        return grad_x, None, None, None, None, None
 
 
 class _QuantSTE(torch.autograd.Function):
@@ -225,9 +231,9 @@ class AnalogActivation(nn.Module):
 def make_activation(cfg) -> nn.Module:
     """The activation a ``ModelConfig`` asks for: LIF, IF, SiLU (ann) or quantised clip-ReLU (qann)."""
     if cfg.neuron == "lif":
-        return SpikingNeuron(cfg.T, beta=cfg.beta, threshold=cfg.threshold, reset=cfg.reset, tsm=cfg.tsm)
+        return SpikingNeuron(cfg.T, beta=cfg.beta, threshold=cfg.threshold, reset=cfg.reset, tsm=cfg.tsm, v_init=cfg.v_init)
     if cfg.neuron == "if":
-        return SpikingNeuron(cfg.T, beta=1.0, threshold=cfg.threshold, reset=cfg.reset, tsm=cfg.tsm)
+        return SpikingNeuron(cfg.T, beta=1.0, threshold=cfg.threshold, reset=cfg.reset, tsm=cfg.tsm, v_init=cfg.v_init)
     if cfg.neuron == "qann":
         return QuantClipReLU(bits=cfg.bits)
     return AnalogActivation()

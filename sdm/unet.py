@@ -128,6 +128,12 @@ class SpikingUNet(nn.Module):
         for name, m in self.named_modules():
             if isinstance(m, (SpikingNeuron, QuantClipReLU, AnalogActivation)):
                 m.name = name
+        if cfg.thresholds:
+            neurons = self.neurons()
+            if len(cfg.thresholds) != len(neurons):
+                raise ValueError(f"config gives {len(cfg.thresholds)} thresholds for {len(neurons)} spiking layers")
+            for n, thr in zip(neurons, cfg.thresholds):
+                n.threshold = float(thr)
 
     # ------------------------------------------------------------------ introspection
     def activations(self) -> list[tuple[str, nn.Module]]:

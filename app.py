@@ -1,0 +1,1027 @@
+"""SDM Explorer: step through a Spiking Diffusion Model's reverse process and watch its neurons.
+
+    python app.py                 # serves on 0.0.0.0:7860 (GRADIO_SERVER_PORT / GRADIO_SERVER_NAME override)
+
+This file is only layout, events and formatting. The per-user logic (recording, stepping, scrubbing, threshold
+previews, comparisons, export) is ``sdm.session``; the figures come from ``sdm.viz``. Each browser tab keeps
+one ``Session`` in ``gr.State``; the loaded models live in one ``ModelRegistry`` shared read-only by everyone.
+
+API (gradio_client), see the README: /new_trajectory, /step, /set_threshold, /run_to_end, /export, plus
+/scrub, /continue_from_here, /select_layer, /compare_scales, /compare_ann, /checkpoint_info.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import logging
+import math
+import os
+import time
+
+import numpy as np
+import gradio as gr
+
+from sdm import viz
+from sdm.session import (MAX_NEURONS, MAX_SEED, MAX_STEPS, SCALE_MAX, SCALE_MIN, SCALE_STEP, ModelRegistry,
+                         Session, Superseded, check_layer, check_scale, check_step_count, short_layer_name)
+
+log = logging.getLogger("sdm.app")
+
+# ------------------------------------------------------------------------------------------- settings
+DEFAULTS = dict(seed=0, sampler="ddim", num_steps=50, threshold_scale=1.0, grid_size=1)
+CONCURRENCY_LIMIT = 2          # denoiser calls at once per event group (2 CPU cores)
+QUEUE_MAX_SIZE = 64
+STATE_TTL_S = 3600             # idle sessions are freed after an hour
+PLAY_INTERVAL_S = 0.5          # Play: one tick every half second ...
+PLAY_TICKS = 60                # ... and any trajectory plays in about this many ticks
+STREAM_EVERY_S = 0.5           # Run to end: refresh the images this often
+IMAGE_PX = 280                 # x_t / x̂0 / ε̂ panels are upscaled (nearest neighbour) to about this size
+RASTER_MODES = [("this step (T time steps)", "step"), ("whole trajectory (step × T)", "trajectory")]
+
+THEME = gr.themes.Default(text_size=gr.themes.sizes.text_lg, primary_hue="blue")
+CSS = """
+.pixelated img, .pixelated canvas { image-rendering: pixelated; image-rendering: crisp-edges; }
+#status { font-size: 1.25rem; }
+#status h3 { margin: 0 0 .2rem 0; font-size: 1.6rem; }
+.teach { font-size: 1rem; color: #333; border-left: 4px solid #0072B2; padding-left: .6rem; }
+.teach p { margin: .2rem 0; }
+#summary { font-size: 1rem; }
+.panel-title p { margin: 0; font-size: 1.05rem; }
+footer { display: none !important; }
+"""
+
+
+# ------------------------------------------------------------------------------------ input guards
+def _fmt(x) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _check_number(what: str, payload, lo: float | None, hi: float | None):
+    """gr.Error for anything that is not a finite number in [lo, hi] (before gradio's own conversion)."""
+    what = what[:1].upper() + what[1:]
+    if payload is None:
+        return
+    if isinstance(payload, bool) or not isinstance(payload, (int, float)):
+        raise gr.Error(f"{what} must be a number, got {payload!r}", print_exception=False)
+    if not math.isfinite(payload):
+        raise gr.Error(f"{what} must be a finite number, got {payload!r}", print_exception=False)
+    if (lo is not None and payload < lo) or (hi is not None and payload > hi):
+        raise gr.Error(f"{what} must be between {_fmt(lo)} and {_fmt(hi)}, got {payload!r}", print_exception=False)
+
+
+#: what the Checked* inputs are called in error messages, by elem_id (an update of a component rebuilds it from
+#: its props, so the name cannot be an instance attribute)
+INPUT_NAMES = {"threshold": "threshold scale", "timeline": "timeline step", "seed": "seed",
+               "num-steps": "number of steps", "n-steps": "steps per click", "n-steps-10": "steps per click",
+               "sampler": "sampler", "grid-size": "grid size", "raster-mode": "raster mode"}
+#: inputs whose range sdm.session checks (with a message that knows the session)
+SESSION_RANGE = {"timeline"}
+
+
+@contextlib.contextmanager
+def _no_stub_files():
+    """Gradio writes a .pyi type stub next to every file that defines a Component subclass (a help for authors
+    of custom components). The app must not write into the repository: switch that off while the three input
+    guards below are defined."""
+    import gradio.component_meta as meta
+    original = meta.create_or_modify_pyi
+    meta.create_or_modify_pyi = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        meta.create_or_modify_pyi = original
+
+
+with _no_stub_files():
+    class CheckedSlider(gr.Slider):
+        """A gr.Slider whose API input is checked with a clear gr.Error (strings, NaN, inf, out of range).
+
+        No __init__ of its own: gradio reads a component's props from its __init__ signature."""
+
+        is_template = True   # rendered by the frontend as a plain Slider
+
+        def preprocess(self, payload):
+            ranged = self.elem_id not in SESSION_RANGE
+            _check_number(INPUT_NAMES.get(self.elem_id, "value"), payload, self.minimum if ranged else None,
+                          self.maximum if ranged else None)
+            return payload
+
+    class CheckedNumber(gr.Number):
+        """A gr.Number with the same checks (whole numbers are checked by sdm.session)."""
+
+        is_template = True
+
+        def preprocess(self, payload):
+            _check_number(INPUT_NAMES.get(self.elem_id, "value"), payload, self.minimum, self.maximum)
+            return payload
+
+    class CheckedRadio(gr.Radio):
+        """A gr.Radio that names the input and its choices when an API call sends something else."""
+
+        is_template = True
+
+        def preprocess(self, payload):
+            values = [v for _, v in self.choices]
+            if payload not in values or isinstance(payload, bool):
+                what = INPUT_NAMES.get(self.elem_id, "value")
+                raise gr.Error(f"{what[:1].upper() + what[1:]} must be one of {', '.join(map(repr, values))}; "
+                               f"got {payload!r}", print_exception=False)
+            return payload
+
+
+def user_errors(fn):
+    """Turn the ValueErrors of sdm (bad input, unknown names, broken checkpoints) into gr.Error messages, and
+    anything unexpected into a short gr.Error too: one bad request never takes the app down."""
+
+    def convert(e: Exception) -> gr.Error:
+        if isinstance(e, gr.Error):
+            return e
+        if isinstance(e, (ValueError, FileNotFoundError, KeyError)):
+            msg = str(e).strip("'\"")
+            return gr.Error(msg[:1].upper() + msg[1:], print_exception=False)
+        log.exception("unexpected error in %s", fn.__name__)
+        return gr.Error(f"Internal error ({type(e).__name__}: {e}). The app is still running; please retry.")
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001
+                raise convert(e) from None
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            raise convert(e) from None
+    return wrapper
+
+
+# ------------------------------------------------------------------------------------------ formatting
+def grid_image(images01: np.ndarray, target_px: int = IMAGE_PX) -> np.ndarray:
+    """[B, C, H, W] in [0, 1] -> one uint8 picture, nearest-neighbour upscaled to about target_px."""
+    b, _, h, w = images01.shape
+    ncol = int(math.ceil(math.sqrt(b)))
+    scale = max(1, int(round(target_px / (ncol * max(h, w)))))
+    return viz.image_grid(images01, nrow=ncol, pad=2 if b > 1 else 0, scale=scale, pad_value=1.0)
+
+
+def filmstrip_image(sess: Session) -> np.ndarray:
+    xs, x0s, _ = sess.filmstrip_frames(max_frames=10)
+    top = viz.filmstrip(xs, max_frames=10, scale=4, pad=3)
+    bottom = viz.filmstrip(x0s, max_frames=10, scale=4, pad=3)
+    sep = np.full((4, top.shape[1], 3), 160, dtype=np.uint8)
+    return np.concatenate([top, sep, bottom], axis=0)
+
+
+def status_markdown(sess: Session) -> str:
+    rec, pv = sess.current()
+    s = sess.settings
+    n = sess.num_recorded
+    head = f"### Step {rec.index + 1} / {s.num_steps} · timestep t = {rec.timestep}"
+    line = (f"{s.checkpoint} · {s.sampler.upper()} · seed {s.seed} · {s.grid} image{'s' if s.grid > 1 else ''} · "
+            f"threshold scale {rec.scale:.3f}")
+    notes = []
+    if pv is not None:
+        notes.append(f"**Preview at threshold scale {pv.scale:.3f}**: x̂₀ and the neuron plots show this step "
+                     "re-run with the new scale. Press *Continue from here* to carry on with it.")
+    if sess.view != n - 1:
+        carry = "" if sess.is_done else f"*Step* carries on after step {n}, "
+        notes.append(f"Viewing an earlier step ({n} recorded): {carry}*Continue from here* re-runs from this one.")
+    if sess.is_done:
+        notes.append("✔ Trajectory finished: the last frame of the filmstrip is the generated image.")
+    return "\n\n".join([head, line] + notes)
+
+
+def running_markdown(sess: Session, what: str = "Running") -> str:
+    s = sess.settings
+    rec = sess.records[-1]
+    return (f"### {what}… step {sess.num_recorded} / {s.num_steps} · timestep t = {rec.timestep}\n\n"
+            f"{s.checkpoint} · {s.sampler.upper()} · seed {s.seed}")
+
+
+def _no_spikes_figure(sess: Session, title: str) -> "viz.go.Figure":
+    return viz.empty_figure(f"{sess.settings.checkpoint} is an ANN: no spikes to show", title)
+
+
+def _step_tag(sess: Session) -> str:
+    rec, pv = sess.current()
+    tag = f"step {rec.index + 1} (t = {rec.timestep})"
+    return tag + (f" · preview s = {pv.scale:.3f}" if pv is not None else "")
+
+
+def raster_figure(sess: Session, layer: str, mode: str):
+    title = f"Spike raster · {short_layer_name(layer)}"
+    if not sess.spiking:
+        return _no_spikes_figure(sess, title)
+    if mode == "trajectory":
+        spikes, labels = sess.trajectory_spikes(layer)
+        fig = viz.spike_raster_trajectory(spikes, labels, sess.num_neurons[layer],
+                                          title=f"{title} · steps 1-{sess.num_recorded}")
+        T = spikes[0].shape[0]
+        fig.add_vrect(x0=sess.view * T - 0.5, x1=(sess.view + 1) * T - 0.5, fillcolor="#56B4E9", opacity=0.25,
+                      line_width=0, layer="below")          # the viewed step
+        return fig
+    p = sess.probe(layer)
+    return viz.spike_raster(p["spikes"], p["num_neurons"], title=f"{title} · {_step_tag(sess)}")
+
+
+def membrane_figure(sess: Session, layer: str):
+    title = f"Membrane potential · {short_layer_name(layer)}"
+    if not sess.spiking:
+        return _no_spikes_figure(sess, title)
+    p = sess.probe(layer)
+    return viz.membrane_heatmap(p["v"], p["threshold"], title=f"{title} · {_step_tag(sess)}")
+
+
+def auto_neurons(spikes: np.ndarray, v: np.ndarray, k: int = 4) -> list[int]:
+    """k recorded neurons spread from the most to the least active (spike count, then peak potential)."""
+    n = spikes.shape[1]
+    order = np.lexsort((v.astype(np.float32).max(axis=0), spikes.sum(axis=0)))   # ascending activity
+    picks = [int(order[int(round(q * (n - 1)))]) for q in np.linspace(1, 0, min(k, n))]
+    return list(dict.fromkeys(picks))
+
+
+def check_neurons(neurons, n: int) -> list[int]:
+    if neurons is None or neurons == "":
+        return []
+    if not isinstance(neurons, (list, tuple)):
+        neurons = [neurons]
+    out = []
+    for j in neurons:
+        if isinstance(j, bool) or not isinstance(j, (int, float, str)):
+            raise ValueError(f"neuron indices must be integers 0..{n - 1}, got {j!r}")
+        try:
+            i = int(j)
+        except ValueError:
+            raise ValueError(f"neuron indices must be integers 0..{n - 1}, got {j!r}") from None
+        if i != float(j) or not 0 <= i < n:
+            raise ValueError(f"neuron {j!r} is not recorded: this layer records neurons 0..{n - 1}")
+        out.append(i)
+    return list(dict.fromkeys(out))
+
+
+def traces_figure(sess: Session, layer: str, neurons):
+    title = f"Membrane traces · {short_layer_name(layer)}"
+    if not sess.spiking:
+        return _no_spikes_figure(sess, title)
+    p = sess.probe(layer)
+    chosen = check_neurons(neurons, p["v"].shape[1]) or auto_neurons(p["spikes"], p["v"])
+    return viz.membrane_traces(p["v"], chosen, p["threshold"], title=f"{title} · {_step_tag(sess)}")
+
+
+def rate_bars_figure(sess: Session):
+    title = "Firing rate per layer"
+    if not sess.spiking:
+        return _no_spikes_figure(sess, title)
+    rates = {short_layer_name(k): v for k, v in sess.rates().items()}
+    return viz.firing_rate_bars(rates, title=f"{title} · {_step_tag(sess)}")
+
+
+def rate_course_figure(sess: Session, layer: str):
+    title = "Firing rate over the trajectory"
+    if not sess.spiking:
+        return _no_spikes_figure(sess, title)
+    lines, steps = sess.rate_course(layer)
+    if len(steps) < 2:
+        return viz.empty_figure("take a few steps to see the course", title)
+    fig = viz.firing_rate_course(lines, steps, title=title)
+    fig.update_xaxes(title_text="diffusion timestep t (generation runs left to right)")
+    fig.add_vline(x=sess.current()[0].timestep, line=dict(color="#888888", dash="dot", width=2))
+    return fig
+
+
+def tsm_figures(pipe, layer: str | None):
+    weights = pipe.tsm_weights()
+    named = {short_layer_name(k): v for k, v in weights.items()}
+    heat = viz.tsm_heatmap(named, title="TSM weights of every layer")
+    curve = viz.tsm_curve(weights.get(layer) if layer else None, short_layer_name(layer or ""),
+                          title=f"TSM weights · {short_layer_name(layer or '')}")
+    return heat, curve
+
+
+def tsm_note(pipe) -> str:
+    c = pipe.config
+    if not c.spiking:
+        return "**This checkpoint is an ANN: it has no spiking time steps and no TSM.**"
+    if not c.tsm:
+        return (f"**This model has no TSM** (vanilla SDM): every one of its T = {c.T} time steps gets the same "
+                "input current.")
+    return (f"TSM is on: each layer learned one weight per time step (T = {c.T}) that scales its input current. "
+            "Weights above 1 make that time step more likely to spike.")
+
+
+def energy_markdown(sess: Session) -> str:
+    e = sess.energy()
+    part = f"{e['steps']} of {e['num_steps']} steps" if e["steps"] < e["num_steps"] else f"all {e['steps']} steps"
+    if not e["spiking"]:
+        return (f"**{sess.settings.checkpoint} is an ANN**: no spikes; every layer multiplies and accumulates "
+                f"(4.6 pJ per MAC). Energy per image, {part}: **{e['ann_mj']:.4g} mJ**.")
+    ratio = e["ratio"]
+    inv = 1 / ratio if ratio else float("inf")
+    return (f"**Energy per image, this trajectory ({part})**\n\n"
+            f"Synaptic operations: **{e['sops']:.3g} SOPs** · SNN ≈ **{e['snn_mj']:.4g} mJ** · "
+            f"ANN counterpart ≈ **{e['ann_mj']:.4g} mJ**\n\n"
+            f"### SNN / ANN energy = {ratio:.2f}  (the ANN needs {inv:.1f}× more)")
+
+
+def energy_figure(sess: Session):
+    e = sess.energy()
+    return viz.energy_bars(e["snn_mj"], e["ann_mj"])
+
+
+def timeline_update(sess: Session):
+    """The timeline slider spans the recorded steps (a slider needs min < max: with one step it is 1..2, locked)."""
+    n = sess.num_recorded
+    return gr.Slider(minimum=1, maximum=max(n, 2), value=sess.view + 1, step=1, interactive=n > 1)
+
+
+# -------------------------------------------------------------------------------------- output layout
+#: outputs of every event that refreshes the whole view, in this order
+VIEW_KEYS = ("state", "status", "timeline", "img_xt", "img_x0", "img_eps", "filmstrip", "raster", "membrane",
+             "traces", "rate_bars", "rate_course", "energy_md", "energy_plot", "info")
+#: outputs of the threshold slider (x_t, the timeline, the filmstrip and the energy do not change)
+THRESHOLD_KEYS = ("state", "status", "img_x0", "img_eps", "raster", "membrane", "traces", "rate_bars",
+                  "rate_course", "info")
+#: outputs of scrubbing (the timeline is being dragged: not sent back)
+SCRUB_KEYS = tuple(k for k in VIEW_KEYS if k != "timeline")
+#: outputs of a layer / raster mode / neuron selection
+LAYER_KEYS = ("raster", "membrane", "traces", "rate_course", "tsm_curve")
+#: outputs that depend on the checkpoint only
+MODEL_KEYS = ("summary", "layer", "tsm_heat", "tsm_curve", "tsm_note", "ann_note")
+COMPARE_SCALE_KEYS = ("img_scale_base", "img_scale_s", "compare_scale_md")
+COMPARE_ANN_KEYS = ("img_snn", "img_ann", "compare_ann_md")
+EXPORT_KEYS = ("file_gif", "file_mp4", "file_png", "file_npz", "export_md")
+PLAY_KEYS = VIEW_KEYS + ("timer", "play_btn", "playing")
+#: buttons that need the tab's session: disabled until the page load has created it
+ACTION_KEYS = ("step_btn", "step10_btn", "play_btn", "run_btn", "continue_btn", "compare_scale_btn",
+               "compare_ann_btn", "export_btn")
+N_ACTIONS = len(ACTION_KEYS)
+
+
+def as_dict(result, keys) -> dict:
+    """A handler's output tuple as {key: value} (for tests and scripts)."""
+    return dict(zip(keys, result))
+
+
+class Explorer:
+    """The app's event handlers. Everything per user comes in and goes out through ``state`` (a Session);
+    the only thing shared is the registry of loaded, read-only pipelines."""
+
+    def __init__(self, registry: ModelRegistry | None = None):
+        self.registry = registry or ModelRegistry()
+
+    # ------------------------------------------------------------------ rendering
+    def render(self, sess: Session, layer, raster_mode, neurons, keys=VIEW_KEYS) -> tuple:
+        """Build the outputs named in ``keys`` for the session's current view (a consistent snapshot: another
+        event of the same tab cannot change the session while it is read)."""
+        with sess.lock:
+            return self._render(sess, layer, raster_mode, neurons, keys)
+
+    def _render(self, sess: Session, layer, raster_mode, neurons, keys) -> tuple:
+        layer = sess.check_layer(layer)
+        mode = raster_mode or "step"
+        if mode not in ("step", "trajectory"):
+            raise ValueError(f"raster mode must be 'step' or 'trajectory', got {raster_mode!r}")
+        imgs = None
+        out = []
+        for k in keys:
+            if k in ("img_xt", "img_x0", "img_eps") and imgs is None:
+                imgs = sess.view_images()
+            if k == "state":
+                out.append(sess)
+            elif k == "status":
+                out.append(status_markdown(sess))
+            elif k == "timeline":
+                out.append(timeline_update(sess))
+            elif k == "img_xt":
+                out.append(grid_image(imgs["x_t"]))
+            elif k == "img_x0":
+                out.append(grid_image(imgs["x0"]))
+            elif k == "img_eps":
+                out.append(grid_image(imgs["eps"]))
+            elif k == "filmstrip":
+                out.append(filmstrip_image(sess))
+            elif k == "raster":
+                out.append(raster_figure(sess, layer, mode))
+            elif k == "membrane":
+                out.append(membrane_figure(sess, layer))
+            elif k == "traces":
+                out.append(traces_figure(sess, layer, neurons))
+            elif k == "rate_bars":
+                out.append(rate_bars_figure(sess))
+            elif k == "rate_course":
+                out.append(rate_course_figure(sess, layer))
+            elif k == "energy_md":
+                out.append(energy_markdown(sess))
+            elif k == "energy_plot":
+                out.append(energy_figure(sess))
+            elif k == "info":
+                out.append(sess.info())
+            elif k == "tsm_curve":
+                out.append(tsm_figures(sess.pipe, layer)[1])
+            else:
+                raise KeyError(k)
+        return tuple(out)
+
+    def _light(self, sess: Session, what: str) -> tuple:
+        """A cheap VIEW update while a run streams: images, status and timeline; the plots are left alone."""
+        with sess.lock:
+            return self._light_locked(sess, what)
+
+    def _light_locked(self, sess: Session, what: str) -> tuple:
+        imgs = sess.view_images()
+        light = {"state": sess, "status": running_markdown(sess, what),
+                 "timeline": timeline_update(sess),
+                 "img_xt": grid_image(imgs["x_t"]), "img_x0": grid_image(imgs["x0"]),
+                 "img_eps": grid_image(imgs["eps"]), "filmstrip": filmstrip_image(sess)}
+        return tuple(light.get(k, gr.skip()) for k in VIEW_KEYS)
+
+    @staticmethod
+    def _session(state) -> Session:
+        if not isinstance(state, Session) or not state.started:
+            raise ValueError("no trajectory yet: press “New trajectory” first (API: /new_trajectory)")
+        return state
+
+    # ------------------------------------------------------------------ checkpoint
+    def model_info(self, checkpoint, layer=None) -> dict:
+        """What the checkpoint-level views show, as plain data: summary, layers, the chosen layer, TSM figures,
+        notes. A listed checkpoint that cannot be loaded gives ``ok=False`` and its error as the summary; an
+        unknown name raises ValueError."""
+        checkpoint = self.registry.check_name(checkpoint)
+        try:
+            pipe = self.registry.get(checkpoint)
+        except ValueError as e:
+            msg = f"⚠ **{e}**"
+            empty = viz.empty_figure("checkpoint unavailable", "TSM weights")
+            return dict(ok=False, summary=msg, layers=None, layer=None, tsm_heat=empty, tsm_curve=empty,
+                        tsm_note=msg, ann_note=msg)
+        layers = pipe.layer_names()
+        layer = layer if layer in layers else (layers[0] if layers else None)
+        heat, curve = tsm_figures(pipe, layer)
+        ann = self.registry.ann_counterpart(checkpoint)
+        if not pipe.config.spiking:
+            ann_note = f"**{checkpoint} is itself an ANN**: pick a spiking checkpoint to compare it with its ANN."
+        elif ann:
+            ann_note = f"ANN counterpart: **{ann}** (same UNet, SiLU activations, T = 1)."
+        else:
+            ann_note = (f"No ANN counterpart checkpoint found for {checkpoint} (looked for the card's "
+                        f"`ann_counterpart` and for `{checkpoint.split('-', 1)[0]}-ann`).")
+        return dict(ok=True, summary=f"**{checkpoint}**: {pipe.summary()}", layers=layers, layer=layer,
+                    tsm_heat=heat, tsm_curve=curve, tsm_note=tsm_note(pipe), ann_note=ann_note)
+
+    def checkpoint_info(self, checkpoint, layer=None) -> tuple:
+        """Model card summary, the layer list and the TSM plots of a checkpoint.
+
+        Returns (summary markdown, layer dropdown, TSM heatmap, TSM curve, TSM note, ANN counterpart note).
+        A checkpoint that cannot be loaded gives its error in the summary (the others keep working).
+        """
+        return self._model_outputs(self.model_info(checkpoint, layer))
+
+    @staticmethod
+    def _model_outputs(m: dict) -> tuple:
+        dropdown = gr.Dropdown(choices=m["layers"], value=m["layer"]) if m["ok"] else gr.skip()
+        return (m["summary"], dropdown, m["tsm_heat"], m["tsm_curve"], m["tsm_note"], m["ann_note"])
+
+    def on_load(self, checkpoint, seed, sampler, num_steps, threshold_scale, grid_size, layer, raster_mode,
+                neurons, state):
+        """Page load: refresh the checkpoint list, start this tab's own session, then enable the buttons that
+        need it. Returns (checkpoint dropdown, MODEL outputs, VIEW outputs, one update per action button)."""
+        names = self.registry.names()
+        if checkpoint not in names:
+            checkpoint = self.registry.default_name()
+        dropdown = gr.Dropdown(choices=names, value=checkpoint)
+        skip_view = tuple(gr.skip() for _ in VIEW_KEYS)
+        locked = tuple(gr.skip() for _ in range(N_ACTIONS))
+        if checkpoint is None:
+            msg = f"⚠ **No checkpoints found in {self.registry.where}.** Train one: `python -m sdm.train ...`"
+            return (dropdown, msg) + tuple(gr.skip() for _ in MODEL_KEYS[1:]) + skip_view + locked
+        m = self.model_info(checkpoint, layer)
+        fallback = self.registry.default_name()
+        if not m["ok"] and fallback not in (None, checkpoint):      # e.g. a checkpoint broken since startup
+            checkpoint, m = fallback, self.model_info(fallback, layer)
+            dropdown = gr.Dropdown(choices=names, value=checkpoint)
+        if not m["ok"]:
+            return (dropdown,) + self._model_outputs(m) + skip_view + locked
+        view = self.new_trajectory(checkpoint, seed, sampler, num_steps, threshold_scale, grid_size, m["layer"],
+                                   raster_mode, neurons, state)
+        return (dropdown,) + self._model_outputs(m) + view + tuple(gr.Button(interactive=True)
+                                                                   for _ in range(N_ACTIONS))
+
+    @staticmethod
+    def enable_actions() -> tuple:
+        """Enable the buttons that need a trajectory (after the tab's first successful New trajectory)."""
+        return tuple(gr.Button(interactive=True) for _ in range(N_ACTIONS))
+
+    # ------------------------------------------------------------------ trajectory
+    def new_trajectory(self, checkpoint, seed, sampler, num_steps, threshold_scale, grid_size, layer=None,
+                       raster_mode="step", neurons=None, state=None) -> tuple:
+        """Draw x_T from the seed and take the first step. Returns the VIEW outputs."""
+        pipe = self.registry.get(checkpoint)
+        sess = state if isinstance(state, Session) else Session()
+        check_layer(pipe.layer_names(), layer, checkpoint)   # before touching the session
+        sess.start(pipe, checkpoint, seed=seed, sampler=sampler, num_steps=num_steps, grid=grid_size,
+                   threshold_scale=threshold_scale)
+        return self.render(sess, layer, raster_mode, neurons)
+
+    def step(self, n_steps, threshold_scale, layer, raster_mode, neurons, state) -> tuple:
+        """Take ``n_steps`` steps (1 for Step, 10 for Step ×10) with the slider's threshold scale."""
+        sess = self._session(state)
+        sess.check_layer(layer)
+        check_step_count(n_steps)
+        check_scale(threshold_scale)
+        if sess.is_done:
+            raise ValueError("the trajectory is finished: press “New trajectory”, or scrub back and "
+                             "“Continue from here”")
+        sess.advance(n_steps, threshold_scale)
+        return self.render(sess, layer, raster_mode, neurons)
+
+    def set_threshold(self, threshold_scale, layer, raster_mode, neurons, state) -> tuple:
+        """Re-run the denoiser of the viewed step with this threshold scale: x̂₀, ε̂ and every neuron plot
+        update, the trajectory itself does not. Returns the THRESHOLD outputs."""
+        sess = self._session(state)
+        sess.check_layer(layer)
+        sess.preview(threshold_scale)
+        return self.render(sess, layer, raster_mode, neurons, THRESHOLD_KEYS)
+
+    def scrub(self, step, layer, raster_mode, neurons, state) -> tuple:
+        """Show recorded step ``step`` (1-based). Returns the SCRUB outputs (VIEW without the timeline)."""
+        sess = self._session(state)
+        sess.check_layer(layer)
+        sess.scrub(step)
+        return self.render(sess, layer, raster_mode, neurons, SCRUB_KEYS)
+
+    def _run(self, sess: Session, threshold_scale, layer, raster_mode, neurons, what: str,
+             generation: int | None = None):
+        generation = sess.generation if generation is None else generation
+        last = time.monotonic()
+        try:
+            while not sess.is_done:
+                sess.advance(1, threshold_scale, generation=generation)
+                if time.monotonic() - last > STREAM_EVERY_S and not sess.is_done:
+                    last = time.monotonic()
+                    yield self._light(sess, what)
+        except Superseded:
+            pass    # restarted by another event of this tab: show what is there now
+        yield self.render(sess, layer, raster_mode, neurons)
+
+    def run_to_end(self, threshold_scale, layer, raster_mode, neurons, state):
+        """Step to the end with the slider's threshold scale (streams the images while it runs)."""
+        sess = self._session(state)
+        sess.check_layer(layer)
+        check_scale(threshold_scale)
+        yield from self._run(sess, threshold_scale, layer, raster_mode, neurons, "Running to the end")
+
+    def continue_from_here(self, threshold_scale, layer, raster_mode, neurons, state):
+        """Re-run the viewed step with the slider's scale and carry on to the end from there."""
+        sess = self._session(state)
+        sess.check_layer(layer)
+        generation = sess.continue_from_view(threshold_scale)
+        yield from self._run(sess, threshold_scale, layer, raster_mode, neurons, "Continuing", generation)
+
+    def select_layer(self, layer, raster_mode, neurons, state) -> tuple:
+        """Redraw the neuron plots for another layer / raster mode / neuron selection (LAYER outputs)."""
+        sess = self._session(state)
+        return self.render(sess, layer, raster_mode, neurons, LAYER_KEYS)
+
+    # ------------------------------------------------------------------ play
+    def toggle_play(self, playing, state):
+        sess = self._session(state)
+        playing = not bool(playing)
+        if playing and sess.is_done:
+            gr.Info("The trajectory is finished: press New trajectory to play another one.")
+            playing = False
+        return (gr.Timer(active=playing), gr.Button(value="■ Pause" if playing else "▶ Play"), playing)
+
+    def play_tick(self, threshold_scale, layer, raster_mode, neurons, playing, state):
+        sess = state if isinstance(state, Session) and state.started else None
+        stop = (gr.Timer(active=False), gr.Button(value="▶ Play"), False)
+        if not playing or sess is None:
+            return tuple(gr.skip() for _ in VIEW_KEYS) + stop
+        if not sess.is_done:
+            per_tick = max(1, math.ceil(sess.settings.num_steps / PLAY_TICKS))
+            sess.advance(per_tick, threshold_scale)
+        view = self.render(sess, layer, raster_mode, neurons)
+        if sess.is_done:
+            return view + stop
+        return view + (gr.skip(), gr.skip(), True)
+
+    # ------------------------------------------------------------------ compare / export
+    def compare_scales(self, threshold_scale, state, progress=gr.Progress()) -> tuple:
+        """Final images at threshold scale 1.0 and at the slider's scale, same seed and noise."""
+        sess = self._session(state)
+        r = sess.compare_scales(threshold_scale, progress=lambda f, d: progress(f, desc=d))
+        base, scaled = viz.to_display(r["base"]), viz.to_display(r["scaled"])
+        eb, es = r["base_energy"], r["scaled_energy"]
+        md = (f"Same seed ({sess.settings.seed}) and noise, {sess.settings.num_steps} "
+              f"{sess.settings.sampler.upper()} steps. Mean |difference| = {r['mean_abs_diff']:.3f} "
+              f"(pixel range 0-2).\n\nEnergy per image: scale 1.000 → {eb['snn_mj']:.4g} mJ "
+              f"({eb['sops']:.3g} SOPs); scale {r['scale']:.3f} → {es['snn_mj']:.4g} mJ ({es['sops']:.3g} SOPs).")
+        return (grid_image(base), grid_image(scaled), md)
+
+    def compare_ann(self, threshold_scale, state, progress=gr.Progress()) -> tuple:
+        """The SNN (at the slider's scale) and its ANN counterpart, same seed and noise."""
+        sess = self._session(state)
+        if not sess.spiking:
+            raise ValueError(f"{sess.settings.checkpoint} is itself an ANN: start a trajectory with a spiking "
+                             "checkpoint to compare it with its ANN counterpart")
+        name = self.registry.ann_counterpart(sess.settings.checkpoint)
+        if name is None:
+            raise ValueError(f"no ANN counterpart checkpoint for {sess.settings.checkpoint}: looked for the card's "
+                             f"ann_counterpart and for {sess.settings.checkpoint.split('-', 1)[0]}-ann")
+        r = sess.compare_ann(self.registry.get(name), name, threshold_scale,
+                             progress=lambda f, d: progress(f, desc=d))
+        es, ea = r["snn_energy"], r["ann_energy"]
+        md = (f"**{sess.settings.checkpoint}** (threshold scale {r['scale']:.3f}) vs **{name}**, seed "
+              f"{sess.settings.seed}, same x_T and noise.\n\nEnergy per image: SNN {es['snn_mj']:.4g} mJ "
+              f"({es['sops']:.3g} SOPs) · ANN {ea['snn_mj']:.4g} mJ → SNN / ANN = "
+              f"**{es['snn_mj'] / ea['snn_mj']:.2f}**")
+        return (grid_image(viz.to_display(r["snn"])), grid_image(viz.to_display(r["ann"])), md)
+
+    def export(self, state, progress=gr.Progress()) -> tuple:
+        """Write the trajectory as GIF and MP4, the current sample as PNG and the recording as NPZ."""
+        sess = self._session(state)
+        paths = sess.export(progress=lambda f, d: progress(f, desc=d))
+        s = sess.settings
+        md = (f"Exported {sess.num_recorded} of {s.num_steps} steps of {s.checkpoint} (seed {s.seed}). "
+              "The NPZ holds x_t / x̂₀ / ε̂ of every step, the firing rates of every layer, and the spikes and "
+              f"membrane potentials of {sess.max_neurons} neurons per layer of image 1 "
+              "(read it with `sdm.export.load_npz`).")
+        return (paths["gif"], paths["mp4"], paths["png"], paths["npz"], md)
+
+
+# ----------------------------------------------------------------------------------------- teaching
+INTRO = """# SDM Explorer · Spiking Diffusion Models
+A diffusion model turns noise into an image step by step. Here the denoiser is a **spiking neural network**:
+its neurons talk in binary spikes, over **T** short time steps per denoising step. Press **Step** and watch."""
+
+TEACH_IMAGES = """**x_t** is the noisy image the denoiser sees at timestep t. **x̂₀** is its current guess of the
+clean image, x̂₀ = (x_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t. **ε̂** is the noise it thinks is in x_t (gray = 0).
+The filmstrip shows x_t (top) and x̂₀ (bottom) along the way."""
+
+TEACH_THRESHOLD = """**Threshold guidance** multiplies every neuron's firing threshold by the scale s at sampling
+time (no retraining). s < 1: neurons fire more easily; s > 1: they fire less. Move the slider to re-run the
+current step and see x̂₀ and the spikes change at once; **Continue from here** carries the trajectory on from
+that step with the new scale."""
+
+TEACH_RASTER = """A **spike raster**: one row per recorded neuron, one tick per spike, over the T spiking time steps
+of one denoiser call (or of every step, side by side, in *whole trajectory* mode). Only a random subset of each
+layer's neurons is recorded: the label says how many."""
+
+TEACH_MEMBRANE = """The **membrane potential** v of each neuron collects input current and leaks; when v crosses the
+threshold θ·s the neuron spikes and v resets to 0. The dashed line is the scaled threshold."""
+
+TEACH_RATE = """**Firing rate**: the fraction of a layer's neurons that spike per time step. Fewer spikes means fewer
+synaptic operations, which means less energy."""
+
+TEACH_TSM = """**TSM** (temporal-wise spiking mechanism) gives every layer one learned weight per spiking time step
+that scales its input current, so the network can treat early and late time steps differently (Cao et al. 2024,
+Eq. 16)."""
+
+TEACH_ENERGY = """An SNN layer only **accumulates** when a spike arrives (≈ 0.9 pJ per synaptic operation, SOP);
+an ANN **multiplies and accumulates** every input (≈ 4.6 pJ per MAC, 45 nm figures). The SOPs are counted from the
+actual spikes of this trajectory."""
+
+ARCHITECTURE = """
+**The spiking UNet** predicts the noise ε̂ in x_t:
+
+1. **Direct encoding**: the first convolution reads the analog pixels of x_t; its output is the same input
+   current at each of the T spiking time steps.
+2. **Spiking layers**: every block is *LIF neuron → convolution → batch norm*. A leaky integrate-and-fire neuron
+   keeps a membrane potential U[n] = β·U[n−1] + I[n] and emits a spike when U crosses the threshold θ (then
+   resets).
+   Only spikes (0/1) travel between layers, so convolutions become additions.
+3. **Down / mid / up path** with skip connections, as in the DDPM UNet; the diffusion timestep t enters every block
+   as an extra input current (a small time-embedding MLP).
+4. **Readout**: the output layer's spikes are averaged over the T time steps and a last convolution gives ε̂.
+5. **TSM** (Eq. 16) scales the input current of each layer at each time step by a learned weight p[n].
+6. **Threshold guidance** (Eq. 18) multiplies every threshold θ by s at sampling time only.
+
+**Sampling**: DDIM (deterministic, few steps) or DDPM (stochastic, adds fresh noise each step) turns ε̂ into the
+next, less noisy x. Every random number comes from the seed, so the same seed gives the same noise: two runs that
+differ only in the threshold scale are directly comparable.
+
+**Lesson plan (10 minutes)**: ① Noise to image: New trajectory, Step a few times, then Run to end.
+② Scrub back and watch x̂₀ sharpen. ③ Spike raster and membrane potential of one layer. ④ Move the threshold
+slider: more or fewer spikes, and x̂₀ changes. ⑤ Energy against the ANN. ⑥ A model without TSM, and the ANN.
+"""
+
+
+def _lesson_examples(registry: ModelRegistry, default: str | None) -> tuple[list, list]:
+    if default is None:
+        return [], []
+    names = registry.names()
+    rows = [
+        ([default, 0, "ddim", 50, 1.0, 1], "① Noise → image: DDIM, 50 steps"),
+        ([default, 1, "ddim", 50, 1.0, 16], "② Sixteen images at once"),
+        ([default, 0, "ddpm", 200, 1.0, 1], "③ Stochastic sampling: DDPM, 200 steps"),
+        ([default, 0, "ddim", 50, 0.95, 1], "④ Lower thresholds (s = 0.95): more spikes"),
+        ([default, 0, "ddim", 50, 1.05, 1], "⑤ Higher thresholds (s = 1.05): fewer spikes"),
+    ]
+    prefix = default.split("-", 1)[0]
+    vanilla = next((n for n in names if n.startswith(prefix) and n.endswith("vanilla")), None)
+    if vanilla:
+        rows.append(([vanilla, 0, "ddim", 50, 1.0, 1], "⑥ The same model without TSM"))
+    try:
+        ann = registry.ann_counterpart(default)
+    except ValueError:
+        ann = None
+    if ann:
+        rows.append(([ann, 0, "ddim", 50, 1.0, 1], "⑦ The ANN counterpart (no spikes)"))
+    return [r for r, _ in rows], [label for _, label in rows]
+
+
+# ------------------------------------------------------------------------------------------- layout
+def build_demo(explorer: Explorer | None = None) -> gr.Blocks:
+    """The Blocks app. Loads (and warms up) the default checkpoint once, at build time."""
+    ex = explorer or Explorer()
+    reg = ex.registry
+    default = reg.default_name()
+    names = reg.names()
+    # The default view, computed once here: it is the page's content before the tab's own session exists
+    # (the first image shows at once), and it warms up the model and plotly for the first user.
+    first: dict = {}
+    model_d: dict = {}
+    if default is not None:
+        model_d = ex.model_info(default)
+        if model_d["ok"]:
+            warm = Session()
+            try:
+                first = as_dict(ex.new_trajectory(default, DEFAULTS["seed"], DEFAULTS["sampler"],
+                                                  DEFAULTS["num_steps"], DEFAULTS["threshold_scale"],
+                                                  DEFAULTS["grid_size"], model_d["layer"], "step", [], warm),
+                                VIEW_KEYS)
+            except ValueError as e:
+                log.warning("default checkpoint %s: %s", default, e)
+            warm.close()
+            first.pop("state", None)
+    layer_choices = model_d.get("layers") or []
+    none_msg = f"⚠ **No checkpoints found in {reg.where}.** Train one: `python -m sdm.train ...`"
+
+    with gr.Blocks(title="SDM Explorer · Spiking Diffusion Models", delete_cache=(3600, 7200)) as demo:
+        state = gr.State(None, time_to_live=STATE_TTL_S, delete_callback=_free_session)
+        playing = gr.State(False)
+        timer = gr.Timer(PLAY_INTERVAL_S, active=False)
+        n_one = CheckedNumber(value=1, visible=False, label="steps per click", elem_id="n-steps")
+        n_ten = CheckedNumber(value=10, visible=False, label="steps per click (x10)", elem_id="n-steps-10")
+
+        gr.Markdown(INTRO, elem_id="intro")
+        with gr.Row(equal_height=False):
+            # ---------------------------------------------------------------- controls
+            with gr.Column(scale=1, min_width=320, elem_id="controls"):
+                checkpoint = gr.Dropdown(choices=names, value=default, label="Checkpoint", allow_custom_value=True,
+                                         elem_id="checkpoint")
+                summary = gr.Markdown(model_d.get("summary", none_msg), label="Checkpoint summary", elem_id="summary")
+                with gr.Row():
+                    seed = CheckedNumber(value=DEFAULTS["seed"], label="Seed", minimum=0, maximum=MAX_SEED,
+                                         elem_id="seed", min_width=100)
+                    num_steps = CheckedNumber(value=DEFAULTS["num_steps"], label="Steps", minimum=1,
+                                              maximum=MAX_STEPS, elem_id="num-steps", min_width=100)
+                sampler = CheckedRadio([("DDIM", "ddim"), ("DDPM", "ddpm")], value=DEFAULTS["sampler"],
+                                       label="Sampler", elem_id="sampler")
+                grid_size = CheckedRadio([("1 image", 1), ("4", 4), ("16", 16)], value=DEFAULTS["grid_size"],
+                                         label="Grid size", elem_id="grid-size")
+                threshold = CheckedSlider(SCALE_MIN, SCALE_MAX, value=DEFAULTS["threshold_scale"], step=SCALE_STEP,
+                                          label="Threshold guidance: scale s of every threshold",
+                                          info="1.0 = off · < 1 more spikes · > 1 fewer spikes",
+                                          elem_id="threshold")
+                new_btn = gr.Button("New trajectory", variant="primary", elem_id="btn-new")
+                with gr.Row():
+                    step_btn = gr.Button("Step", elem_id="btn-step", interactive=False, min_width=80)
+                    step10_btn = gr.Button("Step ×10", elem_id="btn-step10", interactive=False, min_width=80)
+                with gr.Row():
+                    play_btn = gr.Button("▶ Play", elem_id="btn-play", interactive=False, min_width=80)
+                    run_btn = gr.Button("Run to end", elem_id="btn-run", interactive=False, min_width=80)
+                continue_btn = gr.Button("Continue from here", elem_id="btn-continue", interactive=False)
+                gr.Markdown(TEACH_THRESHOLD, elem_classes="teach")
+            # ---------------------------------------------------------------- images
+            with gr.Column(scale=3, min_width=600):
+                status = gr.Markdown(first.get("status", "Loading…"), label="Status", elem_id="status")
+                timeline = CheckedSlider(1, 2, value=1, step=1, interactive=False, elem_id="timeline",
+                                         label="Timeline: scrub back to any recorded step")
+                img_kw = dict(format="png", interactive=False, elem_classes="pixelated", show_label=False,
+                              buttons=["download", "fullscreen"])
+                with gr.Row(equal_height=True):
+                    with gr.Column(min_width=200):
+                        gr.Markdown("**x_t**: what the denoiser sees", elem_classes="panel-title")
+                        img_xt = gr.Image(first.get("img_xt"), label="x_t", elem_id="img-xt", height=IMAGE_PX,
+                                          **img_kw)
+                    with gr.Column(min_width=200):
+                        gr.Markdown("**x̂₀**: its guess of the clean image", elem_classes="panel-title")
+                        img_x0 = gr.Image(first.get("img_x0"), label="x̂₀", elem_id="img-x0", height=IMAGE_PX,
+                                          **img_kw)
+                    with gr.Column(min_width=200):
+                        gr.Markdown("**ε̂**: the noise it predicts", elem_classes="panel-title")
+                        img_eps = gr.Image(first.get("img_eps"), label="ε̂", elem_id="img-eps", height=IMAGE_PX,
+                                           **img_kw)
+                gr.Markdown("**Filmstrip** of the trajectory so far: x_t (top row) and x̂₀ (bottom row)",
+                            elem_classes="panel-title")
+                filmstrip = gr.Image(first.get("filmstrip"), label="Filmstrip", elem_id="filmstrip", height=230,
+                                     **img_kw)
+                gr.Markdown(TEACH_IMAGES, elem_classes="teach")
+
+        # -------------------------------------------------------------------- neurons
+        gr.Markdown("## Inside the spiking network")
+        with gr.Row():
+            layer = gr.Dropdown(choices=layer_choices, value=layer_choices[0] if layer_choices else None,
+                                label="Layer (spiking layers in forward order)", allow_custom_value=True,
+                                elem_id="layer", scale=2)
+            raster_mode = CheckedRadio(RASTER_MODES, value="step", label="Spike raster shows",
+                                       elem_id="raster-mode", scale=2)
+            neurons = gr.Dropdown(choices=list(range(MAX_NEURONS)), value=[], multiselect=True, max_choices=8,
+                                  allow_custom_value=True,
+                                  label="Neurons to trace (empty: 4 picked from most to least active)",
+                                  elem_id="neurons", scale=2)
+        with gr.Row(equal_height=False):
+            with gr.Column():
+                raster = gr.Plot(first.get("raster"), label="Spike raster", elem_id="plot-raster")
+                gr.Markdown(TEACH_RASTER, elem_classes="teach")
+            with gr.Column():
+                membrane = gr.Plot(first.get("membrane"), label="Membrane potential", elem_id="plot-membrane")
+                gr.Markdown(TEACH_MEMBRANE, elem_classes="teach")
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("Membrane traces", elem_id="tab-traces"):
+                traces = gr.Plot(first.get("traces"), label="Membrane traces", elem_id="plot-traces")
+            with gr.Tab("Firing rate", elem_id="tab-rates"):
+                with gr.Row(equal_height=False):
+                    rate_bars = gr.Plot(first.get("rate_bars"), label="Firing rate per layer", elem_id="plot-rate-bars")
+                    rate_course = gr.Plot(first.get("rate_course"), label="Firing rate over the trajectory",
+                                          elem_id="plot-rate-course")
+                gr.Markdown(TEACH_RATE, elem_classes="teach")
+            with gr.Tab("TSM", elem_id="tab-tsm"):
+                tsm_note_md = gr.Markdown(model_d.get("tsm_note", ""), label="TSM note", elem_id="tsm-note")
+                with gr.Row(equal_height=False):
+                    tsm_heat = gr.Plot(model_d.get("tsm_heat"), label="TSM weights (all layers)", elem_id="plot-tsm")
+                    tsm_curve = gr.Plot(model_d.get("tsm_curve"), label="TSM weights (selected layer)",
+                                        elem_id="plot-tsm-curve")
+                gr.Markdown(TEACH_TSM, elem_classes="teach")
+            with gr.Tab("Energy", elem_id="tab-energy"):
+                with gr.Row(equal_height=False):
+                    with gr.Column():
+                        energy_md = gr.Markdown(first.get("energy_md", ""), label="Energy summary",
+                                                elem_id="energy-text")
+                        gr.Markdown(TEACH_ENERGY, elem_classes="teach")
+                    energy_plot = gr.Plot(first.get("energy_plot"), label="Energy per image", elem_id="plot-energy")
+            with gr.Tab("Compare", elem_id="tab-compare"):
+                gr.Markdown("**Threshold guidance**: the final image at scale 1.0 and at the slider's scale, "
+                            "from the same seed and noise.")
+                compare_scale_btn = gr.Button("Compare scale 1.0 with the slider's scale", elem_id="btn-compare-scale",
+                                              interactive=False)
+                with gr.Row():
+                    img_scale_base = gr.Image(label="threshold scale 1.0", elem_id="img-scale-base", **img_kw)
+                    img_scale_s = gr.Image(label="threshold scale s (slider)", elem_id="img-scale-s", **img_kw)
+                compare_scale_md = gr.Markdown(label="Scale comparison", elem_id="compare-scale-text")
+                gr.Markdown("**SNN vs ANN**: the spiking model and its ANN counterpart (same UNet with SiLU), "
+                            "from the same seed and noise.")
+                ann_note = gr.Markdown(model_d.get("ann_note", ""), label="ANN counterpart", elem_id="ann-note")
+                compare_ann_btn = gr.Button("Compare with the ANN counterpart", elem_id="btn-compare-ann",
+                                            interactive=False)
+                with gr.Row():
+                    img_snn = gr.Image(label="SNN", elem_id="img-snn", **img_kw)
+                    img_ann = gr.Image(label="ANN counterpart", elem_id="img-ann", **img_kw)
+                compare_ann_md = gr.Markdown(label="SNN vs ANN", elem_id="compare-ann-text")
+            with gr.Tab("Export", elem_id="tab-export"):
+                export_btn = gr.Button("Export the trajectory (GIF, MP4, PNG, NPZ)", elem_id="btn-export",
+                                       interactive=False)
+                with gr.Row():
+                    file_gif = gr.File(label="Trajectory (GIF)", elem_id="file-gif")
+                    file_mp4 = gr.File(label="Trajectory (MP4)", elem_id="file-mp4")
+                    file_png = gr.File(label="Final image (PNG)", elem_id="file-png")
+                    file_npz = gr.File(label="Spikes and potentials (NPZ)", elem_id="file-npz")
+                export_md = gr.Markdown(label="Export summary", elem_id="export-text")
+            with gr.Tab("Session data (JSON)", elem_id="tab-info"):
+                info = gr.JSON(first.get("info"), label="This session", elem_id="info")
+
+        with gr.Accordion("How it works: the spiking UNet, TSM, threshold guidance, and a lesson plan", open=False,
+                          elem_id="overview"):
+            gr.Markdown(ARCHITECTURE)
+        ex_rows, ex_labels = _lesson_examples(reg, default)
+        lesson = None
+        if ex_rows:
+            lesson = gr.Examples(ex_rows, inputs=[checkpoint, seed, sampler, num_steps, threshold, grid_size],
+                                 example_labels=ex_labels, label="Lesson presets (click one)", cache_examples=False,
+                                 elem_id="lesson-presets")
+
+        # -------------------------------------------------------------------- wiring
+        comp = dict(state=state, status=status, timeline=timeline, img_xt=img_xt, img_x0=img_x0, img_eps=img_eps,
+                    filmstrip=filmstrip, raster=raster, membrane=membrane, traces=traces, rate_bars=rate_bars,
+                    rate_course=rate_course, energy_md=energy_md, energy_plot=energy_plot, info=info,
+                    summary=summary, layer=layer, tsm_heat=tsm_heat, tsm_curve=tsm_curve, tsm_note=tsm_note_md,
+                    ann_note=ann_note, img_scale_base=img_scale_base, img_scale_s=img_scale_s,
+                    compare_scale_md=compare_scale_md, img_snn=img_snn, img_ann=img_ann, compare_ann_md=compare_ann_md,
+                    file_gif=file_gif, file_mp4=file_mp4, file_png=file_png, file_npz=file_npz, export_md=export_md,
+                    timer=timer, play_btn=play_btn, playing=playing, step_btn=step_btn, step10_btn=step10_btn,
+                    run_btn=run_btn, continue_btn=continue_btn, compare_scale_btn=compare_scale_btn,
+                    compare_ann_btn=compare_ann_btn, export_btn=export_btn)
+
+        def outs(keys):
+            return [comp[k] for k in keys]
+
+        settings_in = [checkpoint, seed, sampler, num_steps, threshold, grid_size]
+        view_in = [layer, raster_mode, neurons]
+        interactive = dict(concurrency_id="interactive", concurrency_limit=CONCURRENCY_LIMIT)
+        heavy = dict(concurrency_id="heavy", concurrency_limit=CONCURRENCY_LIMIT)
+
+        new_fn = user_errors(ex.new_trajectory)
+        new_args = dict(fn=new_fn, inputs=settings_in + view_in + [state], outputs=outs(VIEW_KEYS),
+                        show_progress="minimal", **interactive)
+
+        def then_enable(dep):
+            """A successful New trajectory enables the buttons that need one (they start disabled)."""
+            dep.success(ex.enable_actions, None, outs(ACTION_KEYS), queue=False, api_visibility="private")
+
+        then_enable(new_btn.click(
+            api_name="new_trajectory",
+            api_description="Draw x_T from the seed and take the first step. Inputs: checkpoint, seed, sampler "
+                            "('ddim'|'ddpm'), num_steps (1-1000), threshold_scale (0.9-1.1), grid_size (1|4|16), "
+                            "layer, raster_mode ('step'|'trajectory'), neurons.", **new_args))
+        info_fn = user_errors(ex.checkpoint_info)
+        then_enable(checkpoint.input(info_fn, [checkpoint, layer], outs(MODEL_KEYS), api_name="checkpoint_info",
+                                     queue=False,
+                                     api_description="The model card summary, layers and TSM plots of a checkpoint.")
+                    .success(api_visibility="private", **new_args))
+        for c in (sampler, grid_size):
+            then_enable(c.input(api_visibility="private", **new_args))
+        for c in (seed, num_steps):
+            then_enable(c.submit(api_visibility="private", **new_args))
+
+        step_fn = user_errors(ex.step)
+        step_btn.click(step_fn, [n_one, threshold] + view_in + [state], outs(VIEW_KEYS), api_name="step",
+                       api_description="Take n_steps steps (default 1) with this threshold scale.",
+                       show_progress="minimal", **interactive)
+        step10_btn.click(step_fn, [n_ten, threshold] + view_in + [state], outs(VIEW_KEYS), api_name="step_10",
+                         api_visibility="undocumented", show_progress="minimal", **interactive)
+        threshold.change(user_errors(ex.set_threshold), [threshold] + view_in + [state], outs(THRESHOLD_KEYS),
+                         api_name="set_threshold", show_progress="hidden", trigger_mode="always_last",
+                         api_description="Re-run the viewed step's denoiser with this threshold scale: x̂₀, ε̂ "
+                                         "and the neuron plots change, the trajectory does not.", **interactive)
+        timeline.input(user_errors(ex.scrub), [timeline] + view_in + [state], outs(SCRUB_KEYS), api_name="scrub",
+                       api_description="View recorded step `step` (1-based).", show_progress="hidden",
+                       trigger_mode="always_last", **interactive)
+        run_btn.click(user_errors(ex.run_to_end), [threshold] + view_in + [state], outs(VIEW_KEYS),
+                      api_name="run_to_end", show_progress="minimal",
+                      api_description="Step to the end with this threshold scale (streams while running).", **heavy)
+        continue_btn.click(user_errors(ex.continue_from_here), [threshold] + view_in + [state], outs(VIEW_KEYS),
+                           api_name="continue_from_here", show_progress="minimal",
+                           api_description="Re-run the viewed step with this threshold scale and carry on to the end.",
+                           **heavy)
+        layer_fn = user_errors(ex.select_layer)
+        layer.input(layer_fn, view_in + [state], outs(LAYER_KEYS), api_name="select_layer", show_progress="hidden",
+                    api_description="Redraw the neuron plots for a layer, raster mode and neuron selection.",
+                    **interactive)
+        for c in (raster_mode, neurons):
+            c.input(layer_fn, view_in + [state], outs(LAYER_KEYS), api_visibility="private", show_progress="hidden",
+                    **interactive)
+        play_btn.click(user_errors(ex.toggle_play), [playing, state], outs(("timer", "play_btn", "playing")),
+                       api_visibility="private", queue=False)
+        timer.tick(user_errors(ex.play_tick), [threshold] + view_in + [playing, state], outs(PLAY_KEYS),
+                   api_visibility="private", show_progress="hidden", **interactive)
+        compare_scale_btn.click(user_errors(ex.compare_scales), [threshold, state], outs(COMPARE_SCALE_KEYS),
+                                api_name="compare_scales", **heavy,
+                                api_description="Final images at threshold scale 1.0 and at this scale, same noise.")
+        compare_ann_btn.click(user_errors(ex.compare_ann), [threshold, state], outs(COMPARE_ANN_KEYS),
+                              api_name="compare_ann", **heavy,
+                              api_description="Final images of the SNN and its ANN counterpart, same noise.")
+        export_btn.click(user_errors(ex.export), [state], outs(EXPORT_KEYS), api_name="export", **heavy,
+                         api_description="The trajectory as GIF and MP4, the current sample as PNG, the recording "
+                                         "as NPZ.")
+        if lesson is not None:
+            then_enable(lesson.load_input_event.then(info_fn, [checkpoint, layer], outs(MODEL_KEYS),
+                                                     api_visibility="private")
+                        .success(api_visibility="private", **new_args))
+        demo.load(user_errors(ex.on_load), settings_in + view_in + [state],
+                  [checkpoint] + outs(MODEL_KEYS) + outs(VIEW_KEYS) + outs(ACTION_KEYS), api_visibility="private",
+                  show_progress="hidden")
+
+    demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE)
+    return demo
+
+
+def _free_session(sess) -> None:
+    """gr.State delete_callback: an idle or closed tab's recording is freed."""
+    if isinstance(sess, Session):
+        sess.close()
+
+
+def launch_kwargs() -> dict:
+    """Theme and CSS (Gradio 6 takes them in launch())."""
+    return dict(theme=THEME, css=CSS)
+
+
+demo = build_demo()
+
+
+def main() -> None:
+    import torch
+    # one intra-op thread per request: concurrent users share the cores instead of fighting over them
+    torch.set_num_threads(int(os.environ.get("SDM_TORCH_THREADS", "1")))
+    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
+                server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), **launch_kwargs())
+
+
+if __name__ == "__main__":
+    main()

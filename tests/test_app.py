@@ -1,0 +1,396 @@
+"""The explorer app: its handlers called directly, then the launched app driven through gradio_client.
+
+Everything runs on the tiny random fixtures (tests/fixtures), never on the trained checkpoints.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+# app.py builds its module-level `demo` on import: point it at the fixtures while it does
+_saved_env = os.environ.get("SDM_CHECKPOINTS")
+os.environ["SDM_CHECKPOINTS"] = str(FIXTURES)
+try:
+    import gradio as gr
+    import app
+finally:
+    if _saved_env is None:
+        os.environ.pop("SDM_CHECKPOINTS", None)
+    else:
+        os.environ["SDM_CHECKPOINTS"] = _saved_env
+
+from sdm.export import load_npz
+from sdm.session import MAX_STATE_BYTES, ModelRegistry, Session, estimate_state_bytes
+
+STEPS = 8
+LAYER = "down.0.blocks.0.conv1.act"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """As app.main() does: one intra-op thread per request (and no thread fights on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def explorer():
+    return app.Explorer(ModelRegistry(FIXTURES))
+
+
+def view(result, keys=app.VIEW_KEYS) -> dict:
+    return app.as_dict(result, keys)
+
+
+def start(ex, seed=0, steps=STEPS, scale=1.0, grid=1, checkpoint="tiny-sdm", sampler="ddim"):
+    return view(ex.new_trajectory(checkpoint, seed, sampler, steps, scale, grid, LAYER, "step", [], None))
+
+
+def drain(gen):
+    out = None
+    for out in gen:
+        pass
+    return out
+
+
+def figure_points(fig) -> int:
+    return sum(len(t.x) for t in fig.data if getattr(t, "x", None) is not None)
+
+
+# ------------------------------------------------------------------------------------------- handlers
+
+def test_new_trajectory_then_step_advances_the_index(explorer):
+    v = start(explorer)
+    sess = v["state"]
+    assert isinstance(sess, Session)
+    assert v["info"]["step"] == 1 and v["info"]["steps_done"] == 1
+    assert v["info"]["timestep"] == sess.timesteps[0]
+    assert "Step 1 / 8" in v["status"] and f"t = {sess.timesteps[0]}" in v["status"]
+
+    v2 = view(explorer.step(1, 1.0, LAYER, "step", [], sess))
+    assert v2["info"]["step"] == 2 and v2["info"]["timestep"] == sess.timesteps[1]
+    v3 = view(explorer.step(3, 1.0, LAYER, "step", [], sess))
+    assert v3["info"]["step"] == 5 and "Step 5 / 8" in v3["status"]
+    assert v3["timeline"].maximum == 5 and v3["timeline"].value == 5
+    # x_t changed from step to step, and the images are nearest-neighbour upscaled (pixel-crisp)
+    assert not np.array_equal(v2["img_xt"], v3["img_xt"])
+    img = v3["img_xt"]
+    scale = img.shape[0] // 28
+    assert scale >= 8 and img.shape[:2] == (28 * scale, 28 * scale) and img.dtype == np.uint8
+    block = img[:scale, :scale]
+    assert (block == block[0, 0]).all()
+    # stepping past the end is refused with a message
+    drain(explorer.run_to_end(1.0, LAYER, "step", [], sess))
+    with pytest.raises(ValueError, match="finished"):
+        explorer.step(1, 1.0, LAYER, "step", [], sess)
+
+
+def test_scrub_returns_the_recorded_step(explorer):
+    v = start(explorer)
+    sess = v["state"]
+    at2 = view(explorer.step(1, 1.0, LAYER, "step", [], sess))
+    explorer.step(4, 1.0, LAYER, "step", [], sess)
+    s = view(explorer.scrub(2, LAYER, "step", [], sess), app.SCRUB_KEYS)
+    assert s["info"]["step"] == 2 and s["info"]["timestep"] == sess.timesteps[1]
+    assert s["info"]["steps_done"] == 6
+    for k in ("img_xt", "img_x0", "img_eps"):
+        np.testing.assert_array_equal(s[k], at2[k])
+    assert s["info"]["x0_digest"] == at2["info"]["x0_digest"]
+    assert s["raster"].to_json() == at2["raster"].to_json()
+    assert "Viewing an earlier step" in s["status"]
+    with pytest.raises(ValueError, match="between 1 and 6"):
+        explorer.scrub(7, LAYER, "step", [], sess)
+
+
+def test_threshold_change_alters_x0_and_the_firing_rates(explorer):
+    v = start(explorer)
+    sess = v["state"]
+    base = view(explorer.step(2, 1.0, LAYER, "step", [], sess))
+    t = view(explorer.set_threshold(1.08, LAYER, "step", [], sess), app.THRESHOLD_KEYS)
+    assert t["info"]["previewing"] and t["info"]["threshold_scale"] == pytest.approx(1.08)
+    assert t["info"]["x0_digest"] != base["info"]["x0_digest"]
+    assert not np.array_equal(t["img_x0"], base["img_x0"])
+    assert t["info"]["firing_rates"] != base["info"]["firing_rates"]
+    assert t["info"]["mean_firing_rate"] < base["info"]["mean_firing_rate"]     # higher threshold, fewer spikes
+    assert t["raster"].to_json() != base["raster"].to_json()
+    assert t["membrane"].to_json() != base["membrane"].to_json()
+    assert "1.08" in t["traces"].to_json()                                         # the scaled threshold line
+    # the trajectory itself is untouched: same step, same x_t
+    assert t["info"]["step"] == 3 and t["info"]["steps_done"] == 3
+    # back to the recorded scale: the recorded view again
+    b = view(explorer.set_threshold(1.0, LAYER, "step", [], sess), app.THRESHOLD_KEYS)
+    assert not b["info"]["previewing"] and b["info"]["x0_digest"] == base["info"]["x0_digest"]
+
+
+def test_continue_from_here_equals_a_run_that_switched_scale_at_that_step(explorer):
+    v = start(explorer)
+    sess = v["state"]
+    explorer.step(4, 1.0, LAYER, "step", [], sess)
+    explorer.scrub(3, LAYER, "step", [], sess)
+    explorer.set_threshold(1.05, LAYER, "step", [], sess)
+    end = view(drain(explorer.continue_from_here(1.05, LAYER, "step", [], sess)))
+    assert end["info"]["done"] and end["info"]["steps_done"] == STEPS
+    assert [r.scale for r in sess.records] == [1.0, 1.0] + [1.05] * (STEPS - 2)
+    # the same thing straight from the pipeline: steps 1-2 at 1.0, then 3.. at 1.05 from the same noise
+    pipe = explorer.registry.get("tiny-sdm")
+    x = None
+    for out in pipe.steps(seed=0, num_inference_steps=STEPS, threshold_scale=1.0):
+        if out.index == 1:
+            x = out.sample
+            break
+    for out in pipe.steps(seed=0, num_inference_steps=STEPS, threshold_scale=1.05, sample=x, start_index=2):
+        pass
+    np.testing.assert_array_equal(sess.x, out.sample.numpy())
+
+
+def test_compare_scales_share_seed_and_noise(explorer):
+    v = start(explorer)
+    sess = v["state"]
+    drain(explorer.run_to_end(1.0, LAYER, "step", [], sess))
+    base, scaled, md = explorer.compare_scales(1.06, sess)
+    same, same2, _ = explorer.compare_scales(1.0, sess)
+    np.testing.assert_array_equal(same, same2)
+    np.testing.assert_array_equal(base, same)
+    assert not np.array_equal(base, scaled) and "1.060" in md
+    r = sess.compare_scales(1.06)
+    np.testing.assert_array_equal(r["base"], sess.x)                          # the trajectory just run at 1.0
+    fresh = explorer.registry.get("tiny-sdm").sample(n=1, seed=0, num_inference_steps=STEPS, threshold_scale=1.06)
+    np.testing.assert_allclose(app.viz.to_display(r["scaled"]), fresh, atol=1e-6)
+
+
+def test_compare_with_the_ann_counterpart(explorer):
+    v = start(explorer)
+    snn, ann, md = explorer.compare_ann(1.0, v["state"])
+    assert snn.shape == ann.shape and not np.array_equal(snn, ann)
+    assert "tiny-ann" in md and "SNN / ANN" in md
+    a = start(explorer, checkpoint="tiny-ann")
+    assert "ANN" in a["energy_md"] and "no spikes" in a["raster"].to_json()
+    with pytest.raises(ValueError, match="itself an ANN"):
+        explorer.compare_ann(1.0, a["state"])
+
+
+def test_exports_read_back_with_every_frame(explorer, tmp_path):
+    import cv2
+    import imageio.v3 as iio
+
+    v = start(explorer, grid=4)
+    sess = v["state"]
+    drain(explorer.run_to_end(1.0, LAYER, "step", [], sess))
+    gif, mp4, png, npz, md = explorer.export(sess)
+    frames = iio.imread(gif, index=None)
+    assert frames.shape[0] == STEPS + 1 and frames.shape[-1] == 3
+    h, w = frames.shape[1:3]
+    cap = cv2.VideoCapture(mp4)
+    count, shape = 0, None
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        count, shape = count + 1, frame.shape
+    cap.release()
+    assert count == STEPS + 1 and shape[:2] == (h + h % 2, w + w % 2)
+    assert iio.imread(png).ndim == 3
+    rec, meta = load_npz(npz)
+    T = sess.pipe.config.time_steps
+    assert rec[f"spikes/{LAYER}"].shape == (STEPS, T, 64) and rec[f"spikes/{LAYER}"].dtype == bool
+    assert rec[f"v/{LAYER}"].dtype == np.float16
+    assert rec["x_t"].shape == (STEPS, 4, 1, 28, 28) and rec["timesteps"].tolist() == sess.timesteps
+    assert meta["steps_recorded"] == STEPS and meta["frames"] == STEPS + 1 and LAYER in meta["layers"]
+    assert rec["firing_rate"].shape == (STEPS, len(meta["layers"]))
+
+
+def test_views_for_every_mode_and_layer(explorer):
+    v = start(explorer)
+    sess = v["state"]
+    explorer.step(3, 1.0, LAYER, "step", [], sess)
+    names = explorer.registry.get("tiny-sdm").layer_names()
+    out = app.as_dict(explorer.select_layer(names[-1], "trajectory", [0, 5], sess), app.LAYER_KEYS)
+    raster = out["raster"]
+    assert "showing 64 of" in raster.to_json()
+    boundaries = [t for t in raster.data if t.name == "step boundaries"][0]
+    assert np.isfinite(np.asarray(boundaries.x, dtype=float)).sum() == 2 * 3       # 3 separators between 4 steps
+    assert [t.name for t in out["traces"].data] == ["neuron 0", "neuron 5"]
+    assert figure_points(out["tsm_curve"]) == 4
+    with pytest.raises(ValueError, match="not recorded"):
+        explorer.select_layer(names[0], "step", [99], sess)
+    with pytest.raises(ValueError, match="not a layer"):
+        explorer.select_layer("nope", "step", [], sess)
+    info = explorer.checkpoint_info("tiny-sdm-vanilla", LAYER)
+    assert "no TSM" in info[4] and "no TSM" in info[2].to_json()
+
+
+def test_bad_inputs_give_clear_errors_and_the_session_survives(explorer):
+    step = app.user_errors(explorer.step)
+    new = app.user_errors(explorer.new_trajectory)
+    with pytest.raises(gr.Error, match="New trajectory"):
+        step(1, 1.0, LAYER, "step", [], None)
+    v = start(explorer)
+    sess = v["state"]
+    bad = [
+        (step, (0, 1.0, LAYER, "step", [], sess), "steps per click"),
+        (step, (10 ** 9, 1.0, LAYER, "step", [], sess), "steps per click"),
+        (step, (1, float("nan"), LAYER, "step", [], sess), "threshold scale"),
+        (step, (1, "1.0", LAYER, "step", [], sess), "threshold scale"),
+        (step, (1, 1.5, LAYER, "step", [], sess), "threshold scale"),
+        (step, (1, 1.0, "no.such.layer", "step", [], sess), "not a layer"),
+        (new, ("no-such-model", 0, "ddim", 5, 1.0, 1, LAYER, "step", [], sess), "not found"),
+        (new, ("tiny-sdm", -1, "ddim", 5, 1.0, 1, LAYER, "step", [], sess), "seed"),
+        (new, ("tiny-sdm", 0, "euler", 5, 1.0, 1, LAYER, "step", [], sess), "sampler"),
+        (new, ("tiny-sdm", 0, "ddim", 0, 1.0, 1, LAYER, "step", [], sess), "number of steps"),
+        (new, ("tiny-sdm", 0, "ddim", 2.5, 1.0, 1, LAYER, "step", [], sess), "whole number"),
+        (new, ("tiny-sdm", 0, "ddim", 5, float("inf"), 1, LAYER, "step", [], sess), "threshold scale"),
+        (new, ("tiny-sdm", 0, "ddim", 5, 1.0, 1000, LAYER, "step", [], sess), "grid size"),
+    ]
+    for fn, args, needle in bad:
+        with pytest.raises(gr.Error, match="(?i)" + needle):
+            fn(*args)
+    # nothing above touched the session
+    assert sess.info()["steps_done"] == 1 and sess.settings.checkpoint == "tiny-sdm"
+    assert view(step(1, 1.0, LAYER, "step", [], sess))["info"]["step"] == 2
+    # the API inputs are checked before any handler runs
+    for check in (app.CheckedSlider(0.9, 1.1, elem_id="threshold"), app.CheckedNumber(elem_id="seed", minimum=0)):
+        for payload in ("abc", float("nan"), float("inf"), True, [1]):
+            with pytest.raises(gr.Error, match="(?i)(threshold scale|seed) must be"):
+                check.preprocess(payload)
+    grid = app.CheckedRadio([("1", 1), ("4", 4), ("16", 16)], elem_id="grid-size")
+    for payload in (1000, "4", True, None):
+        with pytest.raises(gr.Error, match="Grid size must be one of 1, 4, 16"):
+            grid.preprocess(payload)
+    assert grid.preprocess(16) == 16 and grid.get_block_name() == "radio"
+
+
+def test_a_corrupted_checkpoint_is_reported_while_the_others_work(explorer, tmp_path):
+    shutil.copytree(FIXTURES / "tiny-sdm", tmp_path / "tiny-sdm")
+    shutil.copytree(FIXTURES / "tiny-sdm", tmp_path / "broken")
+    weights = tmp_path / "broken" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    ex = app.Explorer(ModelRegistry(tmp_path))
+    summary, *_ = ex.checkpoint_info("broken")
+    assert "cannot be loaded" in summary and "corrupted or truncated" in summary
+    with pytest.raises(gr.Error, match="broken.*cannot be loaded"):
+        app.user_errors(ex.new_trajectory)("broken", 0, "ddim", 4, 1.0, 1, LAYER, "step", [], None)
+    assert ex.registry.default_name() == "tiny-sdm"
+    v = view(ex.new_trajectory("tiny-sdm", 0, "ddim", 4, 1.0, 1, LAYER, "step", [], None))
+    assert v["info"]["checkpoint"] == "tiny-sdm"
+
+
+def test_sessions_do_not_see_each_other(explorer):
+    a = start(explorer, seed=1)["state"]
+    b = start(explorer, seed=2, scale=1.04)["state"]
+    for _ in range(3):
+        explorer.step(1, 1.0, LAYER, "step", [], a)
+        explorer.step(1, 1.04, LAYER, "step", [], b)
+        explorer.set_threshold(0.95, LAYER, "step", [], b)
+    solo_a = start(explorer, seed=1)["state"]
+    explorer.step(3, 1.0, LAYER, "step", [], solo_a)
+    solo_b = start(explorer, seed=2, scale=1.04)["state"]
+    explorer.step(3, 1.04, LAYER, "step", [], solo_b)
+    np.testing.assert_array_equal(a.x, solo_a.x)
+    np.testing.assert_array_equal(b.x, solo_b.x)
+    assert a.info()["threshold_scale"] == 1.0 and b.info()["threshold_scale"] == pytest.approx(0.95)
+
+
+def test_recorded_data_is_bounded(explorer):
+    pipe = explorer.registry.get("tiny-sdm")
+    sess = Session()
+    sess.start(pipe, "tiny-sdm", seed=0, sampler="ddpm", num_steps=1000, grid=16)
+    sess.advance(4, 1.0)
+    per_step = sum(r.nbytes for r in sess.records) / sess.num_recorded
+    assert per_step * 1000 < 200 * 2 ** 20
+    assert estimate_state_bytes(pipe, 1000, 16) >= per_step * 1000
+    assert estimate_state_bytes(pipe, 1000, 16) <= MAX_STATE_BYTES
+    rec = sess.records[0]
+    assert rec.x0.dtype == np.float16 and rec.eps.dtype == np.float16
+    assert all(a.dtype == np.float16 and a.shape[1] <= 64 for a in rec.v.values())
+    sess.close()
+    assert sess.nbytes() == 0 and not sess.started
+    with pytest.raises(ValueError, match="MB"):
+        Session(max_bytes=2 ** 20).start(pipe, "tiny-sdm", num_steps=1000, grid=16)
+
+
+def test_main_serves_on_all_interfaces_and_honours_the_port(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(app.demo, "launch", lambda **kw: seen.update(kw))
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    threads = torch.get_num_threads()
+    try:
+        app.main()
+    finally:
+        torch.set_num_threads(threads)
+    assert seen["server_port"] == 7999 and seen["server_name"] == "0.0.0.0"
+    assert seen["css"] and seen["theme"] is not None
+
+
+# ---------------------------------------------------------------------------------- the launched app
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served():
+    demo = app.build_demo(app.Explorer(ModelRegistry(FIXTURES)))
+    port = _free_port()
+    demo.launch(prevent_thread_lock=True, server_port=port, server_name="127.0.0.1", quiet=True,
+                **app.launch_kwargs())
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+def test_gradio_client_new_trajectory_step_threshold_export(served):
+    from gradio_client import Client
+    import imageio.v3 as iio
+
+    client = Client(served, verbose=False)
+    api = client.view_api(return_format="dict")["named_endpoints"]
+    for name in ("/new_trajectory", "/step", "/set_threshold", "/run_to_end", "/export", "/scrub"):
+        assert name in api
+
+    def info(result, keys=app.VIEW_KEYS):
+        return result[keys.index("info") - 1]          # gr.State is not part of the API's outputs
+
+    r = client.predict(checkpoint="tiny-sdm", seed=5, sampler="ddim", num_steps=6, threshold_scale=1.0,
+                       grid_size=1, api_name="/new_trajectory")
+    assert len(r) == len(app.VIEW_KEYS) - 1
+    assert info(r)["step"] == 1 and info(r)["seed"] == 5
+    r = client.predict(n_steps=2, threshold_scale=1.0, api_name="/step")
+    before = info(r)
+    assert before["step"] == 3
+    r = client.predict(threshold_scale=1.07, api_name="/set_threshold")
+    after = info(r, app.THRESHOLD_KEYS)
+    assert after["previewing"] and after["x0_digest"] != before["x0_digest"]
+    assert after["firing_rates"] != before["firing_rates"] and after["step"] == 3
+    gif, mp4, png, npz, md = client.predict(api_name="/export")
+    assert iio.imread(gif, index=None).shape[0] == 4            # 3 steps + the current sample
+    rec, meta = load_npz(npz)
+    assert meta["steps_recorded"] == 3 and meta["seed"] == 5
+    assert os.path.getsize(mp4) > 0 and iio.imread(png).ndim == 3
+    # the same result as a direct, solo session
+    solo = Session()
+    solo.start(ModelRegistry(FIXTURES).get("tiny-sdm"), "tiny-sdm", seed=5, num_steps=6)
+    solo.advance(2, 1.0)
+    assert solo.info()["sample_digest"] == before["sample_digest"]
+
+    # a second client has its own session: no trajectory yet, a clear error, and the server keeps answering
+    other = Client(served, verbose=False)
+    with pytest.raises(Exception, match="No trajectory yet"):
+        other.predict(api_name="/step")
+    with pytest.raises(Exception, match="Threshold scale must be a number"):
+        client.predict(threshold_scale="abc", api_name="/set_threshold")
+    r = client.predict(api_name="/run_to_end")
+    assert info(r)["done"] and info(r)["steps_done"] == 6
