@@ -40,11 +40,16 @@ def test_same_seed_bitwise_identical_other_seed_differs(tiny_pipe):
 
 
 def test_image_does_not_depend_on_batch(tiny_pipe):
+    # x_T and the step noise of image i come from (seed, i) alone: bitwise the same in any batch
+    assert torch.equal(tiny_pipe.initial_noise(1, 4)[2], tiny_pipe.initial_noise(1, 1, offset=2)[0])
     four = tiny_pipe.sample(n=4, seed=1, num_inference_steps=4, sampler="ddpm")
     one = tiny_pipe.sample(n=1, seed=1, num_inference_steps=4, sampler="ddpm")
     chunked = tiny_pipe.sample(n=4, seed=1, num_inference_steps=4, sampler="ddpm", batch_size=3)
-    assert np.allclose(four[0], one[0], atol=1e-4)
-    assert np.allclose(four, chunked, atol=1e-4)
+    # convolutions may round differently per batch size, which can flip a spike: compare loosely
+    assert np.abs(four[0] - one[0]).mean() < 0.02
+    assert np.abs(four - chunked).mean() < 0.02
+    other = tiny_pipe.sample(n=1, seed=2, num_inference_steps=4, sampler="ddpm")
+    assert np.abs(other[0] - one[0]).mean() > 0.05
 
 
 def test_resume_from_the_middle_equals_one_run(tiny_pipe):
