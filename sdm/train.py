@@ -279,8 +279,8 @@ def main(argv=None) -> int:
                          "init": init_note, "history": hist, "complete": final and step >= args.steps},
         }
         old = read_card(out) if (out / "card.json").exists() else {}
-        if old.get("metrics") and args.resume:
-            card["metrics_stale"] = old["metrics"]
+        if old.get("metrics") and args.resume:  # evaluated earlier: keep it, marked as stale
+            card["metrics_stale"] = {**old["metrics"], "note": f"measured at step {old.get('training', {}).get('steps')}"}
         save_checkpoint(out, model, diffusion, card, state_dict=ema.state_dict(model.state_dict()))
         save_train_state(out, model, ema, opt, step, wall, args)
 
