@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--resume", action="store_true", help="continue from --out's train_state/ (or its weights)")
     p.add_argument("--max-minutes", type=float, default=0, help="stop (and save) after this wall time; 0 = no limit")
+    p.add_argument("--stop-at", type=int, default=0,
+                   help="stop (and save) at this step while keeping the --steps learning-rate schedule "
+                        "(to match another run's budget); 0 = run to --steps")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -334,7 +337,7 @@ def main(argv=None) -> int:
                     bar.set_postfix(loss=f"{loss_ema:.4f}", img_s=f"{ips:.0f}")
             if bar is not None:
                 bar.update(1)
-        if args.max_minutes and time.time() - t_start > args.max_minutes * 60:
+        if (args.max_minutes and time.time() - t_start > args.max_minutes * 60) or (args.stop_at and step >= args.stop_at):
             stop = True
         if step % args.save_every == 0 and step < args.steps and not stop:
             save(final=False)
