@@ -33,8 +33,12 @@ class DDIMScheduler(_Base):
         # 2. abar_t and abar_{t_prev}
         alpha_prod_t = self._alpha_prod(t)
         alpha_prod_prev = self._alpha_prod(prev_t)
-        # 3. predicted x0, clipped
+        # 3. predicted x0, clipped; the noise is then re-derived from the clipped x0 (as diffusers does since
+        #    0.16). Keeping the raw model_output makes x0 and the direction disagree whenever x0 is clipped,
+        #    which at large t is almost always: samples of small models then come out as grey blotches.
         x0 = self._pred_x0(model_output, sample, alpha_prod_t)
+        if self.config.clip_sample:
+            model_output = (sample - math.sqrt(alpha_prod_t) * x0) / math.sqrt(1 - alpha_prod_t)
         # 4. sigma_t = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)
         sigma = self.eta * math.sqrt((1 - alpha_prod_prev) / (1 - alpha_prod_t)) * math.sqrt(1 - alpha_prod_t / alpha_prod_prev)
         # 5. direction pointing to x_t

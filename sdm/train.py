@@ -124,11 +124,16 @@ def machine_description(device: torch.device, world: int) -> str:
     return f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, {world} process(es)"
 
 
-def lr_at(step: int, args) -> float:
+def lr_at(step: int, args, fresh_from: int | None = None) -> float:
+    """Linear warmup, then cosine decay to --min-lr at --steps. ``fresh_from``: the step at which a fresh
+    optimizer took over (a resume from committed weights); the warmup is then repeated from there."""
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
     progress = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
-    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * progress))
+    lr = args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * progress))
+    if fresh_from is not None and step - fresh_from < args.warmup:
+        lr *= (step - fresh_from + 1) / args.warmup
+    return lr
 
 
 def _flat_optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -210,6 +215,7 @@ def main(argv=None) -> int:
     # ---- model: fresh, --init-from, or resumed
     step, wall_before = 0, 0.0
     init_note = None
+    fresh_from = None  # the step where a fresh optimizer took over from committed weights
     if args.resume and (out / "config.json").exists():
         model, diffusion, card = load_checkpoint(out, device)
         cfg = model.cfg
@@ -224,6 +230,7 @@ def main(argv=None) -> int:
             tr = card.get("training", {})
             step, wall_before = int(tr.get("steps", 0)), float(tr.get("wall_time_s", 0.0))
             init_note = "resumed from committed EMA weights with a fresh optimizer"
+            fresh_from = step
         history = card.get("training", {}).get("history", [])
     else:
         if args.init_from:
@@ -310,7 +317,7 @@ def main(argv=None) -> int:
         noise = torch.randn(x0.shape, generator=gen).to(device)
         xt = sched.add_noise(x0, noise, t)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, args)
+            g["lr"] = lr_at(step, args, fresh_from)
         with autocast:
             pred = ddp_model(xt, t)
         loss = F.mse_loss(pred.float(), noise)

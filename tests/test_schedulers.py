@@ -97,3 +97,23 @@ def test_cosine_schedule_is_valid():
 def test_default_schedule_is_linear_1e4_to_002():
     s = DDPMScheduler()
     assert s.betas[0].item() == pytest.approx(1e-4) and s.betas[-1].item() == pytest.approx(0.02)
+
+
+def test_ddim_with_clipping_rederives_the_noise_from_the_clipped_x0():
+    """With clip_sample, x0 and the direction must describe the same x_t: eps' = (x_t - sqrt(abar) x0c) / sqrt(1 - abar).
+    Using the raw model output instead (as the first version did) turned the samples of our small models into
+    grey blotches."""
+    cfg = DiffusionConfig(num_train_timesteps=10, beta_start=0.1, beta_end=0.2, clip_sample=True)
+    s = DDIMScheduler(cfg)
+    s.set_timesteps(5)
+    x = torch.tensor([[2.0, -0.3, 0.5]])
+    eps = torch.tensor([[-1.5, 0.2, 0.1]])  # x0 of the first pixel is far above 1: clipped
+    a, ap = abar(8), abar(6)
+    x0 = ((x - math.sqrt(1 - a) * eps) / math.sqrt(a)).clamp(-1, 1)
+    assert x0[0, 0] == 1.0  # the case under test
+    eps_c = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
+    out = s.step(eps, 8, x)
+    torch.testing.assert_close(out.pred_original_sample, x0)
+    torch.testing.assert_close(out.prev_sample, math.sqrt(ap) * x0 + math.sqrt(1 - ap) * eps_c)
+    # where nothing is clipped, the step is the plain DDIM step with the model's own eps
+    torch.testing.assert_close(out.prev_sample[0, 1:], (math.sqrt(ap) * x0 + math.sqrt(1 - ap) * eps)[0, 1:])

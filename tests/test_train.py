@@ -45,3 +45,16 @@ def test_missing_out_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         train_main(["--data", "digits"])
     assert "--out is required" in capsys.readouterr().err
+
+
+def test_lr_schedule_warms_up_again_after_a_fresh_optimizer():
+    from argparse import Namespace
+    from sdm.train import lr_at
+    args = Namespace(lr=1e-3, min_lr=0.0, warmup=100, steps=1000)
+    assert lr_at(0, args) == pytest.approx(1e-5)
+    assert lr_at(99, args) == pytest.approx(1e-3)
+    assert lr_at(1000, args) == pytest.approx(0.0)
+    plain = lr_at(500, args)
+    assert lr_at(500, args, fresh_from=500) == pytest.approx(plain / 100)   # first step after the resume
+    assert lr_at(549, args, fresh_from=500) == pytest.approx(lr_at(549, args) / 2)
+    assert lr_at(600, args, fresh_from=500) == pytest.approx(lr_at(600, args))  # warmup over
