@@ -1,3 +1,5 @@
+import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -20,3 +22,39 @@ def tiny_pipe():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def import_app():
+    """Import app.py with its module-level ``demo`` built on the tiny fixtures, never on the shipped checkpoints."""
+    saved = os.environ.get("SDM_CHECKPOINTS")
+    os.environ["SDM_CHECKPOINTS"] = str(FIXTURES)
+    try:
+        import app
+    finally:
+        if saved is None:
+            os.environ.pop("SDM_CHECKPOINTS", None)
+        else:
+            os.environ["SDM_CHECKPOINTS"] = saved
+    return app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def served():
+    """The app on the fixtures, launched in this process; yields its URL."""
+    app = import_app()
+    from sdm.session import ModelRegistry
+
+    demo = app.build_demo(app.Explorer(ModelRegistry(FIXTURES)))
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_port=port, server_name="127.0.0.1", quiet=True,
+                **app.launch_kwargs())
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()

@@ -6,30 +6,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-
-# app.py builds its module-level `demo` on import: point it at the fixtures while it does
-_saved_env = os.environ.get("SDM_CHECKPOINTS")
-os.environ["SDM_CHECKPOINTS"] = str(FIXTURES)
-try:
-    import gradio as gr
-    import app
-finally:
-    if _saved_env is None:
-        os.environ.pop("SDM_CHECKPOINTS", None)
-    else:
-        os.environ["SDM_CHECKPOINTS"] = _saved_env
-
+from conftest import FIXTURES, import_app
 from sdm.export import load_npz
 from sdm.session import MAX_STATE_BYTES, ModelRegistry, Session, estimate_state_bytes
 
+app = import_app()
 STEPS = 8
 LAYER = "down.0.blocks.0.conv1.act"
 
@@ -333,24 +320,6 @@ def test_main_serves_on_all_interfaces_and_honours_the_port(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------- the launched app
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def served():
-    demo = app.build_demo(app.Explorer(ModelRegistry(FIXTURES)))
-    port = _free_port()
-    demo.launch(prevent_thread_lock=True, server_port=port, server_name="127.0.0.1", quiet=True,
-                **app.launch_kwargs())
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
-
 
 def test_gradio_client_new_trajectory_step_threshold_export(served):
     from gradio_client import Client
