@@ -121,3 +121,75 @@ def test_every_converted_layer_counts_its_quantised_activation_within_its_residu
 def test_convert_refuses_non_quantised():
     with pytest.raises(ValueError, match="qann"):
         convert(SpikingUNet(ModelConfig(base_channels=8, channel_mult=(1, 2), time_embed_dim=16)))
+
+
+def _tiny_qann(size, bits=2):
+    torch.manual_seed(0)
+    cfg = ModelConfig(image_size=size, base_channels=8, channel_mult=(1, 2), time_embed_dim=16, neuron="qann",
+                      bits=bits)
+    qann = SpikingUNet(cfg).eval()
+    torch.nn.init.normal_(qann.out.conv.weight, std=0.1)
+    for _, m in qann.activations():
+        m.alpha.data.fill_(1.2)
+    return qann
+
+
+def test_layerwise_loss_compares_each_layer_rate_with_the_quantised_activation():
+    from sdm.convert import layerwise_loss
+    from sdm.data import load_dataset
+
+    data = load_dataset("digits", "train")
+    qann = _tiny_qann(data.image_size)
+    snn = convert(qann)
+    x, t = data.images[:8], torch.tensor([0, 100, 200, 300, 400, 500, 600, 700])
+    loss, parts = layerwise_loss(snn, qann, x, t)
+    assert loss.requires_grad and parts["layers"] > 0 and parts["output"] > 0
+    # the same network on both sides: nothing to fit
+    twin = convert(qann)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(0)  # a dead SNN: no spikes, so the layer term is the mean square of the QANN's activations
+        _, dead = layerwise_loss(twin, qann, x, t)
+    assert dead["layers"] > parts["layers"]
+    loss.backward()
+    grads = [p.grad for p in snn.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_layerwise_finetune_updates_the_snn_only_and_reports_its_losses():
+    """The fine-tune is optional; on this random tiny model, whose conversion is already almost exact, it has
+    nothing to gain (its measured effect on the shipped models is in their cards)."""
+    from sdm import DiffusionConfig
+    from sdm.convert import finetune
+    from sdm.data import load_dataset
+
+    data = load_dataset("digits", "train")
+    qann = _tiny_qann(data.image_size)
+    snn = convert(qann)
+    frozen = {k: v.clone() for k, v in qann.state_dict().items()}
+    start = {k: v.clone() for k, v in snn.state_dict().items()}
+    ft = finetune(snn, qann, data, DiffusionConfig(), steps=5, batch_size=8, lr=1e-3, progress=False)
+    assert set(ft["held_out_loss_before"]) == set(ft["held_out_loss_after"]) == {"layers", "output"}
+    assert ft["steps"] == 5 and not snn.training
+    assert all(torch.equal(v, qann.state_dict()[k]) for k, v in frozen.items())
+    assert any(not torch.equal(v, snn.state_dict()[k]) for k, v in start.items())
+
+
+def test_convert_cli_writes_a_loadable_if_checkpoint_with_the_finetune_in_its_card(tmp_path):
+    import json
+
+    from sdm import DiffusionConfig, load_pipeline
+    from sdm.checkpoints import save_checkpoint
+    from sdm.convert import main as convert_main
+    from sdm.data import load_dataset
+
+    size = load_dataset("digits", "train").image_size
+    save_checkpoint(tmp_path / "q", _tiny_qann(size), DiffusionConfig(), {"name": "q", "model": {"dataset": "digits"}})
+    assert convert_main(["--checkpoint", str(tmp_path / "q"), "--out", str(tmp_path / "s"), "--finetune", "3",
+                         "--batch-size", "8", "--no-progress"]) == 0
+    card = json.loads((tmp_path / "s" / "card.json").read_text())
+    assert card["conversion"]["T"] == 3 and card["conversion"]["finetune"]["steps"] == 3
+    assert card["conversion"]["finetune"]["data"] == "digits"
+    pipe = load_pipeline(tmp_path / "s")
+    assert pipe.config.neuron == "if" and pipe.config.time_steps == 3 and not pipe.tsm_weights()
+    assert convert_main(["--checkpoint", str(tmp_path / "q"), "--out", str(tmp_path / "x"), "--finetune", "-1"]) == 2
