@@ -605,14 +605,18 @@ def report_markdown(name: str, m: dict, calibration: dict | None = None) -> str:
 
 def comparison_table(rows: list[tuple[str, dict | None, object]]) -> str:
     """One markdown table of several checkpoints: rows of (name, metrics or None, pipeline or None)."""
-    lines = ["| checkpoint | neuron | T | TSM | FID | coverage | confidence | energy mJ/image | best scale |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| checkpoint | route | neuron | T | TSM | FID | coverage | confidence | energy mJ/image | best scale |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, m, pipe in rows:
         if m is None:
-            lines.append(f"| {name} | not found | | | | | | | |")
+            lines.append(f"| {name} | not found | | | | | | | | |")
             continue
         c = pipe.config
-        lines.append(f"| {name} | {c.neuron} | {c.time_steps} | {'yes' if c.tsm else 'no'} | {m['fid']:.2f} | "
+        conv = pipe.card.get("conversion")
+        route = ("ANN" if not c.spiking else
+                 f"converted from {conv.get('bits')}-bit QANN" + (" + fine-tune" if conv.get("finetune") else "")
+                 if conv else "direct training")
+        lines.append(f"| {name} | {route} | {c.neuron} | {c.time_steps} | {'yes' if c.tsm else 'no'} | {m['fid']:.2f} | "
                      f"{m['coverage']:.0%} | {m['mean_confidence']:.3f} | {_energy_cell(m.get('energy'))} | "
                      f"{m.get('best_scale', '—')} |")
     first = next((m for _, m, _ in rows if m), None)
@@ -689,6 +693,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", help="ANN counterpart sampled on the same seeds (default: the card's "
                                      "ann_counterpart, else <data>-ann if it exists; 'none' to skip)")
     p.add_argument("--no-energy", action="store_true", help="skip the energy estimate")
+    p.add_argument("--from-cards", action="store_true",
+                   help="with --checkpoints: take the metrics a card already holds (same --n, --steps, --sampler, "
+                        "--seed) instead of sampling again; evaluate only the others")
     p.add_argument("--inception-weights", metavar="PATH",
                    help="compute Inception FID with this pytorch-fid weights file (needs pip install pytorch-fid)")
     p.add_argument("--classifiers-dir", help="where the feature classifiers live (default checkpoints/classifiers)")
@@ -802,6 +809,13 @@ def _run_evaluate(args, command: str) -> int:
             print(f"note: {e}", file=sys.stderr)
             rows.append((name, None, None))
             results.append({"checkpoint": name, "found": False})
+            continue
+        stored = pipe.card.get("metrics") if (args.from_cards and table_mode) else None
+        if stored and all(stored.get(k) == v for k, v in
+                          (("fid_n", args.n), ("steps", args.steps), ("sampler", args.sampler), ("seed", args.seed))):
+            print(f"{pipe.name}: metrics from its card (evaluated {stored.get('evaluated_at', '?')})", file=sys.stderr)
+            rows.append((pipe.name, stored, pipe))
+            results.append({"checkpoint": pipe.name, "found": True, "metrics": stored, "from_card": True})
             continue
         data = canonical_data_name(args.data) if args.data else dataset_of(pipe)
         if data not in evaluators:

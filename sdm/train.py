@@ -189,6 +189,21 @@ class EMA:
         return {k: self.shadow[k].to(like[k].dtype) for k in like}
 
 
+def train_step(model, opt, xt, t, noise, autocast, grad_clip: float, params, step: int = 0) -> torch.Tensor:
+    """One optimizer step of the DDPM loss ||eps - eps_theta(x_t, t)||^2. Returns the (detached) loss."""
+    with autocast:
+        pred = model(xt, t)
+    loss = F.mse_loss(pred.float(), noise)
+    if not torch.isfinite(loss):
+        raise SystemExit(f"loss became {loss.item()} at step {step}; lower --lr or check the data")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    return loss.detach()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     command = "python -m sdm.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
@@ -318,16 +333,7 @@ def main(argv=None) -> int:
         xt = sched.add_noise(x0, noise, t)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args, fresh_from)
-        with autocast:
-            pred = ddp_model(xt, t)
-        loss = F.mse_loss(pred.float(), noise)
-        if not torch.isfinite(loss):
-            raise SystemExit(f"loss became {loss.item()} at step {step}; lower --lr or check the data")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if args.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        opt.step()
+        loss = train_step(ddp_model, opt, xt, t, noise, autocast, args.grad_clip, model.parameters(), step)
         ema.update(model, step)
         step += 1
         lv = loss.item()

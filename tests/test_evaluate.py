@@ -238,7 +238,28 @@ def test_cli_table_of_several_checkpoints(fixtures_dir, evaluator, monkeypatch, 
     assert rc == 0
     lines = [l for l in out.splitlines() if l.startswith("| tiny")]
     assert [l.split("|")[1].strip() for l in lines] == ["tiny-sdm", "tiny-missing", "tiny-ann"]
-    assert "not found" in lines[1] and "| ann | 1 |" in lines[2]
+    assert "not found" in lines[1] and "| ANN | ann | 1 |" in lines[2] and "| direct training | lif |" in lines[0]
+
+
+def test_cli_table_takes_matching_card_metrics_and_evaluates_the_rest(fixtures_dir, tmp_path, evaluator,
+                                                                      monkeypatch, capsys):
+    for name in ("tiny-sdm", "tiny-ann"):
+        shutil.copytree(fixtures_dir / name, tmp_path / name)
+    card = json.loads((tmp_path / "tiny-sdm" / "card.json").read_text())
+    card["metrics"] = {"fid": 12.5, "fid_n": 4, "steps": 1, "sampler": "ddim", "seed": 0, "coverage": 0.5,
+                       "mean_confidence": 0.7, "fid_features": "test features"}
+    card["conversion"] = {"bits": 2, "T": 3, "finetune": None}
+    (tmp_path / "tiny-sdm" / "card.json").write_text(json.dumps(card))
+    monkeypatch.setattr(ev, "make_evaluator", lambda *a, **k: evaluator)
+    args = ["--checkpoints", "tiny-sdm", "tiny-ann", "--checkpoints-dir", str(tmp_path), "--data", "digits28",
+            "--steps", "1", "--no-energy", "--no-write", "--no-progress", "--from-cards"]
+    assert ev.main(args + ["--n", "4"]) == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| tiny")]
+    assert "| converted from 2-bit QANN |" in lines[0] and "| 12.50 |" in lines[0]      # from its card
+    assert "| 12.50 |" not in lines[1]                                                   # sampled
+    assert ev.main(args + ["--n", "6"]) == 0                       # another n: the card does not match
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| tiny")]
+    assert "| 12.50 |" not in lines[0]
 
 
 def test_sweep_and_data_set_errors(fixtures_dir, evaluator):
