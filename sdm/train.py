@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, default=2, help="activation bits of --neuron qann")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--tsm", action="store_true", help="enable TSM (with --init-from: the paper's TSM stage)")
+    p.add_argument("--tsm-lr", type=float, default=None,
+                   help="peak learning rate of the TSM weights (default: --lr); the schedule scales it like --lr")
     p.add_argument("--init-from", help="start from this checkpoint's weights (name or folder)")
     # optimisation
     p.add_argument("--steps", type=int, default=10000, help="total optimizer steps (a resumed run continues to it)")
@@ -268,7 +270,13 @@ def main(argv=None) -> int:
     ema = EMA(model, args.ema_decay)
     if ema_init is not None:
         ema.shadow = {k: v.float().clone() for k, v in ema_init.items()}
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    tsm_params = [p for n, p in model.named_parameters() if n.endswith(".tsm")]
+    other = [p for n, p in model.named_parameters() if not n.endswith(".tsm")]
+    groups = [{"params": other, "lr_scale": 1.0}]
+    if tsm_params:  # no weight decay on TSM: it would pull the weights towards 0, not towards their init of 1
+        groups.append({"params": tsm_params, "weight_decay": 0.0,
+                       "lr_scale": (args.tsm_lr / args.lr) if args.tsm_lr else 1.0})
+    opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
     if meta is not None:
         _load_optimizer_state(opt, load_file(str(out / "train_state" / "optimizer.safetensors")), meta["optimizer"])
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
@@ -299,7 +307,7 @@ def main(argv=None) -> int:
                       "T": cfg.time_steps, "tsm": cfg.tsm, "image_size": cfg.image_size},
             "training": {"command": command, "steps": step, "batch_size": args.batch_size * world,
                          "wall_time_s": round(wall, 1), "machine": machine_description(device, world),
-                         "bf16": args.bf16, "lr": args.lr, "ema_decay": args.ema_decay,
+                         "bf16": args.bf16, "lr": args.lr, "tsm_lr": args.tsm_lr, "ema_decay": args.ema_decay,
                          "final_loss_ema": round(loss_ema, 5) if loss_ema is not None else None,
                          "init": init_note, "history": hist, "complete": final and step >= args.steps},
         }
@@ -332,7 +340,7 @@ def main(argv=None) -> int:
         noise = torch.randn(x0.shape, generator=gen).to(device)
         xt = sched.add_noise(x0, noise, t)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, args, fresh_from)
+            g["lr"] = lr_at(step, args, fresh_from) * g.get("lr_scale", 1.0)
         loss = train_step(ddp_model, opt, xt, t, noise, autocast, args.grad_clip, model.parameters(), step)
         ema.update(model, step)
         step += 1
@@ -343,7 +351,7 @@ def main(argv=None) -> int:
                 now = time.time()
                 ips = (step - last_step) * args.batch_size * world / max(now - last_t, 1e-9)
                 last_t, last_step = now, step
-                log.writerow([step, f"{loss_ema:.5f}", f"{g['lr']:.2e}", f"{ips:.1f}",
+                log.writerow([step, f"{loss_ema:.5f}", f"{opt.param_groups[0]['lr']:.2e}", f"{ips:.1f}",
                               f"{wall_before + now - t_start:.1f}"])
                 log_file.flush()
                 if bar is not None:

@@ -39,6 +39,16 @@ def test_resume_continues_and_tsm_stage(tmp_path):
     pipe = load_pipeline(tsm)
     assert pipe.config.tsm and len(pipe.tsm_weights()) == len(pipe.layer_names())
     assert any(abs(w - 1).max() > 0 for w in pipe.tsm_weights().values())  # fine-tuned away from 1
+    # --tsm-lr: the TSM weights get their own (higher) rate and move further in the same steps
+    fast = tmp_path / "tsm-fast"
+    assert train_main(TINY + ["--out", str(fast), "--steps", "10", "--init-from", str(out), "--tsm",
+                              "--lr", "1e-4", "--tsm-lr", "1e-2"]) == 0
+    slow = tmp_path / "tsm-slow"
+    assert train_main(TINY + ["--out", str(slow), "--steps", "10", "--init-from", str(out), "--tsm",
+                              "--lr", "1e-4"]) == 0
+    moved = lambda folder: max(abs(w - 1).max() for w in load_pipeline(folder).tsm_weights().values())
+    assert moved(fast) > 5 * moved(slow)
+    assert json.loads((fast / "card.json").read_text())["training"]["tsm_lr"] == 1e-2
 
 
 def test_missing_out_is_a_clear_error(capsys):
