@@ -308,6 +308,11 @@ def tsm_note(pipe) -> str:
     c = pipe.config
     if not c.spiking:
         return "**This checkpoint is an ANN: it has no spiking time steps and no TSM.**"
+    conv = pipe.card.get("conversion") if isinstance(pipe.card, dict) else None
+    if not c.tsm and conv:
+        return (f"**This model has no TSM**: it was converted from a {conv.get('bits', '?')}-bit quantised ANN "
+                f"({conv.get('source', '?')}) to IF neurons with T = {c.T}, whose thresholds are the ANN's clip "
+                "values; every time step gets the same weights.")
     if not c.tsm:
         return (f"**This model has no TSM** (vanilla SDM): every one of its T = {c.T} time steps gets the same "
                 "input current.")

@@ -128,7 +128,7 @@ class SpikingUNet(nn.Module):
         for name, m in self.named_modules():
             if isinstance(m, (SpikingNeuron, QuantClipReLU, AnalogActivation)):
                 m.name = name
-        if cfg.thresholds:
+        if cfg.thresholds and cfg.spiking:  # per-layer thresholds of a converted SNN (its ANN twin ignores them)
             neurons = self.neurons()
             if len(cfg.thresholds) != len(neurons):
                 raise ValueError(f"config gives {len(cfg.thresholds)} thresholds for {len(neurons)} spiking layers")

@@ -271,6 +271,36 @@ def test_a_corrupted_checkpoint_is_reported_while_the_others_work(explorer, tmp_
     assert v["info"]["checkpoint"] == "tiny-sdm"
 
 
+def test_a_converted_if_model_is_listed_and_its_neuron_views_work(tmp_path):
+    from sdm import ModelConfig, SpikingUNet
+    from sdm.checkpoints import save_checkpoint
+    from sdm.config import DiffusionConfig
+    from sdm.convert import convert
+
+    torch.manual_seed(0)
+    qann = SpikingUNet(ModelConfig(base_channels=8, channel_mult=(1, 2), time_embed_dim=16, neuron="qann", bits=2))
+    torch.nn.init.normal_(qann.out.conv.weight, std=0.2)
+    for _, m in qann.activations():
+        m.alpha.data.fill_(0.5)
+    save_checkpoint(tmp_path / "tiny-ann2snn-t3", convert(qann), DiffusionConfig(),
+                    {"name": "tiny-ann2snn-t3", "conversion": {"source": "tiny-qann", "bits": 2, "T": 3}})
+    shutil.copytree(FIXTURES / "tiny-sdm", tmp_path / "tiny-sdm")
+    ex = app.Explorer(ModelRegistry(tmp_path))
+    assert "tiny-ann2snn-t3" in ex.registry.names()
+    summary, layers, heat, curve, note, _ = ex.checkpoint_info("tiny-ann2snn-t3", LAYER)
+    assert "IF" in summary and "T=3" in summary.replace(" ", "")
+    assert "no TSM" in note and "converted from a 2-bit quantised ANN" in note
+    v = view(ex.new_trajectory("tiny-ann2snn-t3", 0, "ddim", 4, 1.0, 1, LAYER, "step", [], None))
+    sess = v["state"]
+    v = view(ex.step(2, 1.0, LAYER, "step", [], sess))
+    assert v["info"]["step"] == 3 and v["info"]["mean_firing_rate"] > 0
+    assert figure_points(v["raster"]) > 0 and figure_points(v["traces"]) > 0
+    out = app.as_dict(ex.select_layer("out.act", "trajectory", [], sess), app.LAYER_KEYS)
+    assert figure_points(out["raster"]) > 0 and figure_points(out["tsm_curve"]) == 0
+    t = view(ex.set_threshold(1.05, LAYER, "step", [], sess), app.THRESHOLD_KEYS)
+    assert t["info"]["mean_firing_rate"] < v["info"]["mean_firing_rate"]
+
+
 def test_sessions_do_not_see_each_other(explorer):
     a = start(explorer, seed=1)["state"]
     b = start(explorer, seed=2, scale=1.04)["state"]
