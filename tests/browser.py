@@ -161,6 +161,8 @@ def drive(page, url: str, shots: list | None = None) -> dict:
 
     def snap():
         if shots is not None:
+            page.evaluate("() => window.scrollTo(0, 0)")
+            page.wait_for_timeout(300)
             shots.append(page.screenshot())
 
     page.goto(url, wait_until="domcontentloaded")
@@ -216,14 +218,15 @@ def record_media(out: Path, url: str) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     shots: list[bytes] = []
     with browser_page() as page:
-        page.set_viewport_size({"width": 1280, "height": 900})
+        page.set_viewport_size({"width": 1280, "height": 1560})
         drive(page, url, shots)
         page.get_by_role("tab", name="Membrane traces").click()
         page.evaluate("() => window.scrollTo(0, 0)")
         page.click("#btn-run")
         wait_heading(page, "Step 50 /")
         wait_ready(page)
-        page.wait_for_timeout(500)
+        page.evaluate("() => window.scrollTo(0, 0)")
+        page.wait_for_timeout(800)
         shot = out / "screenshot.png"
         page.screenshot(path=str(shot))
         shots.append(shot.read_bytes())
