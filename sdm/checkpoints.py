@@ -30,12 +30,12 @@ def checkpoints_dir() -> Path:
 def list_checkpoints(root: str | Path | None = None) -> list[str]:
     """Names of the model folders under ``root`` (default: ``checkpoints_dir()``), sorted.
 
-    A folder with any of the checkpoint files counts, so that an incomplete one is listed and its loading error
+    A folder with a weights file or a config counts (a card alone does not: classifiers have one), so that an incomplete one is listed and its loading error
     (which names the missing file) reaches the user instead of the folder silently disappearing."""
     root = Path(root) if root is not None else checkpoints_dir()
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and any((p / f).exists() for f in REQUIRED))
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and ((p / WEIGHTS).exists() or (p / CONFIG).exists()))
 
 
 def resolve_checkpoint(name_or_path: str | Path, root: str | Path | None = None) -> Path:
