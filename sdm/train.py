@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=1.0)
     p.add_argument("--reset", default="zero", choices=["zero", "subtract"])
     p.add_argument("--readout", default="mean", choices=["mean", "decay"])
-    p.add_argument("--bits", type=int, default=2, help="activation bits of --neuron qann")
+    p.add_argument("--bits", type=int, default=None,
+                   help="activation bits of --neuron qann (default 2); with --init-from of a quantised ANN, "
+                        "re-quantise it to this many bits (its clips alpha are kept)")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--tsm", action="store_true", help="enable TSM (with --init-from: the paper's TSM stage)")
     p.add_argument("--tsm-lr", type=float, default=None,
@@ -117,7 +119,7 @@ def model_config_from_args(args, data) -> ModelConfig:
                        base_channels=args.base_channels, channel_mult=mult, num_res_blocks=args.num_res_blocks,
                        time_embed_dim=args.time_embed_dim, T=args.T, neuron=args.neuron, tsm=args.tsm,
                        beta=args.beta, threshold=args.threshold, reset=args.reset, readout=args.readout,
-                       bits=args.bits, dropout=args.dropout)
+                       bits=args.bits if args.bits is not None else 2, dropout=args.dropout)
 
 
 def machine_description(device: torch.device, world: int) -> str:
@@ -255,8 +257,18 @@ def main(argv=None) -> int:
             model, diffusion, _ = load_checkpoint(src, device)
             if args.tsm:
                 model.enable_tsm()
-            cfg = model.cfg
             init_note = f"initialised from {src.name}" + (" then TSM enabled (p = 1)" if args.tsm else "")
+            if args.bits is not None and args.bits != model.cfg.bits:
+                if model.cfg.neuron != "qann":
+                    raise SystemExit(f"--bits {args.bits} with --init-from {src.name}: only a quantised ANN "
+                                     f"(neuron 'qann') can change its bits, this one is {model.cfg.neuron!r}")
+                if args.bits < 1:
+                    raise SystemExit(f"--bits must be >= 1, got {args.bits}")
+                requant = SpikingUNet(model.cfg.replace(bits=args.bits)).to(device)
+                requant.load_state_dict(model.state_dict())  # same tensors: only the number of levels changes
+                init_note += f", re-quantised from {model.cfg.bits} to {args.bits} bits"
+                model = requant
+            cfg = model.cfg
         else:
             cfg = model_config_from_args(args, data)
             model = SpikingUNet(cfg).to(device)

@@ -68,3 +68,24 @@ def test_lr_schedule_warms_up_again_after_a_fresh_optimizer():
     assert lr_at(500, args, fresh_from=500) == pytest.approx(plain / 100)   # first step after the resume
     assert lr_at(549, args, fresh_from=500) == pytest.approx(lr_at(549, args) / 2)
     assert lr_at(600, args, fresh_from=500) == pytest.approx(lr_at(600, args))  # warmup over
+
+
+def test_init_from_a_quantised_ann_can_change_its_bits(tmp_path):
+    from safetensors.torch import load_file
+    b2 = tmp_path / "qann-b2"
+    assert train_main(TINY + ["--out", str(b2), "--steps", "6", "--neuron", "qann", "--bits", "2"]) == 0
+    b3 = tmp_path / "qann-b3"
+    assert train_main(TINY + ["--out", str(b3), "--steps", "2", "--init-from", str(b2), "--bits", "3", "--lr", "0", "--min-lr", "0",
+                              "--warmup", "0"]) == 0
+    assert json.loads((b3 / "config.json").read_text())["model"]["bits"] == 3
+    src, dst = load_file(str(b2 / "model.safetensors")), load_file(str(b3 / "model.safetensors"))
+    assert src.keys() == dst.keys()
+    assert all((src[k] == dst[k]).all() for k in src if k.endswith(".act.alpha"))
+    assert "re-quantised from 2 to 3 bits" in json.loads((b3 / "card.json").read_text())["training"]["init"]
+
+
+def test_bits_with_init_from_a_spiking_model_is_a_clear_error(tmp_path):
+    lif = tmp_path / "lif"
+    assert train_main(TINY + ["--out", str(lif), "--steps", "2"]) == 0
+    with pytest.raises(SystemExit, match="only a quantised ANN"):
+        train_main(TINY + ["--out", str(tmp_path / "x"), "--steps", "2", "--init-from", str(lif), "--bits", "3"])
