@@ -613,7 +613,7 @@ def comparison_table(rows: list[tuple[str, dict | None, object]]) -> str:
             continue
         c = pipe.config
         conv = pipe.card.get("conversion")
-        route = ("ANN" if not c.spiking else
+        route = (f"{c.bits}-bit quantised ANN" if c.neuron == "qann" else "ANN" if not c.spiking else
                  f"converted from {conv.get('bits')}-bit QANN" + (" + fine-tune" if conv.get("finetune") else "")
                  if conv else "direct training")
         lines.append(f"| {name} | {route} | {c.neuron} | {c.time_steps} | {'yes' if c.tsm else 'no'} | {m['fid']:.2f} | "

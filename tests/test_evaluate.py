@@ -268,3 +268,16 @@ def test_sweep_and_data_set_errors(fixtures_dir, evaluator):
         ev.evaluate_pipeline(ann, evaluator, n=2, steps=1, sweep_scales=[1.0], energy=False)
     with pytest.raises(ValueError, match="--data"):
         ev.dataset_of(ann)                                   # the fixture's card names no data set
+
+
+def test_table_names_the_route_of_each_model():
+    from types import SimpleNamespace
+    from sdm import ModelConfig
+    m = {"fid": 10.0, "coverage": 1.0, "mean_confidence": 0.9, "fid_n": 4, "sampler": "ddim", "steps": 1, "seed": 0,
+         "fid_features": "f"}
+    rows = [("q", m, SimpleNamespace(config=ModelConfig(neuron="qann", bits=3), card={})),
+            ("c", m, SimpleNamespace(config=ModelConfig(neuron="if", T=3), card={"conversion": {"bits": 2, "finetune": {"steps": 5}}})),
+            ("d", m, SimpleNamespace(config=ModelConfig(), card={})),
+            ("a", m, SimpleNamespace(config=ModelConfig(neuron="ann"), card={}))]
+    routes = [l.split("|")[2].strip() for l in ev.comparison_table(rows).splitlines()[2:6]]
+    assert routes == ["3-bit quantised ANN", "converted from 2-bit QANN + fine-tune", "direct training", "ANN"]
