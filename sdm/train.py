@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reset", default="zero", choices=["zero", "subtract"])
     p.add_argument("--readout", default="mean", choices=["mean", "decay"])
     p.add_argument("--bits", type=int, default=None,
-                   help="activation bits of --neuron qann (default 2); with --init-from of a quantised ANN, "
+                   help=f"activation bits of --neuron qann (default {ModelConfig.bits}); with --init-from of a quantised ANN, "
                         "re-quantise it to this many bits (its clips alpha are kept)")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--tsm", action="store_true", help="enable TSM (with --init-from: the paper's TSM stage)")
@@ -119,7 +119,7 @@ def model_config_from_args(args, data) -> ModelConfig:
                        base_channels=args.base_channels, channel_mult=mult, num_res_blocks=args.num_res_blocks,
                        time_embed_dim=args.time_embed_dim, T=args.T, neuron=args.neuron, tsm=args.tsm,
                        beta=args.beta, threshold=args.threshold, reset=args.reset, readout=args.readout,
-                       bits=args.bits if args.bits is not None else 2, dropout=args.dropout)
+                       bits=ModelConfig.bits if args.bits is None else args.bits, dropout=args.dropout)
 
 
 def machine_description(device: torch.device, world: int) -> str:
