@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from .checkpoints import load_checkpoint, resolve_checkpoint, save_checkpoint, read_card
 from .config import DiffusionConfig, ModelConfig
-from .data import load_dataset
+from .data import _ALIASES, load_dataset
 from .scheduling_ddpm import DDPMScheduler
 from .unet import SpikingUNet, count_parameters
 
@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sdm.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="JSON file with any of these options (flags given on the command line win)")
-    p.add_argument("--data", default="fmnist", help="fmnist | mnist | digits | a folder of PNG images")
+    p.add_argument("--data", default=None,
+                   help="fmnist | mnist | digits | a folder of PNG images (default: fmnist; with --resume, the "
+                        "data set the checkpoint was trained on)")
     p.add_argument("--data-dir", help="where the data set lies, if not in its default place")
     p.add_argument("--out", required=False, help="checkpoint folder to write (required)")
     p.add_argument("--name", help="checkpoint name for the card (default: the folder name)")
@@ -193,6 +195,22 @@ class EMA:
         return {k: self.shadow[k].to(like[k].dtype) for k in like}
 
 
+def resolve_data_arg(data: str | None, resume_dir: Path | None) -> str:
+    """The data set to train on. A resumed run keeps the data set its card names: ``--data`` may be left out, and
+    a different one is refused, since it would silently switch data sets in the middle of a run."""
+    trained_on = None
+    if resume_dir is not None and (resume_dir / "card.json").exists():
+        trained_on = read_card(resume_dir).get("model", {}).get("dataset")
+    if data is None:
+        return trained_on or "fmnist"
+    same = _ALIASES.get(str(data).lower(), data) == _ALIASES.get(str(trained_on).lower(), trained_on)
+    if trained_on is not None and not same:
+        raise SystemExit(f"--resume {resume_dir}: this checkpoint was trained on {trained_on!r}, not on --data "
+                         f"{data!r}. Drop --data to continue on {trained_on!r}, or use --init-from {resume_dir} "
+                         f"with a new --out to start a transfer to {data!r}.")
+    return data
+
+
 def train_step(model, opt, xt, t, noise, autocast, grad_clip: float, params, step: int = 0) -> torch.Tensor:
     """One optimizer step of the DDPM loss ||eps - eps_theta(x_t, t)||^2. Returns the (detached) loss."""
     with autocast:
@@ -227,6 +245,7 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed + rank)
 
     out = Path(args.out)
+    args.data = resolve_data_arg(args.data, out if args.resume else None)
     data = load_dataset(args.data, "train", args.data_dir)
     diffusion = DiffusionConfig()
     sched = DDPMScheduler(diffusion)

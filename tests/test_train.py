@@ -89,3 +89,18 @@ def test_bits_with_init_from_a_spiking_model_is_a_clear_error(tmp_path):
     assert train_main(TINY + ["--out", str(lif), "--steps", "2"]) == 0
     with pytest.raises(SystemExit, match="only a quantised ANN"):
         train_main(TINY + ["--out", str(tmp_path / "x"), "--steps", "2", "--init-from", str(lif), "--bits", "3"])
+
+
+def test_resume_keeps_the_data_set_of_the_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    train_main(TINY + ["--out", str(out), "--steps", "4"])
+    no_data = [a for a in TINY if a not in ("--data", "digits")]
+    # --data left out: the resumed run continues on the checkpoint's data set (digits, 8x8), not on the default
+    assert train_main(no_data + ["--out", str(out), "--steps", "6", "--resume"]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["model"]["dataset"] == "digits" and card["training"]["steps"] == 6
+    # a different --data is refused with the way out, before anything is trained or written
+    with pytest.raises(SystemExit) as e:
+        train_main(no_data + ["--data", "mnist", "--out", str(out), "--steps", "8", "--resume"])
+    assert "trained on 'digits'" in str(e.value) and "--init-from" in str(e.value)
+    assert json.loads((out / "card.json").read_text())["training"]["steps"] == 6
