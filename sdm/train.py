@@ -53,8 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel-mult", default="1,2,3", help="comma-separated multipliers per level")
     p.add_argument("--num-res-blocks", type=int, default=1)
     p.add_argument("--time-embed-dim", type=int, default=96)
-    p.add_argument("--T", type=int, default=4, help="spiking time steps")
-    p.add_argument("--neuron", default="lif", choices=["lif", "if", "ann", "qann"])
+    p.add_argument("--T", type=int, default=None,
+                   help="spiking time steps (default 4; with --init-from, the source's, and a different T re-runs "
+                        "its weights at this T, e.g. train at T=2 and fine-tune at T=4)")
+    p.add_argument("--neuron", default=None, choices=["lif", "if", "ann", "qann"],
+                   help="default lif; with --init-from, the source's, and a different neuron starts that kind of "
+                        "model from its weights, e.g. --init-from fmnist-ann --neuron lif")
     p.add_argument("--beta", type=float, default=0.9)
     p.add_argument("--threshold", type=float, default=1.0)
     p.add_argument("--reset", default="zero", choices=["zero", "subtract"])
@@ -119,7 +123,7 @@ def model_config_from_args(args, data) -> ModelConfig:
         raise SystemExit(f"--channel-mult must be comma-separated integers, got {args.channel_mult!r}")
     return ModelConfig(image_channels=data.images.shape[1], image_size=data.images.shape[2],
                        base_channels=args.base_channels, channel_mult=mult, num_res_blocks=args.num_res_blocks,
-                       time_embed_dim=args.time_embed_dim, T=args.T, neuron=args.neuron, tsm=args.tsm,
+                       time_embed_dim=args.time_embed_dim, T=args.T or 4, neuron=args.neuron or "lif", tsm=args.tsm,
                        beta=args.beta, threshold=args.threshold, reset=args.reset, readout=args.readout,
                        bits=ModelConfig.bits if args.bits is None else args.bits, dropout=args.dropout)
 
@@ -193,6 +197,36 @@ class EMA:
 
     def state_dict(self, like: dict) -> dict:
         return {k: self.shadow[k].to(like[k].dtype) for k in like}
+
+
+def rebuild_model(model: SpikingUNet, neuron: str | None = None, T: int | None = None) -> tuple[SpikingUNet, str]:
+    """``model``'s weights in a model of another neuron kind or T (same architecture otherwise): the ANN counterpart's
+    weights as the start of a spiking model, or a model trained at T=2 fine-tuned at T=4. Every tensor whose name
+    and shape match is copied; the rest (a quantised ANN's clips alpha, TSM weights of another T) keep their fresh
+    init. Returns the model (``model`` itself when nothing changes) and a note for the card ("" then)."""
+    changes = {}
+    if neuron is not None and neuron != model.cfg.neuron:
+        changes["neuron"] = neuron
+    if T is not None and T != model.cfg.T:
+        if T < 1:
+            raise SystemExit(f"--T must be >= 1, got {T}")
+        changes["T"] = T
+    if not changes:
+        return model, ""
+    new = SpikingUNet(model.cfg.replace(**changes)).to(next(model.parameters()).device)
+    target = new.state_dict()
+    source = model.state_dict()
+    copied = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
+    new.load_state_dict(copied, strict=False)
+    fresh = sorted(k for k in target if k not in copied)
+    what = []
+    if "neuron" in changes:
+        what.append(f"neuron {model.cfg.neuron} -> {neuron}")
+    if "T" in changes:
+        what.append(f"T {model.cfg.T} -> {T}")
+    note = "rebuilt with " + ", ".join(what) + f" ({len(copied)} of {len(target)} tensors copied"
+    note += (f"; fresh: {', '.join(fresh[:4])}{' ...' if len(fresh) > 4 else ''})" if fresh else ")")
+    return new, note
 
 
 def resolve_data_arg(data: str | None, resume_dir: Path | None) -> str:
@@ -274,9 +308,13 @@ def main(argv=None) -> int:
         if args.init_from:
             src = resolve_checkpoint(args.init_from)
             model, diffusion, _ = load_checkpoint(src, device)
+            init_note = f"initialised from {src.name}"
+            model, rebuilt = rebuild_model(model, neuron=args.neuron, T=args.T)
+            if rebuilt:
+                init_note += f", {rebuilt}"
             if args.tsm:
                 model.enable_tsm()
-            init_note = f"initialised from {src.name}" + (" then TSM enabled (p = 1)" if args.tsm else "")
+                init_note += " then TSM enabled (p = 1)"
             if args.bits is not None and args.bits != model.cfg.bits:
                 if model.cfg.neuron != "qann":
                     raise SystemExit(f"--bits {args.bits} with --init-from {src.name}: only a quantised ANN "

@@ -104,3 +104,33 @@ def test_resume_keeps_the_data_set_of_the_checkpoint(tmp_path, capsys):
         train_main(no_data + ["--data", "mnist", "--out", str(out), "--steps", "8", "--resume"])
     assert "trained on 'digits'" in str(e.value) and "--init-from" in str(e.value)
     assert json.loads((out / "card.json").read_text())["training"]["steps"] == 6
+
+
+def test_init_from_the_ann_counterpart_starts_a_spiking_model_from_its_weights(tmp_path):
+    from safetensors.torch import load_file
+    ann = tmp_path / "ann"
+    assert train_main(TINY + ["--out", str(ann), "--steps", "6", "--neuron", "ann"]) == 0
+    snn = tmp_path / "snn"
+    zero_lr = ["--lr", "0", "--min-lr", "0", "--warmup", "0"]
+    assert train_main(TINY + ["--out", str(snn), "--steps", "1", "--init-from", str(ann), "--neuron", "lif",
+                              "--T", "2", "--ema-decay", "0"] + zero_lr) == 0
+    cfg = json.loads((snn / "config.json").read_text())["model"]
+    assert (cfg["neuron"], cfg["T"]) == ("lif", 2)
+    a, s = load_file(str(ann / "model.safetensors")), load_file(str(snn / "model.safetensors"))
+    assert set(a) == set(s)
+    conv = next(k for k in a if k.endswith("weight") and a[k].dim() == 4)
+    assert (a[conv] == s[conv]).all()  # learning rate 0: the ANN's weights, unchanged
+    note = json.loads((snn / "card.json").read_text())["training"]["init"]
+    assert "neuron ann -> lif" in note and "T 4 -> 2" in note
+    # then T=2 -> T=4 with TSM: the TSM weights are new (p = 1), everything else is copied
+    t4 = tmp_path / "t4"
+    assert train_main(TINY + ["--out", str(t4), "--steps", "1", "--init-from", str(snn), "--T", "4", "--tsm",
+                              "--ema-decay", "0"] + zero_lr) == 0
+    pipe = load_pipeline(t4)
+    assert pipe.config.T == 4 and pipe.config.neuron == "lif"
+    assert all(w.shape == (4,) and (w == 1).all() for w in pipe.tsm_weights().values())
+    # a resumed or fresh run without --neuron / --T still gets the defaults
+    fresh = tmp_path / "fresh"
+    assert train_main(TINY + ["--out", str(fresh), "--steps", "1"]) == 0
+    cfg = json.loads((fresh / "config.json").read_text())["model"]
+    assert (cfg["neuron"], cfg["T"]) == ("lif", 4)
