@@ -199,34 +199,45 @@ class EMA:
         return {k: self.shadow[k].to(like[k].dtype) for k in like}
 
 
-def rebuild_model(model: SpikingUNet, neuron: str | None = None, T: int | None = None) -> tuple[SpikingUNet, str]:
-    """``model``'s weights in a model of another neuron kind or T (same architecture otherwise): the ANN counterpart's
-    weights as the start of a spiking model, or a model trained at T=2 fine-tuned at T=4. Every tensor whose name
-    and shape match is copied; the rest (a quantised ANN's clips alpha, TSM weights of another T) keep their fresh
-    init. Returns the model (``model`` itself when nothing changes) and a note for the card ("" then)."""
-    changes = {}
-    if neuron is not None and neuron != model.cfg.neuron:
+def rebuild_model(model: SpikingUNet, neuron: str | None = None, T: int | None = None,
+                  bits: int | None = None) -> tuple[SpikingUNet, str]:
+    """``model``'s weights in a model of another neuron kind, T or bit width (same architecture otherwise): the ANN
+    counterpart's weights as the start of a spiking model, a model trained at T=2 fine-tuned at T=4, or a quantised
+    ANN re-quantised to more bits (its clips alpha are kept). Every tensor whose name and shape match is copied; the
+    rest (a quantised ANN's clips alpha, TSM weights of another T) keep their fresh init. Returns the model
+    (``model`` itself when nothing changes) and a note for the card ("" then)."""
+    cfg = model.cfg
+    changes, what = {}, []
+    if neuron is not None and neuron != cfg.neuron:
         changes["neuron"] = neuron
-    if T is not None and T != model.cfg.T:
+        what.append(f"neuron {cfg.neuron} -> {neuron}")
+    if T is not None and T != cfg.T:
         if T < 1:
             raise SystemExit(f"--T must be >= 1, got {T}")
         changes["T"] = T
+        what.append(f"T {cfg.T} -> {T}")
+    if bits is not None and bits != cfg.bits:
+        target = changes.get("neuron", cfg.neuron)
+        if target != "qann":
+            raise SystemExit(f"--bits {bits} with --init-from: only a quantised ANN (neuron 'qann') can change its "
+                             f"bits, this one is {target!r}")
+        if bits < 1:
+            raise SystemExit(f"--bits must be >= 1, got {bits}")
+        changes["bits"] = bits
     if not changes:
         return model, ""
-    new = SpikingUNet(model.cfg.replace(**changes)).to(next(model.parameters()).device)
-    target = new.state_dict()
-    source = model.state_dict()
-    copied = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
+    new = SpikingUNet(cfg.replace(**changes)).to(next(model.parameters()).device)
+    target_sd, source_sd = new.state_dict(), model.state_dict()
+    copied = {k: v for k, v in source_sd.items() if k in target_sd and target_sd[k].shape == v.shape}
     new.load_state_dict(copied, strict=False)
-    fresh = sorted(k for k in target if k not in copied)
-    what = []
-    if "neuron" in changes:
-        what.append(f"neuron {model.cfg.neuron} -> {neuron}")
-    if "T" in changes:
-        what.append(f"T {model.cfg.T} -> {T}")
-    note = "rebuilt with " + ", ".join(what) + f" ({len(copied)} of {len(target)} tensors copied"
-    note += (f"; fresh: {', '.join(fresh[:4])}{' ...' if len(fresh) > 4 else ''})" if fresh else ")")
-    return new, note
+    notes = []
+    if what:
+        fresh = sorted(k for k in target_sd if k not in copied)
+        notes.append("rebuilt with " + ", ".join(what) + f" ({len(copied)} of {len(target_sd)} tensors copied"
+                     + (f"; fresh: {', '.join(fresh[:4])}{' ...' if len(fresh) > 4 else ''})" if fresh else ")"))
+    if "bits" in changes:
+        notes.append(f"re-quantised from {cfg.bits} to {bits} bits")
+    return new, ", ".join(notes)
 
 
 def resolve_data_arg(data: str | None, resume_dir: Path | None) -> str:
@@ -291,6 +302,10 @@ def main(argv=None) -> int:
     if args.resume and (out / "config.json").exists():
         model, diffusion, card = load_checkpoint(out, device)
         cfg = model.cfg
+        for flag, asked, have in (("--neuron", args.neuron, cfg.neuron), ("--T", args.T, cfg.T)):
+            if asked is not None and asked != have:
+                raise SystemExit(f"--resume {out}: the checkpoint has {flag} {have}, not {asked}. Drop {flag} to "
+                                 f"continue it, or use --init-from {out} {flag} {asked} with a new --out.")
         ema_init = {k: v.clone() for k, v in model.state_dict().items()}
         st = out / "train_state"
         meta = None
@@ -309,22 +324,12 @@ def main(argv=None) -> int:
             src = resolve_checkpoint(args.init_from)
             model, diffusion, _ = load_checkpoint(src, device)
             init_note = f"initialised from {src.name}"
-            model, rebuilt = rebuild_model(model, neuron=args.neuron, T=args.T)
+            model, rebuilt = rebuild_model(model, neuron=args.neuron, T=args.T, bits=args.bits)
             if rebuilt:
                 init_note += f", {rebuilt}"
             if args.tsm:
                 model.enable_tsm()
                 init_note += " then TSM enabled (p = 1)"
-            if args.bits is not None and args.bits != model.cfg.bits:
-                if model.cfg.neuron != "qann":
-                    raise SystemExit(f"--bits {args.bits} with --init-from {src.name}: only a quantised ANN "
-                                     f"(neuron 'qann') can change its bits, this one is {model.cfg.neuron!r}")
-                if args.bits < 1:
-                    raise SystemExit(f"--bits must be >= 1, got {args.bits}")
-                requant = SpikingUNet(model.cfg.replace(bits=args.bits)).to(device)
-                requant.load_state_dict(model.state_dict())  # same tensors: only the number of levels changes
-                init_note += f", re-quantised from {model.cfg.bits} to {args.bits} bits"
-                model = requant
             cfg = model.cfg
         else:
             cfg = model_config_from_args(args, data)

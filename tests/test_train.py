@@ -104,6 +104,8 @@ def test_resume_keeps_the_data_set_of_the_checkpoint(tmp_path, capsys):
         train_main(no_data + ["--data", "mnist", "--out", str(out), "--steps", "8", "--resume"])
     assert "trained on 'digits'" in str(e.value) and "--init-from" in str(e.value)
     assert json.loads((out / "card.json").read_text())["training"]["steps"] == 6
+    with pytest.raises(SystemExit, match="the checkpoint has --T 4, not 2"):
+        train_main(no_data + ["--T", "2", "--out", str(out), "--steps", "8", "--resume"])
 
 
 def test_init_from_the_ann_counterpart_starts_a_spiking_model_from_its_weights(tmp_path):
