@@ -388,6 +388,8 @@ def main(argv=None) -> int:
         old = read_card(out) if (out / "card.json").exists() else {}
         if old.get("metrics") and args.resume:  # evaluated earlier: keep it, marked as stale
             card["metrics_stale"] = {**old["metrics"], "note": f"measured at step {old.get('training', {}).get('steps')}"}
+        elif old.get("metrics_stale") and args.resume:  # the saves after the first keep it too
+            card["metrics_stale"] = old["metrics_stale"]
         save_checkpoint(out, model, diffusion, card, state_dict=ema.state_dict(model.state_dict()))
         save_train_state(out, model, ema, opt, step, wall, args)
 

@@ -136,3 +136,15 @@ def test_init_from_the_ann_counterpart_starts_a_spiking_model_from_its_weights(t
     assert train_main(TINY + ["--out", str(fresh), "--steps", "1"]) == 0
     cfg = json.loads((fresh / "config.json").read_text())["model"]
     assert (cfg["neuron"], cfg["T"]) == ("lif", 4)
+
+
+def test_resumed_run_keeps_earlier_metrics_marked_stale_across_saves(tmp_path):
+    out = tmp_path / "run"
+    train_main(TINY + ["--out", str(out), "--steps", "2"])
+    card = json.loads((out / "card.json").read_text())
+    card["metrics"] = {"fid": 123.4, "fid_n": 10}
+    (out / "card.json").write_text(json.dumps(card))
+    assert train_main(TINY + ["--out", str(out), "--steps", "6", "--resume", "--save-every", "2"]) == 0  # 3 saves
+    card = json.loads((out / "card.json").read_text())
+    assert "metrics" not in card
+    assert card["metrics_stale"]["fid"] == 123.4 and card["metrics_stale"]["note"] == "measured at step 2"
