@@ -158,7 +158,7 @@ def render_card(card: dict) -> str:
         if isinstance(v, str) and v.endswith(".png"):
             lines += [f"![{k}]({v})", ""]
         elif isinstance(v, str) and "\n" in v:
-            lines += [f"## {k}", "", v, ""]
+            lines += [f"## {k.replace('_', ' ').capitalize()}", "", v, ""]
         else:
             lines += [f"- **{k}**: {json.dumps(v, default=float)}"]
     return "\n".join(lines).rstrip() + "\n"

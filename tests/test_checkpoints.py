@@ -59,3 +59,14 @@ def test_env_var_selects_the_checkpoint_folder(monkeypatch, fixtures_dir):
     monkeypatch.setenv("SDM_CHECKPOINTS", str(fixtures_dir))
     assert "tiny-sdm" in sdm.list_checkpoints()
     assert sdm.load_pipeline("tiny-sdm").name == "tiny-sdm"
+
+
+def test_card_renders_multi_line_texts_as_titled_sections():
+    from sdm.checkpoints import render_card
+    text = render_card({"name": "x", "model": {"T": 4}, "findings": "- one\n- two", "evaluation_notes": "a\nb",
+                        "samples_grid": "samples.png", "seed": 0})
+    lines = text.splitlines()
+    assert lines[0] == "# x" and "## Model" in lines and "- **T**: 4" in lines
+    i = lines.index("## Findings")
+    assert lines[i + 1:i + 4] == ["", "- one", "- two"]
+    assert "## Evaluation notes" in lines and "![samples_grid](samples.png)" in lines and "- **seed**: 0" in lines
