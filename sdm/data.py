@@ -56,6 +56,11 @@ _ALIASES = {"fmnist": "fmnist", "fashion-mnist": "fmnist", "fashion_mnist": "fmn
             "mnist": "mnist", "digits": "digits"}
 
 
+def canonical_data_name(name: str) -> str:
+    """"fashion-mnist" -> "fmnist"; other names lower-cased (the name a card or a classifier folder uses)."""
+    return _ALIASES.get(str(name).lower(), str(name).lower())
+
+
 @dataclass(repr=False)
 class ImageDataset:
     """An in-memory image data set.

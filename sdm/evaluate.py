@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .checkpoints import MAX_FILE_BYTES, checkpoints_dir, read_card, write_card
-from .data import ImageDataset, available_datasets, load_dataset
+from .data import ImageDataset, available_datasets, canonical_data_name, load_dataset
 
 CLASSIFIER_WEIGHTS = "classifier.safetensors"   # not model.safetensors: a classifier folder is no diffusion checkpoint
 CLASSIFIER_CONFIG = "classifier.json"
@@ -47,16 +47,10 @@ SWEEP_SCALES = (0.90, 0.95, 0.98, 0.99, 0.995, 0.997, 0.999, 1.0, 1.001, 1.003, 
 MIN_SHARE = 0.02            # a class is "covered" when it receives at least this share of the samples
 ENERGY_IMAGES = 8           # images whose trajectories are metered for the energy estimate
 GRID_SIDE = 10              # samples.png is a GRID_SIDE x GRID_SIDE grid
-_DATA_ALIASES = {"fashion-mnist": "fmnist", "fashion_mnist": "fmnist"}
 
 
 def train_command(data: str) -> str:
     return f"python -m sdm.evaluate --train-classifier {data}"
-
-
-def canonical_data_name(data: str) -> str:
-    """"fashion-mnist" -> "fmnist"; other names lower-cased. The name of a data set's classifier folder."""
-    return _DATA_ALIASES.get(str(data).lower(), str(data).lower())
 
 
 def classifiers_dir() -> Path:

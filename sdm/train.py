@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from .checkpoints import load_checkpoint, resolve_checkpoint, save_checkpoint, read_card
 from .config import DiffusionConfig, ModelConfig
-from .data import _ALIASES, load_dataset
+from .data import canonical_data_name, load_dataset
 from .scheduling_ddpm import DDPMScheduler
 from .unet import SpikingUNet, count_parameters
 
@@ -248,7 +248,7 @@ def resolve_data_arg(data: str | None, resume_dir: Path | None) -> str:
         trained_on = read_card(resume_dir).get("model", {}).get("dataset")
     if data is None:
         return trained_on or "fmnist"
-    same = _ALIASES.get(str(data).lower(), data) == _ALIASES.get(str(trained_on).lower(), trained_on)
+    same = canonical_data_name(data) == canonical_data_name(trained_on)
     if trained_on is not None and not same:
         raise SystemExit(f"--resume {resume_dir}: this checkpoint was trained on {trained_on!r}, not on --data "
                          f"{data!r}. Drop --data to continue on {trained_on!r}, or use --init-from {resume_dir} "
