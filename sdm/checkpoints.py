@@ -118,7 +118,7 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu"):
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise ValueError(f"{path}: corrupted or truncated safetensors file ({e}); "
                          "restore it (git checkout) or retrain") from None
-    model = SpikingUNet(model_cfg).to(device)
+    model = SpikingUNet(model_cfg, diffusion).to(device)
     own = model.state_dict()
     missing_keys = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))

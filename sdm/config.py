@@ -46,6 +46,10 @@ class ModelConfig:
         thresholds: per-layer thresholds in forward order (empty: ``threshold`` everywhere); set by ANN-to-SNN
             conversion, where layer l's threshold is the clip alpha_l of the quantised ANN.
         v_init: initial membrane potential as a fraction of the threshold (0; 0.5 after conversion).
+        precondition: read the noise out as ``c_skip(t) * x_t + c_out(t) * F(x_t, t)`` (an analog skip of the input,
+            as in EDM's preconditioning) instead of ``F(x_t, t)``. At large t the noise is almost x_t itself, which
+            spiking layers pass on only coarsely; the skip carries it in float and F predicts the rest.
+        sigma_data: the data's root mean square used by ``precondition`` (Fashion-MNIST in [-1, 1]: 0.83).
     """
 
     image_channels: int = 1
@@ -65,8 +69,12 @@ class ModelConfig:
     dropout: float = 0.0
     thresholds: tuple[float, ...] = ()
     v_init: float = 0.0
+    precondition: bool = False
+    sigma_data: float = 0.8
 
     def __post_init__(self):
+        if not self.sigma_data > 0:
+            raise ValueError(f"sigma_data must be > 0, got {self.sigma_data}")
         if self.neuron not in NEURONS:
             raise ValueError(f"neuron must be one of {NEURONS}, got {self.neuron!r}")
         if self.reset not in ("zero", "subtract"):

@@ -41,7 +41,7 @@ def convert(qann: SpikingUNet) -> SpikingUNet:
     alphas = {name: float(m.alpha.detach().abs()) + 1e-6 for name, m in qann.activations() if isinstance(m, QuantClipReLU)}
     snn_cfg = cfg.replace(neuron="if", T=2 ** cfg.bits - 1, reset="subtract", tsm=False, readout="mean",
                           thresholds=tuple(alphas.values()), v_init=0.5)
-    snn = SpikingUNet(snn_cfg)
+    snn = SpikingUNet(snn_cfg, qann.diffusion)
     snn.load_state_dict({k: v for k, v in qann.state_dict().items() if not k.endswith(".act.alpha")})
     with torch.no_grad():
         for name, m in snn.named_modules():

@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"activation bits of --neuron qann (default {ModelConfig.bits}); with --init-from of a quantised ANN, "
                         "re-quantise it to this many bits (its clips alpha are kept)")
     p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--precondition", action="store_true",
+                   help="analog skip readout eps = c_skip(t) x_t + c_out(t) F(x_t, t) (also with --init-from)")
+    p.add_argument("--sigma-data", type=float, default=ModelConfig.sigma_data,
+                   help="data root mean square for --precondition")
     p.add_argument("--tsm", action="store_true", help="enable TSM (with --init-from: the paper's TSM stage)")
     p.add_argument("--tsm-lr", type=float, default=None,
                    help="peak learning rate of the TSM weights (default: --lr); the schedule scales it like --lr")
@@ -125,7 +129,8 @@ def model_config_from_args(args, data) -> ModelConfig:
                        base_channels=args.base_channels, channel_mult=mult, num_res_blocks=args.num_res_blocks,
                        time_embed_dim=args.time_embed_dim, T=args.T or 4, neuron=args.neuron or "lif", tsm=args.tsm,
                        beta=args.beta, threshold=args.threshold, reset=args.reset, readout=args.readout,
-                       bits=ModelConfig.bits if args.bits is None else args.bits, dropout=args.dropout)
+                       bits=ModelConfig.bits if args.bits is None else args.bits, dropout=args.dropout,
+                       precondition=args.precondition, sigma_data=args.sigma_data)
 
 
 def machine_description(device: torch.device, world: int) -> str:
@@ -200,10 +205,11 @@ class EMA:
 
 
 def rebuild_model(model: SpikingUNet, neuron: str | None = None, T: int | None = None,
-                  bits: int | None = None) -> tuple[SpikingUNet, str]:
+                  bits: int | None = None, precondition: bool = False) -> tuple[SpikingUNet, str]:
     """``model``'s weights in a model of another neuron kind, T or bit width (same architecture otherwise): the ANN
     counterpart's weights as the start of a spiking model, a model trained at T=2 fine-tuned at T=4, or a quantised
-    ANN re-quantised to more bits (its clips alpha are kept). Every tensor whose name and shape match is copied; the
+    ANN re-quantised to more bits (its clips alpha are kept). ``precondition=True`` switches the analog skip
+    readout on (``ModelConfig.precondition``); it adds no weights, so every tensor is copied. Every tensor whose name and shape match is copied; the
     rest (a quantised ANN's clips alpha, TSM weights of another T) keep their fresh init. Returns the model
     (``model`` itself when nothing changes) and a note for the card ("" then)."""
     cfg = model.cfg
@@ -224,9 +230,12 @@ def rebuild_model(model: SpikingUNet, neuron: str | None = None, T: int | None =
         if bits < 1:
             raise SystemExit(f"--bits must be >= 1, got {bits}")
         changes["bits"] = bits
+    if precondition and not cfg.precondition:
+        changes["precondition"] = True
+        what.append("preconditioning on")
     if not changes:
         return model, ""
-    new = SpikingUNet(cfg.replace(**changes)).to(next(model.parameters()).device)
+    new = SpikingUNet(cfg.replace(**changes), model.diffusion).to(next(model.parameters()).device)
     target_sd, source_sd = new.state_dict(), model.state_dict()
     copied = {k: v for k, v in source_sd.items() if k in target_sd and target_sd[k].shape == v.shape}
     new.load_state_dict(copied, strict=False)
@@ -302,10 +311,12 @@ def main(argv=None) -> int:
     if args.resume and (out / "config.json").exists():
         model, diffusion, card = load_checkpoint(out, device)
         cfg = model.cfg
-        for flag, asked, have in (("--neuron", args.neuron, cfg.neuron), ("--T", args.T, cfg.T)):
+        for flag, asked, have in (("--neuron", args.neuron, cfg.neuron), ("--T", args.T, cfg.T),
+                                  ("--precondition", True if args.precondition else None, cfg.precondition)):
             if asked is not None and asked != have:
+                spelled = flag if asked is True else f"{flag} {asked}"
                 raise SystemExit(f"--resume {out}: the checkpoint has {flag} {have}, not {asked}. Drop {flag} to "
-                                 f"continue it, or use --init-from {out} {flag} {asked} with a new --out.")
+                                 f"continue it, or use --init-from {out} {spelled} with a new --out.")
         ema_init = {k: v.clone() for k, v in model.state_dict().items()}
         st = out / "train_state"
         meta = None
@@ -324,7 +335,8 @@ def main(argv=None) -> int:
             src = resolve_checkpoint(args.init_from)
             model, diffusion, _ = load_checkpoint(src, device)
             init_note = f"initialised from {src.name}"
-            model, rebuilt = rebuild_model(model, neuron=args.neuron, T=args.T, bits=args.bits)
+            model, rebuilt = rebuild_model(model, neuron=args.neuron, T=args.T, bits=args.bits,
+                                           precondition=args.precondition)
             if rebuilt:
                 init_note += f", {rebuilt}"
             if args.tsm:
@@ -333,7 +345,7 @@ def main(argv=None) -> int:
             cfg = model.cfg
         else:
             cfg = model_config_from_args(args, data)
-            model = SpikingUNet(cfg).to(device)
+            model = SpikingUNet(cfg, diffusion).to(device)
         ema_init = None
         meta = None
         history = []
@@ -378,7 +390,8 @@ def main(argv=None) -> int:
             "name": args.name or out.name,
             "model": {"dataset": args.data, "architecture": "spiking UNet (SDDPM pre-spike res blocks)" if cfg.spiking
                       else "ANN UNet (same convolutions, SiLU)", "parameters": n_params, "neuron": cfg.neuron,
-                      "T": cfg.time_steps, "tsm": cfg.tsm, "image_size": cfg.image_size},
+                      "T": cfg.time_steps, "tsm": cfg.tsm, "image_size": cfg.image_size,
+                      "precondition": cfg.precondition},
             "training": {"command": command, "steps": step, "batch_size": args.batch_size * world,
                          "wall_time_s": round(wall, 1), "machine": machine_description(device, world),
                          "bf16": args.bf16, "lr": args.lr, "tsm_lr": args.tsm_lr, "ema_decay": args.ema_decay,

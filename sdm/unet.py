@@ -8,7 +8,12 @@ Layout (paper: SDDPM, reused by SDM), all tensors of the residual stream are ``[
   summed in float; BatchNorm runs over the flattened ``[T*B]`` batch;
 * down-sampling: neuron -> stride-2 conv; up-sampling: neuron -> nearest x2 -> conv;
 * output: neuron -> conv, combined over T (mean, or 0.8^(T-t) weights). The conv is linear, so it is
-  applied once to the combined spikes: the same result as T convolutions, at 1/T of the cost.
+  applied once to the combined spikes: the same result as T convolutions, at 1/T of the cost;
+* optional preconditioning (``cfg.precondition``): eps = c_skip(t) x_t + c_out(t) F, with F the network above.
+  With abar = alphas_cumprod[t] and s = sigma_data, the weights are those of the best linear guess of eps from x_t
+  and the scale of what remains: c_skip = sqrt(1-abar) / (1 - abar + abar s^2),
+  c_out = sqrt(abar) s / sqrt(1 - abar + abar s^2). At small t, c_skip ~ 0 and c_out ~ 1 (F predicts eps alone);
+  at large t, c_skip ~ 1 and c_out ~ 0, so the spiking layers' coarse copy of x_t no longer limits the prediction.
 
 ``neuron="ann"`` builds the same convolutions with SiLU in place of the neurons, and T = 1.
 """
@@ -20,7 +25,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .config import ModelConfig
+from .config import ModelConfig, DiffusionConfig
 from .neurons import (RunContext, SpikingNeuron, QuantClipReLU, AnalogActivation, make_activation,
                       check_threshold_scale)
 
@@ -84,11 +89,17 @@ class SpikingUNet(nn.Module):
 
     Args:
         cfg: the architecture; ``cfg.neuron`` selects LIF / IF spiking neurons or the ANN counterpart.
+        diffusion: the noise schedule, used only by ``cfg.precondition`` (default: ``DiffusionConfig()``).
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, diffusion: DiffusionConfig | None = None):
         super().__init__()
         self.cfg = cfg
+        self.diffusion = diffusion or DiffusionConfig()
+        if cfg.precondition:  # derived from the schedule, so not part of the weights file
+            from .scheduling_ddpm import make_betas
+            abar = torch.cumprod(1.0 - make_betas(self.diffusion), dim=0).float()
+            self.register_buffer("alphas_cumprod", abar, persistent=False)
         ch = cfg.base_channels
         E = cfg.time_embed_dim
         self.time_mlp = nn.Sequential(nn.Linear(ch, E), nn.SiLU(), nn.Linear(E, E))
@@ -178,6 +189,13 @@ class SpikingUNet(nn.Module):
             return w / w.sum()
         return torch.full((T,), 1.0 / T, device=device)
 
+    def precondition_weights(self, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(c_skip, c_out), each ``[B]``, for ``cfg.precondition`` (see the module docstring)."""
+        abar = self.alphas_cumprod[timesteps.long().clamp(0, len(self.alphas_cumprod) - 1)]
+        s2 = self.cfg.sigma_data ** 2
+        denom = 1.0 - abar + abar * s2
+        return (1.0 - abar).sqrt() / denom, (abar * s2).sqrt() / denom.sqrt()
+
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, threshold_scale: float = 1.0, monitor=None) -> torch.Tensor:
         """Predict the noise.
 
@@ -221,7 +239,11 @@ class SpikingUNet(nn.Module):
         if T > 1:  # readout: combine over T, then the (linear) output conv once
             w = self.readout_weights(T, s.device).to(s.dtype)
             s = torch.einsum("t,tbchw->bchw", w, s.view(T, B, *s.shape[1:]))
-        return self.out.conv(s)
+        out = self.out.conv(s)
+        if self.cfg.precondition:
+            c_skip, c_out = self.precondition_weights(timesteps)
+            out = c_skip[:, None, None, None] * x + c_out[:, None, None, None].to(out.dtype) * out
+        return out
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -138,6 +138,24 @@ def test_init_from_the_ann_counterpart_starts_a_spiking_model_from_its_weights(t
     assert (cfg["neuron"], cfg["T"]) == ("lif", 4)
 
 
+def test_init_from_with_precondition_switches_the_skip_on_and_keeps_every_weight(tmp_path):
+    from safetensors.torch import load_file
+    base = tmp_path / "base"
+    assert train_main(TINY + ["--out", str(base), "--steps", "6"]) == 0
+    pc = tmp_path / "pc"
+    zero_lr = ["--lr", "0", "--min-lr", "0", "--warmup", "0", "--ema-decay", "0"]
+    assert train_main(TINY + ["--out", str(pc), "--steps", "1", "--init-from", str(base), "--precondition"]
+                      + zero_lr) == 0
+    assert json.loads((pc / "config.json").read_text())["model"]["precondition"] is True
+    a, b = load_file(str(base / "model.safetensors")), load_file(str(pc / "model.safetensors"))
+    learned = [k for k in a if "running" not in k and "num_batches" not in k]  # BN statistics move in train mode
+    assert set(a) == set(b) and len(learned) > 10 and all((a[k] == b[k]).all() for k in learned)
+    assert "preconditioning on" in json.loads((pc / "card.json").read_text())["training"]["init"]
+    # resuming a run without it, asking for it, is refused with the way out
+    with pytest.raises(SystemExit, match="--init-from .* --precondition with a new --out"):
+        train_main(TINY[2:] + ["--out", str(base), "--steps", "8", "--resume", "--precondition"])
+
+
 def test_resumed_run_keeps_earlier_metrics_marked_stale_across_saves(tmp_path):
     out = tmp_path / "run"
     train_main(TINY + ["--out", str(out), "--steps", "2"])

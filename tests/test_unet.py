@@ -84,3 +84,36 @@ def test_bad_config_is_refused():
         ModelConfig(neuron="relu")
     with pytest.raises(ValueError, match="divisible"):
         ModelConfig(image_size=30, channel_mult=(1, 2, 4))
+
+
+def test_preconditioning_adds_an_analog_skip_weighted_by_the_schedule():
+    cfg = ModelConfig(**SMALL, precondition=True)
+    model = SpikingUNet(cfg).eval()
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor([0, 500, 999])
+    c_skip, c_out = model.precondition_weights(t)
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0).float()[t]
+    s2 = cfg.sigma_data ** 2
+    # the best linear guess of eps from x_t, and the scale of what remains (both from the schedule)
+    assert torch.allclose(c_skip, (1 - abar).sqrt() / (1 - abar + abar * s2))
+    assert torch.allclose(c_out ** 2, abar * s2 / (1 - abar + abar * s2))
+    assert c_skip[0] < 0.05 and c_out[0] > 0.99 and c_skip[2] > 0.99 and c_out[2] < 0.01
+    with torch.no_grad():  # the output conv starts at zero: the prediction is the skip alone
+        assert torch.allclose(model(x, t), c_skip[:, None, None, None] * x)
+        torch.nn.init.normal_(model.out.conv.weight, std=0.1)
+        plain = SpikingUNet(cfg.replace(precondition=False)).eval()
+        plain.load_state_dict(model.state_dict())  # no extra weights: the same state dict fits both
+        f = plain(x, t)
+        assert torch.allclose(model(x, t), c_skip[:, None, None, None] * x + c_out[:, None, None, None] * f,
+                              atol=1e-6)
+
+
+def test_preconditioning_follows_the_checkpoints_schedule(tmp_path):
+    cfg = ModelConfig(**SMALL, precondition=True)
+    cosine = DiffusionConfig(beta_schedule="cosine")
+    model = SpikingUNet(cfg, cosine).eval()
+    save_checkpoint(tmp_path / "m", model, cosine, {"name": "m"})
+    loaded, diffusion, _ = load_checkpoint(tmp_path / "m")
+    t = torch.tensor([100, 700])
+    assert diffusion == cosine and loaded.cfg.precondition
+    assert torch.equal(loaded.precondition_weights(t)[0], model.precondition_weights(t)[0])
+    assert not torch.equal(loaded.precondition_weights(t)[0], SpikingUNet(cfg).precondition_weights(t)[0])
