@@ -249,6 +249,14 @@ def rebuild_model(model: SpikingUNet, neuron: str | None = None, T: int | None =
     return new, ", ".join(notes)
 
 
+def lineage(card: dict) -> dict:
+    """What a checkpoint's card says of the training behind its weights, kept in the card of a run started from it
+    (``--init-from``) under ``training.init_from``: chained, so a TSM stage's card still names the base run."""
+    tr = card.get("training") or {}
+    keys = ("command", "steps", "wall_time_s", "total_steps", "total_wall_time_s", "init", "init_from", "history")
+    return {"name": card.get("name"), **{k: tr[k] for k in keys if k in tr}}
+
+
 def resolve_data_arg(data: str | None, resume_dir: Path | None) -> str:
     """The data set to train on. A resumed run keeps the data set its card names: ``--data`` may be left out, and
     a different one is refused, since it would silently switch data sets in the middle of a run."""
@@ -307,6 +315,7 @@ def main(argv=None) -> int:
     # ---- model: fresh, --init-from, or resumed
     step, wall_before = 0, 0.0
     init_note = None
+    base = None  # the training the --init-from weights had before this run (from their card)
     fresh_from = None  # the step where a fresh optimizer took over from committed weights
     if args.resume and (out / "config.json").exists():
         model, diffusion, card = load_checkpoint(out, device)
@@ -330,10 +339,12 @@ def main(argv=None) -> int:
             init_note = "resumed from committed EMA weights with a fresh optimizer"
             fresh_from = step
         history = card.get("training", {}).get("history", [])
+        base = card.get("training", {}).get("init_from")
     else:
         if args.init_from:
             src = resolve_checkpoint(args.init_from)
-            model, diffusion, _ = load_checkpoint(src, device)
+            model, diffusion, src_card = load_checkpoint(src, device)
+            base = lineage(src_card)
             init_note = f"initialised from {src.name}"
             model, rebuilt = rebuild_model(model, neuron=args.neuron, T=args.T, bits=args.bits,
                                            precondition=args.precondition)
@@ -398,6 +409,10 @@ def main(argv=None) -> int:
                          "final_loss_ema": round(loss_ema, 5) if loss_ema is not None else None,
                          "init": init_note, "history": hist, "complete": final and step >= args.steps},
         }
+        if base:  # the whole budget behind these weights, not only this run's
+            card["training"].update(init_from=base, total_steps=int(base.get("total_steps", base.get("steps", 0))) + step,
+                                    total_wall_time_s=round(float(base.get("total_wall_time_s",
+                                                                           base.get("wall_time_s", 0.0))) + wall, 1))
         old = read_card(out) if (out / "card.json").exists() else {}
         if old.get("metrics") and args.resume:  # evaluated earlier: keep it, marked as stale
             card["metrics_stale"] = {**old["metrics"], "note": f"measured at step {old.get('training', {}).get('steps')}"}

@@ -156,6 +156,27 @@ def test_init_from_with_precondition_switches_the_skip_on_and_keeps_every_weight
         train_main(TINY[2:] + ["--out", str(base), "--steps", "8", "--resume", "--precondition"])
 
 
+def test_card_of_a_run_started_from_another_keeps_the_whole_training_behind_it(tmp_path):
+    base, stage = tmp_path / "base", tmp_path / "stage"
+    assert train_main(TINY + ["--out", str(base), "--steps", "6"]) == 0
+    assert train_main(TINY + ["--out", str(stage), "--steps", "2", "--init-from", str(base), "--tsm"]) == 0
+    tr = json.loads((stage / "card.json").read_text())["training"]
+    base_tr = json.loads((base / "card.json").read_text())["training"]
+    assert tr["steps"] == 2 and tr["total_steps"] == 8
+    assert tr["init_from"]["name"] == "base" and tr["init_from"]["history"] == base_tr["history"]
+    assert tr["total_wall_time_s"] >= base_tr["wall_time_s"] + tr["wall_time_s"] - 0.2
+    # resumed, it still names the base run; a stage on top of the stage chains both
+    assert train_main(TINY[2:] + ["--out", str(stage), "--steps", "3", "--resume"]) == 0
+    tr = json.loads((stage / "card.json").read_text())["training"]
+    assert tr["steps"] == 3 and tr["total_steps"] == 9 and tr["init_from"]["name"] == "base"
+    top = tmp_path / "top"
+    assert train_main(TINY + ["--out", str(top), "--steps", "1", "--init-from", str(stage)]) == 0
+    tr = json.loads((top / "card.json").read_text())["training"]
+    assert tr["total_steps"] == 10 and tr["init_from"]["init_from"]["name"] == "base"
+    # a fresh run has no lineage
+    assert "init_from" not in base_tr and "total_steps" not in base_tr
+
+
 def test_resumed_run_keeps_earlier_metrics_marked_stale_across_saves(tmp_path):
     out = tmp_path / "run"
     train_main(TINY + ["--out", str(out), "--steps", "2"])
