@@ -253,7 +253,8 @@ class SpikingDiffusionPipeline:
         c = self.config
         data = self.card.get("model", {}).get("dataset") or self.card.get("dataset", "?")
         fid = self.card.get("metrics", {}).get("fid")
-        kind = c.neuron.upper() + (f" T={c.T}" if c.spiking else "") + (" +TSM" if c.tsm else "") + (" +skip" if c.precondition else "")
+        kind = (c.neuron.upper() + (f" T={c.T}" if c.spiking else "") + (" +TSM" if c.tsm else "")
+                + (" +skip" if c.precondition else ""))
         s = f"{data} · {kind} · {self.num_parameters / 1e6:.2f}M params"
         if fid is not None:
             s += f" · FID {fid:.1f}"

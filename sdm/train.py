@@ -209,9 +209,9 @@ def rebuild_model(model: SpikingUNet, neuron: str | None = None, T: int | None =
     """``model``'s weights in a model of another neuron kind, T or bit width (same architecture otherwise): the ANN
     counterpart's weights as the start of a spiking model, a model trained at T=2 fine-tuned at T=4, or a quantised
     ANN re-quantised to more bits (its clips alpha are kept). ``precondition=True`` switches the analog skip
-    readout on (``ModelConfig.precondition``); it adds no weights, so every tensor is copied. Every tensor whose name and shape match is copied; the
-    rest (a quantised ANN's clips alpha, TSM weights of another T) keep their fresh init. Returns the model
-    (``model`` itself when nothing changes) and a note for the card ("" then)."""
+    readout on (``ModelConfig.precondition``), which adds no weights. Every tensor whose name and shape match is
+    copied; the rest (a quantised ANN's clips alpha, TSM weights of another T) keep their fresh init. Returns the
+    model (``model`` itself when nothing changes) and a note for the card ("" then)."""
     cfg = model.cfg
     changes, what = {}, []
     if neuron is not None and neuron != cfg.neuron:
