@@ -49,28 +49,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=False, help="checkpoint folder to write (required)")
     p.add_argument("--name", help="checkpoint name for the card (default: the folder name)")
     # model
-    p.add_argument("--base-channels", type=int, default=24)
-    p.add_argument("--channel-mult", default="1,2,3", help="comma-separated multipliers per level")
-    p.add_argument("--num-res-blocks", type=int, default=1)
-    p.add_argument("--time-embed-dim", type=int, default=96)
+    fixed = "; with --init-from or --resume, the checkpoint's"
+    dyn = "; with --init-from, the source's, and a different value fine-tunes its weights with it"
+    d = ModelConfig()
+    p.add_argument("--base-channels", type=int, default=None, help=f"default {d.base_channels}{fixed}")
+    p.add_argument("--channel-mult", default=None,
+                   help=f"comma-separated multipliers per level (default {','.join(map(str, d.channel_mult))}{fixed})")
+    p.add_argument("--num-res-blocks", type=int, default=None, help=f"default {d.num_res_blocks}{fixed}")
+    p.add_argument("--time-embed-dim", type=int, default=None, help=f"default {d.time_embed_dim}{fixed}")
     p.add_argument("--T", type=int, default=None,
                    help="spiking time steps (default 4; with --init-from, the source's, and a different T re-runs "
                         "its weights at this T, e.g. train at T=2 and fine-tune at T=4)")
     p.add_argument("--neuron", default=None, choices=["lif", "if", "ann", "qann"],
                    help="default lif; with --init-from, the source's, and a different neuron starts that kind of "
                         "model from its weights, e.g. --init-from fmnist-ann --neuron lif")
-    p.add_argument("--beta", type=float, default=0.9)
-    p.add_argument("--threshold", type=float, default=1.0)
-    p.add_argument("--reset", default="zero", choices=["zero", "subtract"])
-    p.add_argument("--readout", default="mean", choices=["mean", "decay"])
+    p.add_argument("--beta", type=float, default=None, help=f"LIF leak (default {d.beta}{dyn})")
+    p.add_argument("--threshold", type=float, default=None, help=f"firing threshold (default {d.threshold}{dyn})")
+    p.add_argument("--reset", default=None, choices=["zero", "subtract"],
+                   help=f"membrane reset after a spike (default {d.reset}{dyn})")
+    p.add_argument("--readout", default=None, choices=["mean", "decay"],
+                   help=f"how the output combines the T steps (default {d.readout}{dyn})")
     p.add_argument("--bits", type=int, default=None,
                    help=f"activation bits of --neuron qann (default {ModelConfig.bits}); with --init-from of a quantised ANN, "
                         "re-quantise it to this many bits (its clips alpha are kept)")
-    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--dropout", type=float, default=None, help=f"default {d.dropout}{dyn}")
     p.add_argument("--precondition", action="store_true",
                    help="analog skip readout eps = c_skip(t) x_t + c_out(t) F(x_t, t) (also with --init-from)")
-    p.add_argument("--sigma-data", type=float, default=ModelConfig.sigma_data,
-                   help="data root mean square for --precondition")
+    p.add_argument("--sigma-data", type=float, default=None,
+                   help=f"data root mean square for --precondition (default {d.sigma_data}{dyn})")
     p.add_argument("--tsm", action="store_true", help="enable TSM (with --init-from: the paper's TSM stage)")
     p.add_argument("--tsm-lr", type=float, default=None,
                    help="peak learning rate of the TSM weights (default: --lr); the schedule scales it like --lr")
@@ -120,17 +126,62 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def model_config_from_args(args, data) -> ModelConfig:
+# model options that set the shapes of the weights: fixed once a model is trained
+STRUCTURE = ("base_channels", "channel_mult", "num_res_blocks", "time_embed_dim")
+# model options that only change how the same weights run: --init-from may change them (then fine-tunes)
+DYNAMICS = ("beta", "threshold", "reset", "readout", "dropout", "sigma_data")
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _model_option(args, key: str):
+    """The value of model option ``key`` given on the command line (or in --config), parsed; None if not given."""
+    v = getattr(args, key)
+    if v is None or key != "channel_mult":
+        return v
     try:
-        mult = tuple(int(m) for m in str(args.channel_mult).split(","))
+        return tuple(int(m) for m in str(v).split(","))
     except ValueError:
-        raise SystemExit(f"--channel-mult must be comma-separated integers, got {args.channel_mult!r}")
+        raise SystemExit(f"--channel-mult must be comma-separated integers, got {v!r}") from None
+
+
+def model_options_against(args, cfg: ModelConfig, source: Path, resume: bool) -> dict:
+    """Check the model options given against those of a checkpoint (``cfg``, from ``source``).
+
+    A resumed run must keep every one; a run started ``--init-from`` it must keep the structure (the weights'
+    shapes). Returns the dynamics options that differ (for ``rebuild_model``)."""
+    changes = {}
+    for key in STRUCTURE + DYNAMICS:
+        asked, have = _model_option(args, key), getattr(cfg, key)
+        if asked is None or asked == have:
+            continue
+        shown = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else v  # noqa: E731
+        flag = _flag(key)
+        if resume:
+            way = (f"train a new model with a new --out" if key in STRUCTURE
+                   else f"use --init-from {source} {flag} {shown(asked)} with a new --out")
+            raise SystemExit(f"--resume {source}: the checkpoint has {flag} {shown(have)}, not {shown(asked)}. Drop "
+                             f"{flag} to continue it, or {way}.")
+        if key in STRUCTURE:
+            raise SystemExit(f"{flag} {shown(asked)}: the weights of {source} are for {flag} {shown(have)}, and "
+                             f"--init-from cannot change the shapes of weights. Drop {flag}, or train a new model "
+                             f"without --init-from.")
+        if key == "threshold" and cfg.thresholds:
+            raise SystemExit(f"--threshold {asked}: {source} is a converted SNN with a threshold per layer; drop "
+                             f"--threshold (threshold guidance scales them all at inference).")
+        changes[key] = asked
+    return changes
+
+
+def model_config_from_args(args, data) -> ModelConfig:
+    d = ModelConfig()
+    given = {k: _model_option(args, k) for k in STRUCTURE + DYNAMICS}
     return ModelConfig(image_channels=data.images.shape[1], image_size=data.images.shape[2],
-                       base_channels=args.base_channels, channel_mult=mult, num_res_blocks=args.num_res_blocks,
-                       time_embed_dim=args.time_embed_dim, T=args.T or 4, neuron=args.neuron or "lif", tsm=args.tsm,
-                       beta=args.beta, threshold=args.threshold, reset=args.reset, readout=args.readout,
-                       bits=ModelConfig.bits if args.bits is None else args.bits, dropout=args.dropout,
-                       precondition=args.precondition, sigma_data=args.sigma_data)
+                       **{k: getattr(d, k) if v is None else v for k, v in given.items()},
+                       T=args.T or d.T, neuron=args.neuron or d.neuron, tsm=args.tsm,
+                       bits=d.bits if args.bits is None else args.bits, precondition=args.precondition)
 
 
 def machine_description(device: torch.device, world: int) -> str:
@@ -205,11 +256,13 @@ class EMA:
 
 
 def rebuild_model(model: SpikingUNet, neuron: str | None = None, T: int | None = None,
-                  bits: int | None = None, precondition: bool = False) -> tuple[SpikingUNet, str]:
+                  bits: int | None = None, precondition: bool = False,
+                  dynamics: dict | None = None) -> tuple[SpikingUNet, str]:
     """``model``'s weights in a model of another neuron kind, T or bit width (same architecture otherwise): the ANN
     counterpart's weights as the start of a spiking model, a model trained at T=2 fine-tuned at T=4, or a quantised
     ANN re-quantised to more bits (its clips alpha are kept). ``precondition=True`` switches the analog skip
-    readout on (``ModelConfig.precondition``), which adds no weights. Every tensor whose name and shape match is
+    readout on (``ModelConfig.precondition``), which adds no weights; ``dynamics`` sets options that change how the
+    weights run, not their shapes (``DYNAMICS``: e.g. ``{"reset": "subtract"}``). Every tensor whose name and shape match is
     copied; the rest (a quantised ANN's clips alpha, TSM weights of another T) keep their fresh init. Returns the
     model (``model`` itself when nothing changes) and a note for the card ("" then)."""
     cfg = model.cfg
@@ -233,6 +286,12 @@ def rebuild_model(model: SpikingUNet, neuron: str | None = None, T: int | None =
     if precondition and not cfg.precondition:
         changes["precondition"] = True
         what.append("preconditioning on")
+    for key, value in (dynamics or {}).items():
+        if key not in DYNAMICS:
+            raise ValueError(f"{key!r} is not one of {DYNAMICS}")
+        if value != getattr(cfg, key):
+            changes[key] = value
+            what.append(f"{key} {getattr(cfg, key)} -> {value}")
     if not changes:
         return model, ""
     new = SpikingUNet(cfg.replace(**changes), model.diffusion).to(next(model.parameters()).device)
@@ -320,6 +379,7 @@ def main(argv=None) -> int:
     if args.resume and (out / "config.json").exists():
         model, diffusion, card = load_checkpoint(out, device)
         cfg = model.cfg
+        model_options_against(args, cfg, out, resume=True)
         for flag, asked, have in (("--neuron", args.neuron, cfg.neuron), ("--T", args.T, cfg.T),
                                   ("--precondition", True if args.precondition else None, cfg.precondition)):
             if asked is not None and asked != have:
@@ -347,7 +407,8 @@ def main(argv=None) -> int:
             base = lineage(src_card)
             init_note = f"initialised from {src.name}"
             model, rebuilt = rebuild_model(model, neuron=args.neuron, T=args.T, bits=args.bits,
-                                           precondition=args.precondition)
+                                           precondition=args.precondition,
+                                           dynamics=model_options_against(args, model.cfg, src, resume=False))
             if rebuilt:
                 init_note += f", {rebuilt}"
             if args.tsm:

@@ -187,3 +187,36 @@ def test_resumed_run_keeps_earlier_metrics_marked_stale_across_saves(tmp_path):
     card = json.loads((out / "card.json").read_text())
     assert "metrics" not in card
     assert card["metrics_stale"]["fid"] == 123.4 and card["metrics_stale"]["note"] == "measured at step 2"
+
+
+def test_init_from_can_change_the_neuron_dynamics_but_not_the_shapes_of_the_weights(tmp_path):
+    from safetensors.torch import load_file
+    base = tmp_path / "base"
+    assert train_main(TINY + ["--out", str(base), "--steps", "4"]) == 0
+    sub = tmp_path / "sub"
+    zero_lr = ["--lr", "0", "--min-lr", "0", "--warmup", "0", "--ema-decay", "0"]
+    assert train_main(TINY + ["--out", str(sub), "--steps", "1", "--init-from", str(base), "--reset", "subtract",
+                              "--beta", "1.0"] + zero_lr) == 0
+    cfg = json.loads((sub / "config.json").read_text())["model"]
+    assert (cfg["reset"], cfg["beta"]) == ("subtract", 1.0)
+    a, b = load_file(str(base / "model.safetensors")), load_file(str(sub / "model.safetensors"))
+    learned = [k for k in a if "running" not in k and "num_batches" not in k]
+    assert set(a) == set(b) and all((a[k] == b[k]).all() for k in learned)
+    note = json.loads((sub / "card.json").read_text())["training"]["init"]
+    assert "reset zero -> subtract" in note and "beta 0.9 -> 1.0" in note
+    assert load_pipeline(sub).model.neurons()[0].reset == "subtract"
+    # options the source already has are accepted as they are (TINY repeats its width)
+    # a width that does not fit the weights is refused before anything is written
+    with pytest.raises(SystemExit, match="--base-channels 16: the weights of .* are for --base-channels 8"):
+        train_main(TINY[:2] + ["--base-channels", "16"] + TINY[4:]
+                   + ["--out", str(tmp_path / "wide"), "--steps", "1", "--init-from", str(base)])
+    assert not (tmp_path / "wide").exists()
+    # a fresh run without the flags gets ModelConfig's defaults
+    cfg = json.loads((base / "config.json").read_text())["model"]
+    assert (cfg["reset"], cfg["beta"], cfg["num_res_blocks"]) == ("zero", 0.9, 1)
+    # resuming with another reset is refused with the way out
+    with pytest.raises(SystemExit, match="the checkpoint has --reset subtract, not zero.*--init-from"):
+        train_main(TINY[2:] + ["--out", str(sub), "--steps", "3", "--resume", "--reset", "zero"])
+    with pytest.raises(SystemExit, match="has --channel-mult 1,2, not 1,2,2.*train a new model"):
+        train_main(TINY[2:4] + ["--channel-mult", "1,2,2"] + TINY[6:]
+                   + ["--out", str(sub), "--steps", "3", "--resume"])
