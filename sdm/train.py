@@ -136,6 +136,11 @@ def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
+def _shown(value) -> str:
+    """A model option as it is written on the command line."""
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
 def _model_option(args, key: str):
     """The value of model option ``key`` given on the command line (or in --config), parsed; None if not given."""
     v = getattr(args, key)
@@ -157,15 +162,14 @@ def model_options_against(args, cfg: ModelConfig, source: Path, resume: bool) ->
         asked, have = _model_option(args, key), getattr(cfg, key)
         if asked is None or asked == have:
             continue
-        shown = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else v  # noqa: E731
         flag = _flag(key)
         if resume:
             way = (f"train a new model with a new --out" if key in STRUCTURE
-                   else f"use --init-from {source} {flag} {shown(asked)} with a new --out")
-            raise SystemExit(f"--resume {source}: the checkpoint has {flag} {shown(have)}, not {shown(asked)}. Drop "
+                   else f"use --init-from {source} {flag} {_shown(asked)} with a new --out")
+            raise SystemExit(f"--resume {source}: the checkpoint has {flag} {_shown(have)}, not {_shown(asked)}. Drop "
                              f"{flag} to continue it, or {way}.")
         if key in STRUCTURE:
-            raise SystemExit(f"{flag} {shown(asked)}: the weights of {source} are for {flag} {shown(have)}, and "
+            raise SystemExit(f"{flag} {_shown(asked)}: the weights of {source} are for {flag} {_shown(have)}, and "
                              f"--init-from cannot change the shapes of weights. Drop {flag}, or train a new model "
                              f"without --init-from.")
         if key == "threshold" and cfg.thresholds:
@@ -262,8 +266,8 @@ def rebuild_model(model: SpikingUNet, neuron: str | None = None, T: int | None =
     counterpart's weights as the start of a spiking model, a model trained at T=2 fine-tuned at T=4, or a quantised
     ANN re-quantised to more bits (its clips alpha are kept). ``precondition=True`` switches the analog skip
     readout on (``ModelConfig.precondition``), which adds no weights; ``dynamics`` sets options that change how the
-    weights run, not their shapes (``DYNAMICS``: e.g. ``{"reset": "subtract"}``). Every tensor whose name and shape match is
-    copied; the rest (a quantised ANN's clips alpha, TSM weights of another T) keep their fresh init. Returns the
+    weights run, not their shapes (``DYNAMICS``: e.g. ``{"reset": "subtract"}``). Every tensor whose name and shape
+    match is copied; the rest (a quantised ANN's clips alpha, TSM weights of another T) keep their fresh init. Returns the
     model (``model`` itself when nothing changes) and a note for the card ("" then)."""
     cfg = model.cfg
     changes, what = {}, []
