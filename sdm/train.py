@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--hflip", action="store_true", help="random horizontal flips")
+    p.add_argument("--hflip", action="store_true",
+                   help="random horizontal flips (not for Fashion-MNIST or MNIST, whose items have one orientation)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU or CUDA)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
