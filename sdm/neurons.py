@@ -93,10 +93,12 @@ class SpikingNeuron(nn.Module):
         kind = "IF" if self.beta == 1.0 else f"LIF beta={self.beta}"
         return f"{kind}, threshold={self.threshold}, reset={self.reset}, T={self.T}, tsm={self.tsm is not None}"
 
-    def enable_tsm(self) -> None:
-        """Turn TSM on (weights initialised to 1, so the output is unchanged)."""
+    def enable_tsm(self, device: torch.device | str | None = None) -> None:
+        """Turn TSM on (weights initialised to 1, so the output is unchanged), on ``device`` (default: that of the
+        neuron's own tensors, else the CPU). A neuron has no weights of its own, so its model passes its device."""
         if self.tsm is None:
-            device = next((b.device for b in self.buffers()), torch.device("cpu"))
+            if device is None:
+                device = next((b.device for b in self.buffers()), torch.device("cpu"))
             self.tsm = nn.Parameter(torch.ones(self.T, device=device))
 
     def forward(self, x_seq: torch.Tensor, threshold_scale: float = 1.0, monitor: Monitor | None = None) -> torch.Tensor:

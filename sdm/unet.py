@@ -158,9 +158,10 @@ class SpikingUNet(nn.Module):
         return [m for _, m in self.activations() if isinstance(m, SpikingNeuron)]
 
     def enable_tsm(self) -> None:
-        """Switch TSM on in every spiking layer (weights start at 1: outputs unchanged)."""
+        """Switch TSM on in every spiking layer (weights start at 1: outputs unchanged), on the model's device."""
+        device = next(self.parameters()).device
         for m in self.neurons():
-            m.enable_tsm()
+            m.enable_tsm(device)
         object.__setattr__(self, "cfg", self.cfg.replace(tsm=True))
 
     def tsm_weights(self) -> dict[str, torch.Tensor]:

@@ -117,3 +117,14 @@ def test_preconditioning_follows_the_checkpoints_schedule(tmp_path):
     assert diffusion == cosine and loaded.cfg.precondition
     assert torch.equal(loaded.precondition_weights(t)[0], model.precondition_weights(t)[0])
     assert not torch.equal(loaded.precondition_weights(t)[0], SpikingUNet(cfg).precondition_weights(t)[0])
+
+
+def test_tsm_weights_are_made_on_the_models_device():
+    # a neuron has no tensors of its own, so TSM weights once landed on the CPU beside a CUDA model
+    # ("meta" stands in for CUDA here: a model on it runs nowhere, but tensors keep their device)
+    model = SpikingUNet(ModelConfig(image_size=8, base_channels=4, channel_mult=(1, 2), T=2), DiffusionConfig())
+    model.to("meta")
+    model.enable_tsm()
+    devices = {str(w.device) for w in model.tsm_weights().values()}
+    assert devices == {"meta"}
+    assert len(model.tsm_weights()) == len(list(model.neurons()))
