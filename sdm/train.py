@@ -250,11 +250,16 @@ class EMA:
     @torch.no_grad()
     def update(self, model, step: int):
         d = min(self.decay, (1 + step) / (10 + step))
+        shadow, current = [], []
         for k, v in model.state_dict().items():
             if v.is_floating_point():
-                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+                shadow.append(self.shadow[k])
+                current.append(v.detach().float())
             else:
                 self.shadow[k].copy_(v)
+        if shadow:  # one fused update over all tensors instead of two small ops per tensor
+            torch._foreach_mul_(shadow, d)
+            torch._foreach_add_(shadow, current, alpha=1 - d)
 
     def state_dict(self, like: dict) -> dict:
         return {k: self.shadow[k].to(like[k].dtype) for k in like}
@@ -338,12 +343,11 @@ def resolve_data_arg(data: str | None, resume_dir: Path | None) -> str:
 
 
 def train_step(model, opt, xt, t, noise, autocast, grad_clip: float, params, step: int = 0) -> torch.Tensor:
-    """One optimizer step of the DDPM loss ||eps - eps_theta(x_t, t)||^2. Returns the (detached) loss."""
+    """One optimizer step of the DDPM loss ||eps - eps_theta(x_t, t)||^2. Returns the (detached) loss, not read
+    back here: on a GPU, reading it every step would wait for the step to finish (the loop checks it when it logs)."""
     with autocast:
         pred = model(xt, t)
     loss = F.mse_loss(pred.float(), noise)
-    if not torch.isfinite(loss):
-        raise SystemExit(f"loss became {loss.item()} at step {step}; lower --lr or check the data")
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:
@@ -361,6 +365,7 @@ def main(argv=None) -> int:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
+        torch.backends.cudnn.benchmark = True  # the shapes never change within a run
     else:
         device = torch.device("cpu")
     if distributed:
@@ -489,7 +494,7 @@ def main(argv=None) -> int:
 
     start_step = step
     t_start = time.time()
-    loss_ema = None
+    loss_ema, loss_avg = None, None
     gen = torch.Generator().manual_seed(args.seed * 1000 + rank + step)
     N = len(data.images)
     images = data.images
@@ -514,8 +519,14 @@ def main(argv=None) -> int:
         loss = train_step(ddp_model, opt, xt, t, noise, autocast, args.grad_clip, model.parameters(), step)
         ema.update(model, step)
         step += 1
-        lv = loss.item()
-        loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
+        loss_avg = loss if loss_avg is None else 0.98 * loss_avg + 0.02 * loss  # stays on the device
+        if (args.max_minutes and time.time() - t_start > args.max_minutes * 60) or (args.stop_at and step >= args.stop_at):
+            stop = True
+        saving = step % args.save_every == 0 and step < args.steps and not stop
+        if step % args.log_every == 0 or step == args.steps or saving or stop:
+            loss_ema = loss_avg.item()
+            if not math.isfinite(loss_ema):
+                raise SystemExit(f"loss became {loss_ema} by step {step}; lower --lr or check the data")
         if rank == 0:
             if step % args.log_every == 0 or step == args.steps:
                 now = time.time()
@@ -528,9 +539,7 @@ def main(argv=None) -> int:
                     bar.set_postfix(loss=f"{loss_ema:.4f}", img_s=f"{ips:.0f}")
             if bar is not None:
                 bar.update(1)
-        if (args.max_minutes and time.time() - t_start > args.max_minutes * 60) or (args.stop_at and step >= args.stop_at):
-            stop = True
-        if step % args.save_every == 0 and step < args.steps and not stop:
+        if saving:
             save(final=False)
     save(final=True)
     if rank == 0:

@@ -220,3 +220,20 @@ def test_init_from_can_change_the_neuron_dynamics_but_not_the_shapes_of_the_weig
     with pytest.raises(SystemExit, match="has --channel-mult 1,2, not 1,2,2.*train a new model"):
         train_main(TINY[2:4] + ["--channel-mult", "1,2,2"] + TINY[6:]
                    + ["--out", str(sub), "--steps", "3", "--resume"])
+
+
+def test_a_loss_that_is_not_finite_stops_the_run_with_a_clear_error(tmp_path, monkeypatch):
+    import sdm.train as train
+
+    real = train.train_step
+    calls = []
+
+    def poisoned(*args, **kwargs):  # the real step, then a loss gone to nan from the 3rd step on
+        loss = real(*args, **kwargs)
+        calls.append(1)
+        return loss * float("nan") if len(calls) >= 3 else loss
+
+    monkeypatch.setattr(train, "train_step", poisoned)
+    with pytest.raises(SystemExit, match=r"loss became nan by step 5; lower --lr"):
+        train_main(TINY + ["--out", str(tmp_path / "run"), "--steps", "20"])
+    assert len(calls) == 5  # noticed at the first logged step (--log-every 5), not at the end of the run
