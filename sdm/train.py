@@ -342,7 +342,7 @@ def resolve_data_arg(data: str | None, resume_dir: Path | None) -> str:
     return data
 
 
-def train_step(model, opt, xt, t, noise, autocast, grad_clip: float, params, step: int = 0) -> torch.Tensor:
+def train_step(model, opt, xt, t, noise, autocast, grad_clip: float, params) -> torch.Tensor:
     """One optimizer step of the DDPM loss ||eps - eps_theta(x_t, t)||^2. Returns the (detached) loss, not read
     back here: on a GPU, reading it every step would wait for the step to finish (the loop checks it when it logs)."""
     with autocast:
@@ -516,7 +516,7 @@ def main(argv=None) -> int:
         xt = sched.add_noise(x0, noise, t)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args, fresh_from) * g.get("lr_scale", 1.0)
-        loss = train_step(ddp_model, opt, xt, t, noise, autocast, args.grad_clip, model.parameters(), step)
+        loss = train_step(ddp_model, opt, xt, t, noise, autocast, args.grad_clip, model.parameters())
         ema.update(model, step)
         step += 1
         loss_avg = loss if loss_avg is None else 0.98 * loss_avg + 0.02 * loss  # stays on the device
