@@ -94,11 +94,9 @@ class SpikingNeuron(nn.Module):
         return f"{kind}, threshold={self.threshold}, reset={self.reset}, T={self.T}, tsm={self.tsm is not None}"
 
     def enable_tsm(self, device: torch.device | str | None = None) -> None:
-        """Turn TSM on (weights initialised to 1, so the output is unchanged), on ``device`` (default: that of the
-        neuron's own tensors, else the CPU). A neuron has no weights of its own, so its model passes its device."""
+        """Turn TSM on (weights initialised to 1, so the output is unchanged), on ``device`` (default: torch's).
+        A neuron has no tensors of its own to take a device from, so its model passes its device."""
         if self.tsm is None:
-            if device is None:
-                device = next((b.device for b in self.buffers()), torch.device("cpu"))
             self.tsm = nn.Parameter(torch.ones(self.T, device=device))
 
     def forward(self, x_seq: torch.Tensor, threshold_scale: float = 1.0, monitor: Monitor | None = None) -> torch.Tensor:
