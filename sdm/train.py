@@ -17,8 +17,11 @@ import math
 import os
 import platform
 import shlex
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -36,6 +39,37 @@ MODEL_FLAGS = {
     "time_embed_dim": int, "T": int, "neuron": str, "beta": float, "threshold": float, "reset": str,
     "readout": str, "bits": int, "dropout": float,
 }
+
+
+@contextmanager
+def stop_requests():
+    """Catch Ctrl-C (SIGINT) and SIGTERM while training: the first one asks the loop to finish its step and save.
+
+    Yields a dict whose ``"signal"`` is None until a signal arrives. A second signal aborts at once
+    (KeyboardInterrupt), without saving, unless ``"saving"`` is set: a save is never cut short. Outside the main thread (where Python cannot take signals) it changes nothing.
+    """
+    state = {"signal": None, "saving": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def on_signal(signum, frame):
+        if state["saving"]:  # a checkpoint half written is worse than a second's wait
+            print("\nsaving the checkpoint; it stops right after that", file=sys.stderr)
+            state["signal"] = state["signal"] or signal.Signals(signum).name
+            return
+        if state["signal"] is not None:
+            raise KeyboardInterrupt
+        state["signal"] = signal.Signals(signum).name
+        print(f"\n{state['signal']}: finishing this step, then saving (resume with --resume). "
+              "Press Ctrl-C again to stop at once without saving.", file=sys.stderr)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield state
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -489,8 +523,12 @@ def main(argv=None) -> int:
             card["metrics_stale"] = {**old["metrics"], "note": f"measured at step {old.get('training', {}).get('steps')}"}
         elif old.get("metrics_stale") and args.resume:  # the saves after the first keep it too
             card["metrics_stale"] = old["metrics_stale"]
-        save_checkpoint(out, model, diffusion, card, state_dict=ema.state_dict(model.state_dict()))
-        save_train_state(out, model, ema, opt, step, wall, args)
+        requests["saving"] = True
+        try:
+            save_checkpoint(out, model, diffusion, card, state_dict=ema.state_dict(model.state_dict()))
+            save_train_state(out, model, ema, opt, step, wall, args)
+        finally:
+            requests["saving"] = False
 
     start_step = step
     t_start = time.time()
@@ -505,48 +543,58 @@ def main(argv=None) -> int:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
     last_t, last_step = time.time(), step
     stop = False
-    while step < args.steps and not stop:
-        idx = torch.randint(0, N, (args.batch_size,), generator=gen)
-        x0 = images[idx].to(device, non_blocking=True)
-        if args.hflip:
-            flip = torch.rand(x0.shape[0], generator=gen) < 0.5
-            x0 = torch.where(flip[:, None, None, None].to(device), x0.flip(-1), x0)
-        t = torch.randint(0, diffusion.num_train_timesteps, (x0.shape[0],), generator=gen).to(device)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
-        xt = sched.add_noise(x0, noise, t)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, args, fresh_from) * g.get("lr_scale", 1.0)
-        loss = train_step(ddp_model, opt, xt, t, noise, autocast, args.grad_clip, model.parameters())
-        ema.update(model, step)
-        step += 1
-        loss_avg = loss if loss_avg is None else 0.98 * loss_avg + 0.02 * loss  # stays on the device
-        if (args.max_minutes and time.time() - t_start > args.max_minutes * 60) or (args.stop_at and step >= args.stop_at):
-            stop = True
-        saving = step % args.save_every == 0 and step < args.steps and not stop
-        if step % args.log_every == 0 or step == args.steps or saving or stop:
-            loss_ema = loss_avg.item()
-            if not math.isfinite(loss_ema):
-                raise SystemExit(f"loss became {loss_ema} by step {step}; lower --lr or check the data")
-        if rank == 0:
-            if step % args.log_every == 0 or step == args.steps:
-                now = time.time()
-                ips = (step - last_step) * args.batch_size * world / max(now - last_t, 1e-9)
-                last_t, last_step = now, step
-                log.writerow([step, f"{loss_ema:.5f}", f"{opt.param_groups[0]['lr']:.2e}", f"{ips:.1f}",
-                              f"{wall_before + now - t_start:.1f}"])
-                log_file.flush()
+    with stop_requests() as requests:
+        while step < args.steps and not stop:
+            idx = torch.randint(0, N, (args.batch_size,), generator=gen)
+            x0 = images[idx].to(device, non_blocking=True)
+            if args.hflip:
+                flip = torch.rand(x0.shape[0], generator=gen) < 0.5
+                x0 = torch.where(flip[:, None, None, None].to(device), x0.flip(-1), x0)
+            t = torch.randint(0, diffusion.num_train_timesteps, (x0.shape[0],), generator=gen).to(device)
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+            xt = sched.add_noise(x0, noise, t)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, args, fresh_from) * g.get("lr_scale", 1.0)
+            loss = train_step(ddp_model, opt, xt, t, noise, autocast, args.grad_clip, model.parameters())
+            ema.update(model, step)
+            step += 1
+            loss_avg = loss if loss_avg is None else 0.98 * loss_avg + 0.02 * loss  # stays on the device
+            stop = bool(args.stop_at and step >= args.stop_at)
+            if not distributed or step % args.log_every == 0:  # every rank looks at the same steps: they stop together
+                wants = bool((args.max_minutes and time.time() - t_start > args.max_minutes * 60) or requests["signal"])
+                if distributed:
+                    flag = torch.tensor([float(wants)], device=device)
+                    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                    wants = bool(flag.item())
+                stop = stop or wants
+            saving = step % args.save_every == 0 and step < args.steps and not stop
+            if step % args.log_every == 0 or step == args.steps or saving or stop:
+                loss_ema = loss_avg.item()
+                if not math.isfinite(loss_ema):
+                    raise SystemExit(f"loss became {loss_ema} by step {step}; lower --lr or check the data")
+            if rank == 0:
+                if step % args.log_every == 0 or step == args.steps:
+                    now = time.time()
+                    ips = (step - last_step) * args.batch_size * world / max(now - last_t, 1e-9)
+                    last_t, last_step = now, step
+                    log.writerow([step, f"{loss_ema:.5f}", f"{opt.param_groups[0]['lr']:.2e}", f"{ips:.1f}",
+                                  f"{wall_before + now - t_start:.1f}"])
+                    log_file.flush()
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss_ema:.4f}", img_s=f"{ips:.0f}")
                 if bar is not None:
-                    bar.set_postfix(loss=f"{loss_ema:.4f}", img_s=f"{ips:.0f}")
-            if bar is not None:
-                bar.update(1)
-        if saving:
-            save(final=False)
-    save(final=True)
+                    bar.update(1)
+            if saving:
+                save(final=False)
+        save(final=True)
     if rank == 0:
         if bar is not None:
             bar.close()
         log_file.close()
         print(f"saved {out} at step {step} (loss {loss_ema:.4f}, {time.time() - t_start:.0f} s this run)", file=sys.stderr)
+        if step < args.steps:
+            print(f"stopped early ({requests['signal'] or 'time or --stop-at'}): continue to step {args.steps} "
+                  f"with the same command plus --resume", file=sys.stderr)
     if distributed:
         torch.distributed.destroy_process_group()
     return 0

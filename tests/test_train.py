@@ -1,5 +1,6 @@
 import csv
 import json
+import signal
 
 import pytest
 
@@ -237,3 +238,88 @@ def test_a_loss_that_is_not_finite_stops_the_run_with_a_clear_error(tmp_path, mo
     with pytest.raises(SystemExit, match=r"loss became nan by step 5; lower --lr"):
         train_main(TINY + ["--out", str(tmp_path / "run"), "--steps", "20"])
     assert len(calls) == 5  # noticed at the first logged step (--log-every 5), not at the end of the run
+
+
+def _signal_at(monkeypatch, calls_to_signal: dict[int, list]):
+    """Make the n-th training step send this process the given signals, as Ctrl-C or `kill` would."""
+    import os
+    import sdm.train as train
+
+    real = train.train_step
+    calls = []
+
+    def step_then_signal(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        calls.append(1)
+        for sig in calls_to_signal.get(len(calls), []):
+            os.kill(os.getpid(), sig)
+        return loss
+
+    monkeypatch.setattr(train, "train_step", step_then_signal)
+    return calls
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_kill_finishes_the_step_saves_and_the_run_resumes_from_there(tmp_path, monkeypatch, capsys, sig):
+    out = tmp_path / "run"
+    before = signal.getsignal(sig)
+    calls = _signal_at(monkeypatch, {7: [sig]})
+    assert train_main(TINY + ["--out", str(out), "--steps", "20", "--save-every", "100"]) == 0
+    assert len(calls) == 7
+    assert signal.getsignal(sig) is before  # the handler is put back
+    err = capsys.readouterr().err
+    assert f"{sig.name}: finishing this step, then saving" in err and "plus --resume" in err
+    card = json.loads((out / "card.json").read_text())
+    assert card["training"]["steps"] == 7 and card["training"]["complete"] is False
+    monkeypatch.undo()
+    assert train_main(TINY + ["--out", str(out), "--steps", "12", "--resume"]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert [h["to_step"] for h in card["training"]["history"]] == [7, 12] and card["training"]["complete"]
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    calls = _signal_at(monkeypatch, {3: [signal.SIGINT, signal.SIGINT]})
+    with pytest.raises(KeyboardInterrupt):
+        train_main(TINY + ["--out", str(out), "--steps", "20", "--save-every", "100"])
+    assert len(calls) == 3 and not (out / "card.json").exists()
+
+
+def test_ctrl_c_during_a_save_never_cuts_the_save_short(tmp_path, monkeypatch, capsys):
+    import os
+    import sdm.train as train
+
+    real = train.save_checkpoint
+
+    def impatient_save(*args, **kwargs):  # Ctrl-C twice while the checkpoint is being written
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "save_checkpoint", impatient_save)
+    out = tmp_path / "run"
+    assert train_main(TINY + ["--out", str(out), "--steps", "20", "--save-every", "4"]) == 0
+    assert "saving the checkpoint; it stops right after that" in capsys.readouterr().err
+    card = json.loads((out / "card.json").read_text())
+    assert card["training"]["steps"] == 5 and not card["training"]["complete"]  # the save at 4, then one more step
+    assert load_pipeline(out).sample(n=1, num_inference_steps=2).shape == (1, 1, 8, 8)
+
+
+def test_torchrun_trains_one_model_with_ddp_across_two_processes(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "ddp"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "sdm.train", *TINY, "--batch-size", "16", "--out", str(out), "--steps", "12", "--stop-at", "7"]
+    r = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    card = json.loads((out / "card.json").read_text())
+    # --stop-at 7 is not a logged step: both ranks still stop there together (a rank left behind would hang)
+    assert card["training"]["steps"] == 7 and card["training"]["batch_size"] == 32
+    assert "2 process(es)" in card["training"]["machine"]
+    assert load_pipeline(out).sample(n=1, num_inference_steps=2).shape == (1, 1, 8, 8)
