@@ -46,7 +46,8 @@ def stop_requests():
     """Catch Ctrl-C (SIGINT) and SIGTERM while training: the first one asks the loop to finish its step and save.
 
     Yields a dict whose ``"signal"`` is None until a signal arrives. A second signal aborts at once
-    (KeyboardInterrupt), without saving, unless ``"saving"`` is set: a save is never cut short. Outside the main thread (where Python cannot take signals) it changes nothing.
+    (KeyboardInterrupt), without saving, unless ``"saving"`` is set: a save is never cut short. Outside the main
+    thread (where Python cannot take signals) it changes nothing.
     """
     state = {"signal": None, "saving": False}
     if threading.current_thread() is not threading.main_thread():
@@ -54,13 +55,13 @@ def stop_requests():
         return
 
     def on_signal(signum, frame):
+        first = state["signal"] is None
+        state["signal"] = state["signal"] or signal.Signals(signum).name
         if state["saving"]:  # a checkpoint half written is worse than a second's wait
             print("\nsaving the checkpoint; it stops right after that", file=sys.stderr)
-            state["signal"] = state["signal"] or signal.Signals(signum).name
             return
-        if state["signal"] is not None:
+        if not first:
             raise KeyboardInterrupt
-        state["signal"] = signal.Signals(signum).name
         print(f"\n{state['signal']}: finishing this step, then saving (resume with --resume). "
               "Press Ctrl-C again to stop at once without saving.", file=sys.stderr)
 
