@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tsm-lr", type=float, default=None,
                    help="peak learning rate of the TSM weights (default: --lr); the schedule scales it like --lr")
     p.add_argument("--init-from", help="start from this checkpoint's weights (name or folder)")
+    p.add_argument("--distill-from", metavar="TEACHER",
+                   help="a trained checkpoint (e.g. the ANN counterpart) whose noise prediction joins the target: "
+                        "knowledge distillation, which lowers the variance of the DDPM target")
+    p.add_argument("--distill-weight", type=float, default=0.5,
+                   help="with --distill-from: target = (1 - w) * noise + w * teacher(x_t, t) (default 0.5; "
+                        "1 = pure distillation, 0 = the plain DDPM loss)")
     # optimisation
     p.add_argument("--steps", type=int, default=10000, help="total optimizer steps (a resumed run continues to it)")
     p.add_argument("--batch-size", type=int, default=64, help="per process")
@@ -378,8 +384,9 @@ def resolve_data_arg(data: str | None, resume_dir: Path | None) -> str:
 
 
 def train_step(model, opt, xt, t, noise, autocast, grad_clip: float, params) -> torch.Tensor:
-    """One optimizer step of the DDPM loss ||eps - eps_theta(x_t, t)||^2. Returns the (detached) loss, not read
-    back here: on a GPU, reading it every step would wait for the step to finish (the loop checks it when it logs)."""
+    """One optimizer step of the DDPM loss ||target - eps_theta(x_t, t)||^2, where the target is the noise (or, with
+    --distill-from, the noise mixed with a teacher's prediction). Returns the (detached) loss, not read back here:
+    on a GPU, reading it every step would wait for the step to finish (the loop checks it when it logs)."""
     with autocast:
         pred = model(xt, t)
     loss = F.mse_loss(pred.float(), noise)
@@ -389,6 +396,30 @@ def train_step(model, opt, xt, t, noise, autocast, grad_clip: float, params) -> 
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     opt.step()
     return loss.detach()
+
+
+def load_teacher(args, cfg: ModelConfig, diffusion: DiffusionConfig, device: torch.device):
+    """The frozen --distill-from model and the card's note on it, or (None, None)."""
+    if not args.distill_from:
+        return None, None
+    if not 0.0 <= args.distill_weight <= 1.0:
+        raise SystemExit(f"--distill-weight {args.distill_weight}: use a weight from 0 (plain DDPM loss) to 1 "
+                         f"(pure distillation)")
+    src = resolve_checkpoint(args.distill_from)
+    teacher, t_diffusion, t_card = load_checkpoint(src, device)
+    shape, t_shape = (cfg.image_channels, cfg.image_size), (teacher.cfg.image_channels, teacher.cfg.image_size)
+    if shape != t_shape:
+        raise SystemExit(f"--distill-from {args.distill_from}: the teacher makes {t_shape[0]}x{t_shape[1]}x{t_shape[1]} "
+                         f"images, the model {shape[0]}x{shape[1]}x{shape[1]}; pick a teacher trained on {args.data}")
+    if t_diffusion != diffusion:
+        raise SystemExit(f"--distill-from {args.distill_from}: its noise schedule differs from the model's, so its "
+                         f"noise predictions do not fit; pick a teacher with the default schedule")
+    teacher.eval().requires_grad_(False)
+    t_data = t_card.get("model", {}).get("dataset")
+    if t_data and canonical_data_name(t_data) != canonical_data_name(args.data):
+        print(f"warning: the teacher {src.name} was trained on {t_data}, this run uses {args.data}", file=sys.stderr)
+    return teacher, {"teacher": src.name, "weight": args.distill_weight,
+                     "target": f"(1 - {args.distill_weight:g}) * noise + {args.distill_weight:g} * {src.name}(x_t, t)"}
 
 
 def main(argv=None) -> int:
@@ -470,6 +501,7 @@ def main(argv=None) -> int:
     if cfg.image_channels != data.images.shape[1] or cfg.image_size != data.images.shape[2]:
         raise SystemExit(f"the model expects {cfg.image_channels}x{cfg.image_size}x{cfg.image_size} images, "
                          f"the data set {args.data} has {tuple(data.images.shape[1:])}")
+    teacher, teacher_note = load_teacher(args, cfg, diffusion, device)
     ema = EMA(model, args.ema_decay)
     if ema_init is not None:
         ema.shadow = {k: v.float().clone() for k, v in ema_init.items()}
@@ -515,6 +547,8 @@ def main(argv=None) -> int:
                          "final_loss_ema": round(loss_ema, 5) if loss_ema is not None else None,
                          "init": init_note, "history": hist, "complete": final and step >= args.steps},
         }
+        if teacher_note:
+            card["training"]["distill"] = teacher_note
         if base:  # the whole budget behind these weights, not only this run's
             card["training"].update(init_from=base, total_steps=int(base.get("total_steps", base.get("steps", 0))) + step,
                                     total_wall_time_s=round(float(base.get("total_wall_time_s",
@@ -554,9 +588,14 @@ def main(argv=None) -> int:
             t = torch.randint(0, diffusion.num_train_timesteps, (x0.shape[0],), generator=gen).to(device)
             noise = torch.randn(x0.shape, generator=gen).to(device)
             xt = sched.add_noise(x0, noise, t)
+            target = noise
+            if teacher is not None:
+                with torch.no_grad(), autocast:
+                    guess = teacher(xt, t).float()
+                target = torch.lerp(noise, guess, args.distill_weight)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, args, fresh_from) * g.get("lr_scale", 1.0)
-            loss = train_step(ddp_model, opt, xt, t, noise, autocast, args.grad_clip, model.parameters())
+            loss = train_step(ddp_model, opt, xt, t, target, autocast, args.grad_clip, model.parameters())
             ema.update(model, step)
             step += 1
             loss_avg = loss if loss_avg is None else 0.98 * loss_avg + 0.02 * loss  # stays on the device

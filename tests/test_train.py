@@ -323,3 +323,49 @@ def test_torchrun_trains_one_model_with_ddp_across_two_processes(tmp_path):
     assert card["training"]["steps"] == 7 and card["training"]["batch_size"] == 32
     assert "2 process(es)" in card["training"]["machine"]
     assert load_pipeline(out).sample(n=1, num_inference_steps=2).shape == (1, 1, 8, 8)
+
+
+def test_distill_from_mixes_the_teachers_prediction_into_the_target(tmp_path, capsys):
+    teacher = tmp_path / "teacher"
+    assert train_main(TINY + ["--out", str(teacher), "--steps", "6", "--neuron", "ann"]) == 0
+    # a student that is the teacher (learning rate 0) has, with the pure teacher target, almost nothing to learn:
+    # only BatchNorm differs (batch statistics in training, the teacher's running ones)
+    same = tmp_path / "same"
+    assert train_main(TINY + ["--out", str(same), "--steps", "10", "--init-from", str(teacher),
+                              "--distill-from", str(teacher), "--distill-weight", "1",
+                              "--lr", "0", "--min-lr", "0", "--warmup", "0"]) == 0
+    distill = json.loads((same / "card.json").read_text())["training"]["distill"]
+    assert distill["teacher"] == "teacher" and distill["weight"] == 1.0
+    # weight 0 is the plain DDPM loss, the same numbers as a run without a teacher
+    zero, plain = tmp_path / "zero", tmp_path / "plain"
+    assert train_main(TINY + ["--out", str(zero), "--steps", "10", "--init-from", str(teacher),
+                              "--distill-from", str(teacher), "--distill-weight", "0"]) == 0
+    assert train_main(TINY + ["--out", str(plain), "--steps", "10", "--init-from", str(teacher)]) == 0
+    assert losses(zero) == pytest.approx(losses(plain), rel=1e-5)
+    assert max(losses(same)) < 0.05 * min(losses(plain))
+    assert "distill" not in json.loads((plain / "card.json").read_text())["training"]
+    # a half-way target: the loss lies strictly between the two
+    half = tmp_path / "half"
+    assert train_main(TINY + ["--out", str(half), "--steps", "10", "--init-from", str(teacher),
+                              "--distill-from", str(teacher)]) == 0
+    assert max(losses(same)) < losses(half)[0] < losses(plain)[0]
+
+
+def test_distill_from_refuses_a_bad_weight_or_a_teacher_of_other_images(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+    teacher = tmp_path / "teacher"
+    assert train_main(TINY + ["--out", str(teacher), "--steps", "2", "--neuron", "ann"]) == 0
+    with pytest.raises(SystemExit, match="--distill-weight 1.5"):
+        train_main(TINY + ["--out", str(tmp_path / "x"), "--steps", "2", "--distill-from", str(teacher),
+                           "--distill-weight", "1.5"])
+    pngs = tmp_path / "pngs"
+    pngs.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((12, 12), 40 * i, np.uint8)).save(pngs / f"{i}.png")
+    args = [a for a in TINY if a != "digits"]
+    args[args.index("--data")] = "--data"
+    args.insert(args.index("--data") + 1, str(pngs))
+    with pytest.raises(SystemExit, match="the teacher makes 1x8x8 images, the model 1x12x12"):
+        train_main(args + ["--out", str(tmp_path / "y"), "--steps", "2", "--batch-size", "4",
+                           "--distill-from", str(teacher)])
