@@ -383,13 +383,13 @@ def resolve_data_arg(data: str | None, resume_dir: Path | None) -> str:
     return data
 
 
-def train_step(model, opt, xt, t, noise, autocast, grad_clip: float, params) -> torch.Tensor:
+def train_step(model, opt, xt, t, target, autocast, grad_clip: float, params) -> torch.Tensor:
     """One optimizer step of the DDPM loss ||target - eps_theta(x_t, t)||^2, where the target is the noise (or, with
     --distill-from, the noise mixed with a teacher's prediction). Returns the (detached) loss, not read back here:
     on a GPU, reading it every step would wait for the step to finish (the loop checks it when it logs)."""
     with autocast:
         pred = model(xt, t)
-    loss = F.mse_loss(pred.float(), noise)
+    loss = F.mse_loss(pred.float(), target)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:

@@ -325,7 +325,7 @@ def test_torchrun_trains_one_model_with_ddp_across_two_processes(tmp_path):
     assert load_pipeline(out).sample(n=1, num_inference_steps=2).shape == (1, 1, 8, 8)
 
 
-def test_distill_from_mixes_the_teachers_prediction_into_the_target(tmp_path, capsys):
+def test_distill_from_mixes_the_teachers_prediction_into_the_target(tmp_path):
     teacher = tmp_path / "teacher"
     assert train_main(TINY + ["--out", str(teacher), "--steps", "6", "--neuron", "ann"]) == 0
     # a student that is the teacher (learning rate 0) has, with the pure teacher target, almost nothing to learn:
@@ -351,7 +351,7 @@ def test_distill_from_mixes_the_teachers_prediction_into_the_target(tmp_path, ca
     assert max(losses(same)) < losses(half)[0] < losses(plain)[0]
 
 
-def test_distill_from_refuses_a_bad_weight_or_a_teacher_of_other_images(tmp_path, capsys):
+def test_distill_from_refuses_a_bad_weight_or_a_teacher_of_other_images(tmp_path):
     import numpy as np
     from PIL import Image
     teacher = tmp_path / "teacher"
@@ -363,9 +363,7 @@ def test_distill_from_refuses_a_bad_weight_or_a_teacher_of_other_images(tmp_path
     pngs.mkdir()
     for i in range(4):
         Image.fromarray(np.full((12, 12), 40 * i, np.uint8)).save(pngs / f"{i}.png")
-    args = [a for a in TINY if a != "digits"]
-    args[args.index("--data")] = "--data"
-    args.insert(args.index("--data") + 1, str(pngs))
+    args = [str(pngs) if a == "digits" else a for a in TINY]
     with pytest.raises(SystemExit, match="the teacher makes 1x8x8 images, the model 1x12x12"):
         train_main(args + ["--out", str(tmp_path / "y"), "--steps", "2", "--batch-size", "4",
                            "--distill-from", str(teacher)])
