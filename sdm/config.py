@@ -41,6 +41,9 @@ class ModelConfig:
         threshold: firing threshold before threshold guidance.
         reset: "zero" (hard reset) or "subtract".
         readout: "mean" over T, or "decay" = weights 0.8^(T-t) normalised (FSVAE readout).
+        readout_from: what the output conv reads: "spikes" of a last spiking layer (the paper's layout), or
+            "current", the float input current that layer would get (the residual stream), combined over T the
+            same way. "current" drops the last spiking layer: the output conv costs MACs instead of SOPs.
         bits: activation bits of the "qann" neuron (T of the converted SNN = 2^bits - 1).
         dropout: dropout inside res blocks during training.
         thresholds: per-layer thresholds in forward order (empty: ``threshold`` everywhere); set by ANN-to-SNN
@@ -65,6 +68,7 @@ class ModelConfig:
     threshold: float = 1.0
     reset: str = "zero"
     readout: str = "mean"
+    readout_from: str = "spikes"
     bits: int = 2
     dropout: float = 0.0
     thresholds: tuple[float, ...] = ()
@@ -81,6 +85,8 @@ class ModelConfig:
             raise ValueError(f"reset must be 'zero' or 'subtract', got {self.reset!r}")
         if self.readout not in ("mean", "decay"):
             raise ValueError(f"readout must be 'mean' or 'decay', got {self.readout!r}")
+        if self.readout_from not in ("spikes", "current"):
+            raise ValueError(f"readout_from must be 'spikes' or 'current', got {self.readout_from!r}")
         if self.T < 1:
             raise ValueError(f"T must be >= 1, got {self.T}")
         if self.image_size % (2 ** (len(self.channel_mult) - 1)):

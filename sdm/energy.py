@@ -131,7 +131,9 @@ def _count_macs(cfg: ModelConfig, skip_spike_convs: bool) -> int:
     model = SpikingUNet(cfg).eval()
     skip = set()
     if skip_spike_convs:
-        skip = {id(m.conv) for m in model.modules() if isinstance(m, SpikeConv)}
+        # convs fed by spikes cost SOPs, counted from real spikes; the analog readout's conv reads floats: MACs
+        skip = {id(m.conv) for m in model.modules()
+                if isinstance(m, SpikeConv) and not isinstance(m.act, nn.Identity)}
     total = [0]
 
     def hook(mod, inp, out):
@@ -150,7 +152,7 @@ def _count_macs(cfg: ModelConfig, skip_spike_convs: bool) -> int:
     for h in handles:
         h.remove()
     if skip_spike_convs and cfg.time_steps > 1:
-        # readout: a weighted sum over T of the output layer's spikes
+        # readout: a weighted sum over T of the output layer's spikes (or of its float input current)
         total[0] += cfg.time_steps * cfg.base_channels * cfg.channel_mult[0] * cfg.image_size ** 2
     return total[0]
 

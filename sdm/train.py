@@ -37,7 +37,7 @@ from .unet import SpikingUNet, count_parameters
 MODEL_FLAGS = {
     "image_channels": None, "image_size": None, "base_channels": int, "channel_mult": str, "num_res_blocks": int,
     "time_embed_dim": int, "T": int, "neuron": str, "beta": float, "threshold": float, "reset": str,
-    "readout": str, "bits": int, "dropout": float,
+    "readout": str, "readout_from": str, "bits": int, "dropout": float,
 }
 
 
@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"membrane reset after a spike (default {d.reset}{dyn})")
     p.add_argument("--readout", default=None, choices=["mean", "decay"],
                    help=f"how the output combines the T steps (default {d.readout}{dyn})")
+    p.add_argument("--readout-from", default=None, choices=["spikes", "current"],
+                   help="what the output conv reads: the spikes of a last spiking layer, or 'current', that layer's "
+                        f"float input current, without the last spiking layer (default {d.readout_from}{dyn})")
     p.add_argument("--bits", type=int, default=None,
                    help=f"activation bits of --neuron qann (default {ModelConfig.bits}); with --init-from of a quantised ANN, "
                         "re-quantise it to this many bits (its clips alpha are kept)")
@@ -171,7 +174,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 # model options that set the shapes of the weights: fixed once a model is trained
 STRUCTURE = ("base_channels", "channel_mult", "num_res_blocks", "time_embed_dim")
 # model options that only change how the same weights run: --init-from may change them (then fine-tunes)
-DYNAMICS = ("beta", "threshold", "reset", "readout", "dropout", "sigma_data")
+DYNAMICS = ("beta", "threshold", "reset", "readout", "readout_from", "dropout", "sigma_data")
 
 
 def _flag(key: str) -> str:

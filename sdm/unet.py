@@ -8,7 +8,8 @@ Layout (paper: SDDPM, reused by SDM), all tensors of the residual stream are ``[
   summed in float; BatchNorm runs over the flattened ``[T*B]`` batch;
 * down-sampling: neuron -> stride-2 conv; up-sampling: neuron -> nearest x2 -> conv;
 * output: neuron -> conv, combined over T (mean, or 0.8^(T-t) weights). The conv is linear, so it is
-  applied once to the combined spikes: the same result as T convolutions, at 1/T of the cost;
+  applied once to the combined spikes: the same result as T convolutions, at 1/T of the cost. With
+  ``cfg.readout_from="current"`` there is no last neuron: the conv reads the float residual stream, combined over T;
 * optional preconditioning (``cfg.precondition``): eps = c_skip(t) x_t + c_out(t) F, with F the network above.
   With abar = alphas_cumprod[t] and s = sigma_data, the weights are those of the best linear guess of eps from x_t
   and the scale of what remains: c_skip = sqrt(1-abar) / (1 - abar + abar s^2),
@@ -45,9 +46,10 @@ class SpikeConv(nn.Module):
     """neuron -> [nearest x2] -> conv -> [BN]: one spiking layer and the synapses it drives."""
 
     def __init__(self, cfg: ModelConfig, cin: int, cout: int, k: int = 3, stride: int = 1,
-                 upsample: bool = False, bn: bool = True):
+                 upsample: bool = False, bn: bool = True, neuron: bool = True):
         super().__init__()
-        self.act = make_activation(cfg)
+        # neuron=False: the conv reads its float input as it is (the analog readout, cfg.readout_from="current")
+        self.act = make_activation(cfg) if neuron else nn.Identity()
         self.upsample = upsample
         self.conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=not bn)
         self.bn = nn.BatchNorm2d(cout) if bn else nn.Identity()
@@ -133,7 +135,7 @@ class SpikingUNet(nn.Module):
             level.upsample = SpikeConv(cfg, cur, cur, upsample=True) if i != 0 else None
             self.up.append(level)
 
-        self.out = SpikeConv(cfg, cur, cfg.image_channels, bn=False)
+        self.out = SpikeConv(cfg, cur, cfg.image_channels, bn=False, neuron=cfg.readout_from == "spikes")
         nn.init.zeros_(self.out.conv.weight)
         nn.init.zeros_(self.out.conv.bias)
         for name, m in self.named_modules():
@@ -236,7 +238,8 @@ class SpikingUNet(nn.Module):
             if level.upsample is not None:
                 h = level.upsample(h, ctx)
 
-        s = self.out.spikes(h, ctx)  # [T*B, C, H, W]
+        # [T*B, C, H, W]: the last layer's spikes, or (readout_from "current") the float current it would get
+        s = self.out.spikes(h, ctx) if self.cfg.readout_from == "spikes" else h
         if T > 1:  # readout: combine over T, then the (linear) output conv once
             w = self.readout_weights(T, s.device).to(s.dtype)
             s = torch.einsum("t,tbchw->bchw", w, s.view(T, B, *s.shape[1:]))

@@ -197,15 +197,16 @@ def test_init_from_can_change_the_neuron_dynamics_but_not_the_shapes_of_the_weig
     sub = tmp_path / "sub"
     zero_lr = ["--lr", "0", "--min-lr", "0", "--warmup", "0", "--ema-decay", "0"]
     assert train_main(TINY + ["--out", str(sub), "--steps", "1", "--init-from", str(base), "--reset", "subtract",
-                              "--beta", "1.0"] + zero_lr) == 0
+                              "--beta", "1.0", "--readout-from", "current"] + zero_lr) == 0
     cfg = json.loads((sub / "config.json").read_text())["model"]
-    assert (cfg["reset"], cfg["beta"]) == ("subtract", 1.0)
+    assert (cfg["reset"], cfg["beta"], cfg["readout_from"]) == ("subtract", 1.0, "current")
     a, b = load_file(str(base / "model.safetensors")), load_file(str(sub / "model.safetensors"))
     learned = [k for k in a if "running" not in k and "num_batches" not in k]
     assert set(a) == set(b) and all((a[k] == b[k]).all() for k in learned)
     note = json.loads((sub / "card.json").read_text())["training"]["init"]
-    assert "reset zero -> subtract" in note and "beta 0.9 -> 1.0" in note
-    assert load_pipeline(sub).model.neurons()[0].reset == "subtract"
+    assert "reset zero -> subtract" in note and "beta 0.9 -> 1.0" in note and "readout_from spikes -> current" in note
+    sub_model = load_pipeline(sub).model
+    assert sub_model.neurons()[0].reset == "subtract" and "out.act" not in sub_model.layer_names()
     # options the source already has are accepted as they are (TINY repeats its width)
     # a width that does not fit the weights is refused before anything is written
     with pytest.raises(SystemExit, match="--base-channels 16: the weights of .* are for --base-channels 8"):

@@ -1,5 +1,6 @@
 import copy
 
+import pytest
 import torch
 
 from sdm import ModelConfig, SpikingUNet
@@ -128,3 +129,25 @@ def test_tsm_weights_are_made_on_the_models_device():
     devices = {str(w.device) for w in model.tsm_weights().values()}
     assert devices == {"meta"}
     assert len(model.tsm_weights()) == len(list(model.neurons()))
+
+
+def test_current_readout_reads_the_float_stream_without_a_last_spiking_layer():
+    spikes_cfg = ModelConfig(**SMALL)
+    model = SpikingUNet(spikes_cfg).eval()
+    torch.nn.init.normal_(model.out.conv.weight, std=0.1)
+    current = SpikingUNet(spikes_cfg.replace(readout_from="current")).eval()
+    current.load_state_dict(model.state_dict())  # no weights added or dropped: the same state dict fits both
+    assert current.layer_names() == model.layer_names()[:-1] and model.layer_names()[-1] == "out.act"
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([3, 600])
+    with torch.no_grad():
+        # thresholds so high that no neuron fires: the spike readout sees nothing but the output bias, the current
+        # readout still sees the analog paths (the first conv, carried by the skips and 1x1 shortcuts)
+        silent = model(x, t, threshold_scale=1e6)
+        assert torch.allclose(silent, model.out.conv.bias.view(1, -1, 1, 1).expand_as(silent))
+        a, b = current(x, t, threshold_scale=1e6), current(-x, t, threshold_scale=1e6)
+        assert not torch.allclose(a, b)
+        # with every neuron silent the path left is affine in x_t: f(x) + f(-x) = 2 f(0)
+        zero = current(torch.zeros_like(x), t, threshold_scale=1e6)
+        assert torch.allclose(a + b, 2 * zero, atol=1e-5)
+    with pytest.raises(ValueError, match="readout_from must be 'spikes' or 'current'"):
+        ModelConfig(readout_from="membrane")
