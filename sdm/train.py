@@ -34,12 +34,6 @@ from .data import canonical_data_name, load_dataset
 from .scheduling_ddpm import DDPMScheduler
 from .unet import SpikingUNet, count_parameters
 
-MODEL_FLAGS = {
-    "image_channels": None, "image_size": None, "base_channels": int, "channel_mult": str, "num_res_blocks": int,
-    "time_embed_dim": int, "T": int, "neuron": str, "beta": float, "threshold": float, "reset": str,
-    "readout": str, "readout_from": str, "bits": int, "dropout": float,
-}
-
 
 @contextmanager
 def stop_requests():
