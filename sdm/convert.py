@@ -45,7 +45,7 @@ def convert(qann: SpikingUNet) -> SpikingUNet:
     snn.load_state_dict({k: v for k, v in qann.state_dict().items() if not k.endswith(".act.alpha")})
     with torch.no_grad():
         for name, m in snn.named_modules():
-            if isinstance(m, SpikeConv) and f"{name}.act" in alphas:  # (not the analog readout's float conv)
+            if isinstance(m, SpikeConv) and m.has_neuron:
                 m.conv.weight.mul_(alphas[f"{name}.act"])  # spike amplitude alpha folded into the synapses
     return snn.eval()
 

@@ -132,8 +132,7 @@ def _count_macs(cfg: ModelConfig, skip_spike_convs: bool) -> int:
     skip = set()
     if skip_spike_convs:
         # convs fed by spikes cost SOPs, counted from real spikes; the analog readout's conv reads floats: MACs
-        skip = {id(m.conv) for m in model.modules()
-                if isinstance(m, SpikeConv) and not isinstance(m.act, nn.Identity)}
+        skip = {id(m.conv) for m in model.modules() if isinstance(m, SpikeConv) and m.has_neuron}
     total = [0]
 
     def hook(mod, inp, out):

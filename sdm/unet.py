@@ -54,6 +54,11 @@ class SpikeConv(nn.Module):
         self.conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=not bn)
         self.bn = nn.BatchNorm2d(cout) if bn else nn.Identity()
 
+    @property
+    def has_neuron(self) -> bool:
+        """False for the analog readout's conv, which reads floats (its synapses cost MACs, not SOPs)."""
+        return not isinstance(self.act, nn.Identity)
+
     def spikes(self, h: torch.Tensor, ctx: RunContext) -> torch.Tensor:
         """``[T*B, C, H, W]`` currents -> spikes (or activations) of the same shape."""
         s = self.act(h.view(ctx.T, ctx.batch, *h.shape[1:]), ctx.threshold_scale, ctx.monitor)
@@ -239,7 +244,7 @@ class SpikingUNet(nn.Module):
                 h = level.upsample(h, ctx)
 
         # [T*B, C, H, W]: the last layer's spikes, or (readout_from "current") the float current it would get
-        s = self.out.spikes(h, ctx) if self.cfg.readout_from == "spikes" else h
+        s = self.out.spikes(h, ctx) if self.out.has_neuron else h
         if T > 1:  # readout: combine over T, then the (linear) output conv once
             w = self.readout_weights(T, s.device).to(s.dtype)
             s = torch.einsum("t,tbchw->bchw", w, s.view(T, B, *s.shape[1:]))
