@@ -254,7 +254,7 @@ class SpikingDiffusionPipeline:
         data = self.card.get("model", {}).get("dataset") or self.card.get("dataset", "?")
         fid = self.card.get("metrics", {}).get("fid")
         kind = (c.neuron.upper() + (f" T={c.T}" if c.spiking else "") + (" +TSM" if c.tsm else "")
-                + (" +skip" if c.precondition else ""))
+                + ((" +wiener skip" if c.skip == "wiener" else " +skip") if c.precondition else ""))
         s = f"{data} · {kind} · {self.num_parameters / 1e6:.2f}M params"
         if fid is not None:
             s += f" · FID {fid:.1f}"

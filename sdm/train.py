@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="analog skip readout eps = c_skip(t) x_t + c_out(t) F(x_t, t) (also with --init-from)")
     p.add_argument("--sigma-data", type=float, default=None,
                    help=f"data root mean square for --precondition (default {d.sigma_data}{dyn})")
+    p.add_argument("--skip", default=None, choices=["scalar", "wiener"],
+                   help="the analog skip of --precondition: 'scalar' (pixels taken as independent, root mean square "
+                        "--sigma-data) or 'wiener' (the linear MMSE guess of the noise under the training set's mean "
+                        f"and covariance, computed at the start of the run and saved with the weights; measured "
+                        f"worse than 'scalar' on Fashion-MNIST, see README) (default {d.skip}{dyn})")
     p.add_argument("--tsm", action="store_true", help="enable TSM (with --init-from: the paper's TSM stage)")
     p.add_argument("--tsm-lr", type=float, default=None,
                    help="peak learning rate of the TSM weights (default: --lr); the schedule scales it like --lr")
@@ -168,7 +173,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 # model options that set the shapes of the weights: fixed once a model is trained
 STRUCTURE = ("base_channels", "channel_mult", "num_res_blocks", "time_embed_dim")
 # model options that only change how the same weights run: --init-from may change them (then fine-tunes)
-DYNAMICS = ("beta", "threshold", "reset", "readout", "readout_from", "dropout", "sigma_data")
+DYNAMICS = ("beta", "threshold", "reset", "readout", "readout_from", "dropout", "sigma_data", "skip")
 
 
 def _flag(key: str) -> str:
@@ -221,10 +226,13 @@ def model_options_against(args, cfg: ModelConfig, source: Path, resume: bool) ->
 def model_config_from_args(args, data) -> ModelConfig:
     d = ModelConfig()
     given = {k: _model_option(args, k) for k in STRUCTURE + DYNAMICS}
-    return ModelConfig(image_channels=data.images.shape[1], image_size=data.images.shape[2],
-                       **{k: getattr(d, k) if v is None else v for k, v in given.items()},
-                       T=args.T or d.T, neuron=args.neuron or d.neuron, tsm=args.tsm,
-                       bits=d.bits if args.bits is None else args.bits, precondition=args.precondition)
+    try:
+        return ModelConfig(image_channels=data.images.shape[1], image_size=data.images.shape[2],
+                           **{k: getattr(d, k) if v is None else v for k, v in given.items()},
+                           T=args.T or d.T, neuron=args.neuron or d.neuron, tsm=args.tsm,
+                           bits=d.bits if args.bits is None else args.bits, precondition=args.precondition)
+    except ValueError as e:
+        raise SystemExit(f"model options: {e}") from None
 
 
 def machine_description(device: torch.device, world: int) -> str:
@@ -290,7 +298,7 @@ class EMA:
         d = min(self.decay, (1 + step) / (10 + step))
         shadow, current = [], []
         for k, v in model.state_dict().items():
-            if v.is_floating_point():
+            if v.is_floating_point() and k not in model.FIXED_BUFFERS:
                 shadow.append(self.shadow[k])
                 current.append(v.detach().float())
             else:
@@ -342,7 +350,11 @@ def rebuild_model(model: SpikingUNet, neuron: str | None = None, T: int | None =
             what.append(f"{key} {getattr(cfg, key)} -> {value}")
     if not changes:
         return model, ""
-    new = SpikingUNet(cfg.replace(**changes), model.diffusion).to(next(model.parameters()).device)
+    try:
+        new_cfg = cfg.replace(**changes)
+    except ValueError as e:
+        raise SystemExit(f"model options: {e}") from None
+    new = SpikingUNet(new_cfg, model.diffusion).to(next(model.parameters()).device)
     target_sd, source_sd = new.state_dict(), model.state_dict()
     copied = {k: v for k, v in source_sd.items() if k in target_sd and target_sd[k].shape == v.shape}
     new.load_state_dict(copied, strict=False)
@@ -491,6 +503,9 @@ def main(argv=None) -> int:
         else:
             cfg = model_config_from_args(args, data)
             model = SpikingUNet(cfg, diffusion).to(device)
+        if cfg.skip == "wiener":  # a new run's statistics are those of its own training data
+            model.set_skip_statistics(data.images)
+            init_note = (init_note + ", " if init_note else "") + f"wiener skip statistics from {len(data.images)} images"
         ema_init = None
         meta = None
         history = []
@@ -537,7 +552,7 @@ def main(argv=None) -> int:
             "model": {"dataset": args.data, "architecture": "spiking UNet (SDDPM pre-spike res blocks)" if cfg.spiking
                       else "ANN UNet (same convolutions, SiLU)", "parameters": n_params, "neuron": cfg.neuron,
                       "T": cfg.time_steps, "tsm": cfg.tsm, "image_size": cfg.image_size,
-                      "precondition": cfg.precondition},
+                      "precondition": cfg.precondition, **({"skip": cfg.skip} if cfg.precondition else {})},
             "training": {"command": command, "steps": step, "batch_size": args.batch_size * world,
                          "wall_time_s": round(wall, 1), "machine": machine_description(device, world),
                          "bf16": args.bf16, "lr": args.lr, "tsm_lr": args.tsm_lr, "ema_decay": args.ema_decay,

@@ -15,6 +15,10 @@ Layout (paper: SDDPM, reused by SDM), all tensors of the residual stream are ``[
   and the scale of what remains: c_skip = sqrt(1-abar) / (1 - abar + abar s^2),
   c_out = sqrt(abar) s / sqrt(1 - abar + abar s^2). At small t, c_skip ~ 0 and c_out ~ 1 (F predicts eps alone);
   at large t, c_skip ~ 1 and c_out ~ 0, so the spiking layers' coarse copy of x_t no longer limits the prediction.
+  With ``cfg.skip="wiener"`` the skip is the linear MMSE estimate of eps under the training set's mean mu and pixel
+  covariance U diag(lam) U^T (buffers, set by ``set_skip_statistics``): skip = U diag(g) U^T (x_t - sqrt(abar) mu),
+  g = sqrt(1-abar) / (abar lam + 1 - abar), and c_out = sqrt(mean(abar lam / (abar lam + 1 - abar))), the root mean
+  square of what it leaves. With lam = s^2, mu = 0 and U = I (the buffers' initial values) this is the scalar skip.
 
 ``neuron="ann"`` builds the same convolutions with SiLU in place of the neurons, and T = 1.
 """
@@ -99,6 +103,9 @@ class SpikingUNet(nn.Module):
         diffusion: the noise schedule, used only by ``cfg.precondition`` (default: ``DiffusionConfig()``).
     """
 
+    # buffers set once from the data, never trained: an EMA copies them instead of averaging them
+    FIXED_BUFFERS = frozenset({"skip_mean", "skip_basis", "skip_var"})
+
     def __init__(self, cfg: ModelConfig, diffusion: DiffusionConfig | None = None):
         super().__init__()
         self.cfg = cfg
@@ -107,6 +114,11 @@ class SpikingUNet(nn.Module):
             from .scheduling_ddpm import make_betas
             abar = torch.cumprod(1.0 - make_betas(self.diffusion), dim=0).float()
             self.register_buffer("alphas_cumprod", abar, persistent=False)
+        if cfg.skip == "wiener":  # the data statistics travel with the weights (float32: their eigenvectors)
+            d = cfg.image_channels * cfg.image_size ** 2
+            self.register_buffer("skip_mean", torch.zeros(d))
+            self.register_buffer("skip_basis", torch.eye(d))
+            self.register_buffer("skip_var", torch.full((d,), cfg.sigma_data ** 2))
         ch = cfg.base_channels
         E = cfg.time_embed_dim
         self.time_mlp = nn.Sequential(nn.Linear(ch, E), nn.SiLU(), nn.Linear(E, E))
@@ -204,6 +216,39 @@ class SpikingUNet(nn.Module):
         denom = 1.0 - abar + abar * s2
         return (1.0 - abar).sqrt() / denom, (abar * s2).sqrt() / denom.sqrt()
 
+    @torch.no_grad()
+    def set_skip_statistics(self, images: torch.Tensor) -> None:
+        """Set the "wiener" skip's mean and covariance (eigen-decomposed) from training images ``[N, C, H, W]``."""
+        if self.cfg.skip != "wiener":
+            raise ValueError(f"set_skip_statistics: this model's skip is {self.cfg.skip!r}, not 'wiener'")
+        c, size = self.cfg.image_channels, self.cfg.image_size
+        if tuple(images.shape[1:]) != (c, size, size):
+            raise ValueError(f"set_skip_statistics: images of shape {tuple(images.shape[1:])}, the model takes "
+                             f"{(c, size, size)}: pass the training images")
+        x = images.reshape(len(images), -1).double()
+        if len(x) < 2:
+            raise ValueError("set_skip_statistics: needs at least 2 images for a covariance")
+        mean = x.mean(0)
+        xc = x - mean
+        var, basis = torch.linalg.eigh(xc.T @ xc / (len(x) - 1))
+        self.skip_mean.copy_(mean)
+        self.skip_basis.copy_(basis)
+        self.skip_var.copy_(var.clamp(min=0.0))
+
+    def analog_skip(self, x: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(skip, c_out) of ``cfg.precondition``: the skip ``[B, C, H, W]`` and c_out ``[B]``, at least float32."""
+        with torch.autocast(x.device.type, enabled=False):  # bf16 would cost the skip its precision
+            x = x.to(torch.promote_types(x.dtype, torch.float32))
+            if self.cfg.skip == "scalar":
+                c_skip, c_out = self.precondition_weights(timesteps)
+                return c_skip[:, None, None, None] * x, c_out
+            mean, basis, var = (b.to(x.dtype) for b in (self.skip_mean, self.skip_basis, self.skip_var))
+            abar = self.alphas_cumprod[timesteps.long().clamp(0, len(self.alphas_cumprod) - 1)][:, None].to(x.dtype)
+            lam = abar * var
+            y = (x.reshape(len(x), -1) - abar.sqrt() * mean) @ basis
+            skip = (y * ((1.0 - abar).sqrt() / (lam + 1.0 - abar))) @ basis.T
+            return skip.view_as(x), (lam / (lam + 1.0 - abar)).mean(1).sqrt()
+
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, threshold_scale: float = 1.0, monitor=None) -> torch.Tensor:
         """Predict the noise.
 
@@ -250,8 +295,8 @@ class SpikingUNet(nn.Module):
             s = torch.einsum("t,tbchw->bchw", w, s.view(T, B, *s.shape[1:]))
         out = self.out.conv(s)
         if self.cfg.precondition:
-            c_skip, c_out = self.precondition_weights(timesteps)
-            out = c_skip[:, None, None, None] * x + c_out[:, None, None, None].to(out.dtype) * out
+            skip, c_out = self.analog_skip(x, timesteps)
+            out = skip + c_out[:, None, None, None].to(out.dtype) * out
         return out
 
 

@@ -3,6 +3,7 @@ import json
 import signal
 
 import pytest
+import torch
 
 from sdm import load_pipeline
 from sdm.train import main as train_main
@@ -155,6 +156,34 @@ def test_init_from_with_precondition_switches_the_skip_on_and_keeps_every_weight
     # resuming a run without it, asking for it, is refused with the way out
     with pytest.raises(SystemExit, match="--init-from .* --precondition with a new --out"):
         train_main(TINY[2:] + ["--out", str(base), "--steps", "8", "--resume", "--precondition"])
+
+
+def test_wiener_skip_takes_its_statistics_from_the_training_data_and_keeps_them(tmp_path):
+    from safetensors.torch import load_file
+    from sdm.data import load_dataset
+    out = tmp_path / "w"
+    assert train_main(TINY + ["--out", str(out), "--steps", "6", "--precondition", "--skip", "wiener"]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["model"]["skip"] == "wiener" and "wiener skip statistics from" in card["training"]["init"]
+    saved = load_file(str(out / "model.safetensors"))
+    images = load_dataset("digits", "train").images
+    # the EMA copies the statistics instead of averaging them with their zero-mean initial values
+    assert torch.allclose(saved["skip_mean"].double(), images.view(len(images), -1).double().mean(0), atol=1e-6)
+    assert load_pipeline(out).sample(n=1, num_inference_steps=2).shape == (1, 1, 8, 8)
+    # a scalar-skip run switched to the wiener skip keeps every weight and gets the statistics
+    base = tmp_path / "base"
+    assert train_main(TINY + ["--out", str(base), "--steps", "3", "--precondition"]) == 0
+    sw = tmp_path / "sw"
+    assert train_main(TINY + ["--out", str(sw), "--steps", "1", "--init-from", str(base), "--skip", "wiener",
+                              "--lr", "0", "--min-lr", "0", "--warmup", "0", "--ema-decay", "0"]) == 0
+    a, b = load_file(str(base / "model.safetensors")), load_file(str(sw / "model.safetensors"))
+    learned = [k for k in a if "running" not in k and "num_batches" not in k]
+    assert all(torch.equal(a[k], b[k]) for k in learned) and torch.equal(b["skip_mean"], saved["skip_mean"])
+    assert "skip scalar -> wiener" in json.loads((sw / "card.json").read_text())["training"]["init"]
+    with pytest.raises(SystemExit, match="--skip wiener"):  # resuming with another skip is refused
+        train_main(TINY[2:] + ["--out", str(base), "--steps", "4", "--resume", "--skip", "wiener"])
+    with pytest.raises(SystemExit, match="set precondition=True"):
+        train_main(TINY + ["--out", str(tmp_path / "bad"), "--steps", "1", "--skip", "wiener"])
 
 
 def test_card_of_a_run_started_from_another_keeps_the_whole_training_behind_it(tmp_path):
