@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"and covariance, computed at the start of the run and saved with the weights; measured "
                         f"worse than 'scalar' on Fashion-MNIST, see README) (default {d.skip}{dyn})")
     p.add_argument("--tsm", action="store_true", help="enable TSM (with --init-from: the paper's TSM stage)")
+    p.add_argument("--tsm-only", action="store_true",
+                   help="train the TSM weights alone: every other weight frozen and BatchNorm in inference mode (its "
+                        "running statistics kept), so the stage can change nothing but TSM's p (the model must have "
+                        "TSM: add --tsm with --init-from)")
     p.add_argument("--tsm-lr", type=float, default=None,
                    help="peak learning rate of the TSM weights (default: --lr); the schedule scales it like --lr")
     p.add_argument("--init-from", help="start from this checkpoint's weights (name or folder)")
@@ -298,14 +302,14 @@ class EMA:
         d = min(self.decay, (1 + step) / (10 + step))
         shadow, current = [], []
         for k, v in model.state_dict().items():
-            if v.is_floating_point() and k not in model.FIXED_BUFFERS:
+            if v.is_floating_point():
                 shadow.append(self.shadow[k])
                 current.append(v.detach().float())
             else:
                 self.shadow[k].copy_(v)
-        if shadow:  # one fused update over all tensors instead of two small ops per tensor
-            torch._foreach_mul_(shadow, d)
-            torch._foreach_add_(shadow, current, alpha=1 - d)
+        if shadow:  # one fused update over all tensors; as shadow += (1 - d)(current - shadow), a tensor that
+            # does not change (frozen weights, the wiener skip's statistics) stays exactly as it is
+            torch._foreach_lerp_(shadow, current, 1 - d)
 
     def state_dict(self, like: dict) -> dict:
         return {k: self.shadow[k].to(like[k].dtype) for k in like}
@@ -471,6 +475,10 @@ def main(argv=None) -> int:
                 spelled = flag if asked is True else f"{flag} {asked}"
                 raise SystemExit(f"--resume {out}: the checkpoint has {flag} {have}, not {asked}. Drop {flag} to "
                                  f"continue it, or use --init-from {out} {spelled} with a new --out.")
+        if bool(card.get("training", {}).get("tsm_only")) != args.tsm_only:  # the optimizer's groups differ
+            fix = "add --tsm-only" if not args.tsm_only else "drop --tsm-only"
+            raise SystemExit(f"--resume {out}: this run was trained {'with' if not args.tsm_only else 'without'} "
+                             f"--tsm-only; {fix} to continue it")
         ema_init = {k: v.clone() for k, v in model.state_dict().items()}
         st = out / "train_state"
         meta = None
@@ -509,7 +517,13 @@ def main(argv=None) -> int:
         ema_init = None
         meta = None
         history = []
-    model.train()
+    if args.tsm_only:
+        if not cfg.tsm:
+            raise SystemExit("--tsm-only: the model has no TSM weights to train; add --tsm (with --init-from) to "
+                             "switch TSM on")
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.endswith(".tsm"))
+    model.train(not args.tsm_only)  # --tsm-only: BatchNorm normalises with the statistics inference uses
     if cfg.image_channels != data.images.shape[1] or cfg.image_size != data.images.shape[2]:
         raise SystemExit(f"the model expects {cfg.image_channels}x{cfg.image_size}x{cfg.image_size} images, "
                          f"the data set {args.data} has {tuple(data.images.shape[1:])}")
@@ -518,8 +532,8 @@ def main(argv=None) -> int:
     if ema_init is not None:
         ema.shadow = {k: v.float().clone() for k, v in ema_init.items()}
     tsm_params = [p for n, p in model.named_parameters() if n.endswith(".tsm")]
-    other = [p for n, p in model.named_parameters() if not n.endswith(".tsm")]
-    groups = [{"params": other, "lr_scale": 1.0}]
+    other = [p for n, p in model.named_parameters() if not n.endswith(".tsm") and p.requires_grad]
+    groups = [{"params": other, "lr_scale": 1.0}] if other else []
     if tsm_params:  # no weight decay on TSM: it would pull the weights towards 0, not towards their init of 1
         groups.append({"params": tsm_params, "weight_decay": 0.0,
                        "lr_scale": (args.tsm_lr / args.lr) if args.tsm_lr else 1.0})
@@ -556,6 +570,7 @@ def main(argv=None) -> int:
             "training": {"command": command, "steps": step, "batch_size": args.batch_size * world,
                          "wall_time_s": round(wall, 1), "machine": machine_description(device, world),
                          "bf16": args.bf16, "lr": args.lr, "tsm_lr": args.tsm_lr, "ema_decay": args.ema_decay,
+                         **({"tsm_only": True} if args.tsm_only else {}),
                          "final_loss_ema": round(loss_ema, 5) if loss_ema is not None else None,
                          "init": init_note, "history": hist, "complete": final and step >= args.steps},
         }

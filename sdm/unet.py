@@ -103,9 +103,6 @@ class SpikingUNet(nn.Module):
         diffusion: the noise schedule, used only by ``cfg.precondition`` (default: ``DiffusionConfig()``).
     """
 
-    # buffers set once from the data, never trained: an EMA copies them instead of averaging them
-    FIXED_BUFFERS = frozenset({"skip_mean", "skip_basis", "skip_var"})
-
     def __init__(self, cfg: ModelConfig, diffusion: DiffusionConfig | None = None):
         super().__init__()
         self.cfg = cfg

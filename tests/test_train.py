@@ -140,6 +140,26 @@ def test_init_from_the_ann_counterpart_starts_a_spiking_model_from_its_weights(t
     assert (cfg["neuron"], cfg["T"]) == ("lif", 4)
 
 
+def test_tsm_only_stage_trains_the_tsm_weights_and_nothing_else(tmp_path):
+    from safetensors.torch import load_file
+    base = tmp_path / "base"
+    assert train_main(TINY + ["--out", str(base), "--steps", "6"]) == 0
+    stage = tmp_path / "stage"
+    assert train_main(TINY + ["--out", str(stage), "--steps", "8", "--init-from", str(base), "--tsm", "--tsm-only",
+                              "--lr", "1e-2", "--save-every", "4"]) == 0
+    a, b = load_file(str(base / "model.safetensors")), load_file(str(stage / "model.safetensors"))
+    tsm = [k for k in b if k.endswith(".tsm")]
+    # every weight and every BatchNorm statistic as it was (BN ran in inference mode); only p moved
+    assert set(b) - set(a) == set(tsm) and all(torch.equal(a[k], b[k]) for k in a)
+    assert tsm and max(float((b[k] - 1).abs().max()) for k in tsm) > 1e-3
+    assert json.loads((stage / "card.json").read_text())["training"]["tsm_only"] is True
+    assert train_main(TINY[2:] + ["--out", str(stage), "--steps", "10", "--resume", "--tsm-only"]) == 0
+    with pytest.raises(SystemExit, match="drop --tsm-only|add --tsm-only"):  # its optimizer holds p alone
+        train_main(TINY[2:] + ["--out", str(stage), "--steps", "12", "--resume"])
+    with pytest.raises(SystemExit, match="no TSM weights .* add --tsm"):
+        train_main(TINY + ["--out", str(tmp_path / "bad"), "--steps", "2", "--init-from", str(base), "--tsm-only"])
+
+
 def test_init_from_with_precondition_switches_the_skip_on_and_keeps_every_weight(tmp_path):
     from safetensors.torch import load_file
     base = tmp_path / "base"
