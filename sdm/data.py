@@ -3,7 +3,7 @@
 Named data sets (see :func:`available_datasets`):
 
 * ``"fmnist"`` (aliases ``"fashion-mnist"``, ``"fashion_mnist"``): Fashion-MNIST,
-  28x28 gray, 10 classes. Read from the gzip (or plain) IDX files of the Debian
+  28x28 gray, 10 classes. Read from the gzip (or xz, or plain) IDX files of the Debian
   package ``dataset-fashion-mnist`` in ``/usr/share/datasets/fashion-mnist/``, or
   from ``data_dir``. Uses the official split: train 60000, test 10000.
 * ``"mnist"``: the 10,000 MNIST digits (28x28 gray, values 0..1) shipped in the
@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import gzip
 import json
+import lzma
 import os
 import re
 import shlex
@@ -251,13 +252,18 @@ def _decode(kind: str, path: str, stamp, part: str):
 
 
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    """Read an unsigned-byte IDX file (optionally gzip) with ``ndim`` dimensions."""
+    """Read an unsigned-byte IDX file (optionally gzip or xz) with ``ndim`` dimensions."""
     raw = path.read_bytes()
     if path.suffix == ".gz":
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:
             raise ValueError(f"{path}: corrupt gzip data ({e})") from e
+    elif path.suffix == ".xz":  # 15% smaller than gzip: what fits beside the tree sent to a lent GPU
+        try:
+            raw = lzma.decompress(raw)
+        except lzma.LZMAError as e:
+            raise ValueError(f"{path}: corrupt xz data ({e})") from e
     if len(raw) < 4 or raw[:3] != b"\0\0\x08" or raw[3] != ndim:
         raise ValueError(f"{path}: bad IDX magic number 0x{raw[:4].hex()} "
                          f"(expected 0x000008{ndim:02x}: unsigned bytes, {ndim} dimension(s))")
@@ -276,12 +282,12 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
 def _load_fmnist(folder: Path, split: str):
     prefix = "train" if split == "train" else "t10k"
     stems = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
-    found = [next((folder / (s + ext) for ext in (".gz", "") if (folder / (s + ext)).is_file()), None)
+    found = [next((folder / (s + ext) for ext in (".gz", ".xz", "") if (folder / (s + ext)).is_file()), None)
              for s in stems]
     if None in found:
         raise FileNotFoundError(
-            f"Fashion-MNIST {split} files not found in {folder} (need {stems[0]}[.gz] and "
-            f"{stems[1]}[.gz]). Install the Debian package (as root or with sudo):\n"
+            f"Fashion-MNIST {split} files not found in {folder} (need {stems[0]}[.gz|.xz] and "
+            f"{stems[1]}[.gz|.xz]). Install the Debian package (as root or with sudo):\n"
             f"    apt-get install -y dataset-fashion-mnist\n"
             f"which puts them in {FMNIST_DIR}, or pass data_dir (--data-dir) "
             f"pointing to a folder with the IDX files.")

@@ -81,6 +81,25 @@ def test_fmnist_gz_and_raw(tmp_path):
     assert train.channels == 1 and train.image_size == 4 and len(train) == 6
 
 
+def test_fmnist_xz_reads_like_gz_and_a_corrupt_one_is_named(tmp_path):
+    import lzma
+    for d in ("gz", "xz"):
+        (tmp_path / d).mkdir()
+    make_fmnist(tmp_path / "gz")
+    for f in (tmp_path / "gz").iterdir():  # recompressed, as for the tree sent to a lent GPU
+        raw = gzip.decompress(f.read_bytes()) if f.suffix == ".gz" else f.read_bytes()
+        (tmp_path / "xz" / (f.name.removesuffix(".gz") + ".xz")).write_bytes(lzma.compress(raw))
+    for split in ("train", "test"):
+        a, b = (load_dataset("fmnist", split, data_dir=tmp_path / d) for d in ("gz", "xz"))
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "train-images-idx3-ubyte.xz").write_bytes((tmp_path / "xz" / "train-images-idx3-ubyte.xz").read_bytes())
+    (bad / "train-labels-idx1-ubyte.xz").write_bytes(b"this is not xz")
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte\.xz: corrupt xz"):
+        load_dataset("fmnist", "train", data_dir=bad)
+
+
 def test_fmnist_pixel_scaling(tmp_path):
     images = np.array([[[0, 51], [204, 255]]], np.uint8)
     write_idx(tmp_path / "t10k-images-idx3-ubyte", images, gz=False)
