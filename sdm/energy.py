@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
@@ -41,7 +41,9 @@ class EnergyReport:
         total_sops: SOPs per image over all calls.
         snn_macs: the SNN's analog MACs per image over all calls.
         ann_macs: the ANN counterpart's MACs per image over the same number of calls.
-        snn_energy_mj, ann_energy_mj: estimated energy per image in millijoules.
+        energy_mj: this model's own estimated energy per image in millijoules (SOPs plus analog MACs for an SNN,
+            MACs for an ANN).
+        ann_energy_mj: the ANN counterpart's energy per image over the same calls (the reference of ``ratio``).
         per_layer: {layer name: LayerEnergy}.
     """
 
@@ -49,25 +51,20 @@ class EnergyReport:
     total_sops: float
     snn_macs: float
     ann_macs: float
-    snn_energy_mj: float
+    energy_mj: float
     ann_energy_mj: float
     per_layer: dict[str, LayerEnergy] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
-        """SNN energy / ANN energy."""
-        return self.snn_energy_mj / self.ann_energy_mj if self.ann_energy_mj else float("nan")
+        """This model's energy / the ANN counterpart's."""
+        return self.energy_mj / self.ann_energy_mj if self.ann_energy_mj else float("nan")
 
     @property
     def mean_firing_rate(self) -> float:
         tot = sum(l.neurons for l in self.per_layer.values())
         return sum(l.firing_rate * l.neurons for l in self.per_layer.values()) / tot if tot else 0.0
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["ratio"] = self.ratio
-        d["mean_firing_rate"] = self.mean_firing_rate
-        return d
 
 
 def conv_sops(conv: nn.Conv2d, conv_input: torch.Tensor) -> torch.Tensor:
@@ -121,7 +118,7 @@ class EnergyMeter:
         ann_macs = ann_macs_per_call(cfg) * self.calls
         return EnergyReport(
             calls=self.calls, total_sops=total_sops, snn_macs=snn_macs, ann_macs=ann_macs,
-            snn_energy_mj=(PJ_PER_SOP * total_sops + PJ_PER_MAC * snn_macs) * 1e-9,
+            energy_mj=(PJ_PER_SOP * total_sops + PJ_PER_MAC * snn_macs) * 1e-9,
             ann_energy_mj=PJ_PER_MAC * ann_macs * 1e-9, per_layer=per_layer)
 
 

@@ -460,10 +460,10 @@ def _energy(pipe, seed: int, steps: int, sampler: str, threshold_scale: float, i
     rep = pipe.energy(seed=seed, threshold_scale=threshold_scale, num_inference_steps=steps, sampler=sampler,
                       batch_size=images)
     if pipe.config.spiking:
-        return {"sops_per_image": _sig(rep.total_sops), "snn_mj": _sig(rep.snn_energy_mj),
+        return {"sops_per_image": _sig(rep.total_sops), "snn_mj": _sig(rep.energy_mj),
                 "ann_mj": _sig(rep.ann_energy_mj), "ratio": _sig(rep.ratio, 4),
                 "mean_firing_rate": _sig(rep.mean_firing_rate, 4), "images_measured": images}
-    return {"macs_per_image": _sig(rep.snn_macs), "ann_mj": _sig(rep.snn_energy_mj), "images_measured": images}
+    return {"macs_per_image": _sig(rep.snn_macs), "ann_mj": _sig(rep.energy_mj), "images_measured": images}
 
 
 def evaluate_pipeline(pipe, evaluator: Evaluator, n: int = 1000, seed: int = 0, steps: int = 50,

@@ -49,15 +49,13 @@ class Probe:
     Args:
         max_neurons: N, neurons recorded per layer (a fixed, seeded subset when the layer has more).
         seed: seed of the subset; the same seed and layer always give the same neurons.
-        layers: record only these layer names (None: all).
     """
 
-    def __init__(self, max_neurons: int = 256, seed: int = 0, layers: list[str] | None = None):
+    def __init__(self, max_neurons: int = 256, seed: int = 0):
         if int(max_neurons) < 1:
             raise ValueError(f"max_neurons must be >= 1, got {max_neurons}")
         self.max_neurons = int(max_neurons)
         self.seed = int(seed)
-        self.layers = set(layers) if layers is not None else None
         self.frames: dict[str, ProbeFrame] = {}
         self._active = False
         self._index_cache: dict[tuple[str, int], np.ndarray] = {}
@@ -86,8 +84,6 @@ class Probe:
     def on_spikes(self, layer, spikes: torch.Tensor, v: torch.Tensor, threshold: float) -> None:
         if not self._active:
             raise RuntimeError("Probe used outside its `with` block: use `with Probe() as probe: model(..., monitor=probe)`")
-        if self.layers is not None and layer.name not in self.layers:
-            return
         T, B = spikes.shape[:2]
         flat_s = spikes.reshape(T, B, -1)
         idx = self.neuron_index(layer.name, flat_s.shape[-1])

@@ -473,7 +473,7 @@ class Session:
         try:
             for out in gen:
                 rep = meter.report(cfg)          # cumulative over this run's calls, per image
-                cum = (rep.total_sops, rep.snn_energy_mj, rep.ann_energy_mj)
+                cum = (rep.total_sops, rep.energy_mj, rep.ann_energy_mj)
                 sops, snn_mj, ann_mj = (a - b for a, b in zip(cum, prev))
                 prev = cum
                 spikes, v, rates, thr = _probe_dicts(out.probes)
@@ -703,7 +703,7 @@ class Session:
                 progress((out.index + 1) / out.num_steps, desc)
         x = _f32(out.sample)
         rep = meter.report(pipe.config)
-        energy = {"sops": rep.total_sops, "snn_mj": rep.snn_energy_mj, "ann_mj": rep.ann_energy_mj}
+        energy = {"sops": rep.total_sops, "snn_mj": rep.energy_mj, "ann_mj": rep.ann_energy_mj}
         with self.lock:
             if self.settings == s:
                 self._remember_final(key, x, energy)

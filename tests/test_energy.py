@@ -45,7 +45,7 @@ def test_meter_follows_spike_counts():
     assert l.spikes == pytest.approx(3 / 2)  # per image
     assert l.sops == pytest.approx(3 * 7 / 2)
     assert l.firing_rate == pytest.approx(3 / (48 * 4 * 2))
-    assert rep.snn_energy_mj == pytest.approx((PJ_PER_SOP * 3 * 7 / 2 + PJ_PER_MAC * analog_macs(cfg)) * 1e-9)
+    assert rep.energy_mj == pytest.approx((PJ_PER_SOP * 3 * 7 / 2 + PJ_PER_MAC * analog_macs(cfg)) * 1e-9)
     # twice the spikes: twice the SOPs
     meter2 = EnergyMeter()
     meter2.start_call(2)

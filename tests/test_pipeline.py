@@ -88,7 +88,7 @@ def test_tsm_weights_and_layer_names(tiny_pipe):
 def test_energy_report_is_consistent(tiny_pipe):
     rep = tiny_pipe.energy(seed=0, num_inference_steps=3)
     assert rep.calls == 3 and rep.total_sops > 0
-    assert rep.snn_energy_mj == pytest.approx((0.9 * rep.total_sops + 4.6 * rep.snn_macs) * 1e-9)
+    assert rep.energy_mj == pytest.approx((0.9 * rep.total_sops + 4.6 * rep.snn_macs) * 1e-9)
     assert rep.ann_energy_mj == pytest.approx(4.6 * rep.ann_macs * 1e-9)
     assert set(rep.per_layer) == set(tiny_pipe.layer_names())
     assert 0 < rep.mean_firing_rate < 1
