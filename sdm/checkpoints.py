@@ -52,6 +52,47 @@ def resolve_checkpoint(name_or_path: str | Path, root: str | Path | None = None)
         f"{', '.join(available) if available else '(none: train one with python -m sdm.train)'}")
 
 
+def save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], max_bytes: int | None = MAX_FILE_BYTES) -> Path:
+    """Write ``tensors`` to ``path`` atomically (a temporary file renamed over it, so a reader never sees half a file).
+
+    Args:
+        path: the .safetensors file to write; its folder must exist.
+        tensors: name -> tensor (moved to the CPU, made contiguous).
+        max_bytes: refuse (after writing) a file larger than this: shipped files stay under 10 MB. None: no limit.
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, path)
+    size = path.stat().st_size
+    if max_bytes is not None and size > max_bytes:
+        raise ValueError(f"{path} is {size / 1e6:.1f} MB, over the {max_bytes / 2**20:.0f} MB limit for shipped files; "
+                         "use fewer channels")
+    return path
+
+
+def card_dataset(card: dict) -> str | None:
+    """The data set a model card names (``model.dataset``, else the older top-level ``dataset`` or
+    ``training.data``), or None."""
+    model = card.get("model") if isinstance(card.get("model"), dict) else {}
+    training = card.get("training") if isinstance(card.get("training"), dict) else {}
+    return model.get("dataset") or card.get("dataset") or training.get("data") or None
+
+
+def ann_counterpart_name(name: str, card: dict) -> str:
+    """The ANN checkpoint a spiking checkpoint is compared with: the card's ``ann_counterpart`` (top level or under
+    ``model``), else '<data set>-ann' (the data set the card names, else the name's first part: 'fmnist-sdm-t4' ->
+    'fmnist-ann')."""
+    model = card.get("model") if isinstance(card.get("model"), dict) else {}
+    named = card.get("ann_counterpart") or model.get("ann_counterpart")
+    if named:
+        return str(named)
+    data = card_dataset(card)
+    return f"{str(data).lower() if data else name.split('-', 1)[0]}-ann"
+
+
 def save_checkpoint(folder: str | Path, model: torch.nn.Module, diffusion: DiffusionConfig, card: dict,
                     state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a checkpoint folder.
@@ -65,17 +106,9 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, diffusion: Diffu
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    sd = state_dict if state_dict is not None else model.state_dict()
-    sd = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
-    tmp = folder / (WEIGHTS + ".tmp")
-    save_file(sd, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, folder / WEIGHTS)
+    save_safetensors(folder / WEIGHTS, state_dict if state_dict is not None else model.state_dict())
     save_config(folder / CONFIG, model.cfg, diffusion)
     write_card(folder, card)
-    size = (folder / WEIGHTS).stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise ValueError(f"{folder / WEIGHTS} is {size / 1e6:.1f} MB, over the 10 MB limit for shipped files; "
-                         "use fewer channels")
     return folder
 
 

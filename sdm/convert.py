@@ -23,7 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .checkpoints import card_dataset, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .neurons import QuantClipReLU, SpikingNeuron
 from .unet import SpikeConv, SpikingUNet
 
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
         snn = convert(qann)
         if args.finetune:
             from .data import load_dataset
-            data_name = args.data or card.get("model", {}).get("dataset") or card.get("training", {}).get("data")
+            data_name = args.data or card_dataset(card)
             if not data_name:
                 raise ValueError(f"the card of {src.name} names no data set: pass --data")
             data = load_dataset(data_name, "train", args.data_dir)

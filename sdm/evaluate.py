@@ -35,10 +35,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from .checkpoints import MAX_FILE_BYTES, checkpoints_dir, read_card, write_card
+from .checkpoints import ann_counterpart_name, card_dataset, checkpoints_dir, read_card, save_safetensors, write_card
 from .data import ImageDataset, available_datasets, canonical_data_name, load_dataset
 
 CLASSIFIER_WEIGHTS = "classifier.safetensors"   # not model.safetensors: a classifier folder is no diffusion checkpoint
@@ -215,15 +215,9 @@ def save_classifier(folder: str | Path, model: FeatureClassifier, card: dict) ->
     """Write ``classifier.safetensors`` + ``classifier.json`` + ``card.json`` + ``README.md`` into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = folder / (CLASSIFIER_WEIGHTS + ".tmp")
-    save_file(sd, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, folder / CLASSIFIER_WEIGHTS)
+    save_safetensors(folder / CLASSIFIER_WEIGHTS, model.state_dict())
     (folder / CLASSIFIER_CONFIG).write_text(json.dumps(model.cfg.to_dict(), indent=2) + "\n")
     write_card(folder, card)
-    size = (folder / CLASSIFIER_WEIGHTS).stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise ValueError(f"{folder / CLASSIFIER_WEIGHTS} is {size / 1e6:.1f} MB, over the 10 MB limit")
     model.card, model.folder = card, folder
     return folder
 
@@ -432,7 +426,7 @@ class Evaluator:
 
 def dataset_of(pipe) -> str:
     """The data set a checkpoint was trained on, from its card (``model.dataset``)."""
-    data = pipe.card.get("model", {}).get("dataset") or pipe.card.get("dataset")
+    data = card_dataset(pipe.card)
     if not data or canonical_data_name(data) not in available_datasets():
         raise ValueError(f"checkpoint {pipe.name!r}: its card names no labelled data set (got {data!r}); "
                          f"pass --data (one of {', '.join(available_datasets())})")
@@ -759,7 +753,7 @@ def _compare_pipeline(pipe, args, data: str, explicit: str | None):
         return load_pipeline(explicit, args.checkpoints_dir)
     if not pipe.config.spiking:
         return None
-    name = pipe.card.get("ann_counterpart") or pipe.card.get("model", {}).get("ann_counterpart") or f"{data}-ann"
+    name = ann_counterpart_name(pipe.name, {**pipe.card, "model": {**pipe.card.get("model", {}), "dataset": data}})
     try:
         return load_pipeline(name, args.checkpoints_dir)
     except FileNotFoundError:

@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .checkpoints import list_checkpoints as _list_checkpoints, load_checkpoint, resolve_checkpoint
+from .checkpoints import card_dataset, list_checkpoints as _list_checkpoints, load_checkpoint, resolve_checkpoint
 from .config import DiffusionConfig, ModelConfig
 from .energy import EnergyMeter, EnergyReport
 from .neurons import check_threshold_scale
@@ -251,7 +251,7 @@ class SpikingDiffusionPipeline:
     def summary(self) -> str:
         """One line for menus: data set, neuron, T, parameters, FID if known."""
         c = self.config
-        data = self.card.get("model", {}).get("dataset") or self.card.get("dataset", "?")
+        data = card_dataset(self.card) or "?"
         fid = self.card.get("metrics", {}).get("fid")
         kind = (c.neuron.upper() + (f" T={c.T}" if c.spiking else "") + (" +TSM" if c.tsm else "")
                 + ((" +wiener skip" if c.skip == "wiener" else " +skip") if c.precondition else ""))

@@ -40,6 +40,7 @@ import torch
 
 from . import export as _export
 from . import viz
+from .checkpoints import ann_counterpart_name
 from .energy import EnergyMeter
 from .pipeline import SpikingDiffusionPipeline, list_checkpoints, load_pipeline
 
@@ -266,7 +267,7 @@ class ModelRegistry:
         """The ANN checkpoint to compare with: card field ``ann_counterpart``, else '<data set prefix>-ann'."""
         pipe = self.get(name)
         names = self.names()
-        wanted = pipe.card.get("ann_counterpart") or (name.split("-", 1)[0] + "-ann")
+        wanted = ann_counterpart_name(name, pipe.card)
         if wanted == name or wanted not in names:
             return None
         return wanted

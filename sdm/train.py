@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .checkpoints import load_checkpoint, resolve_checkpoint, save_checkpoint, read_card
+from .checkpoints import card_dataset, load_checkpoint, resolve_checkpoint, save_checkpoint, read_card
 from .config import DiffusionConfig, ModelConfig
 from .data import canonical_data_name, load_dataset
 from .scheduling_ddpm import DDPMScheduler
@@ -385,7 +385,7 @@ def resolve_data_arg(data: str | None, resume_dir: Path | None) -> str:
     a different one is refused, since it would silently switch data sets in the middle of a run."""
     trained_on = None
     if resume_dir is not None and (resume_dir / "card.json").exists():
-        trained_on = read_card(resume_dir).get("model", {}).get("dataset")
+        trained_on = card_dataset(read_card(resume_dir))
     if data is None:
         return trained_on or "fmnist"
     same = canonical_data_name(data) == canonical_data_name(trained_on)
