@@ -13,6 +13,26 @@ from typing import Any
 
 NEURONS = ("lif", "if", "ann", "qann")
 
+# ModelConfig options removed because they measured no gain (docs/EXPERIMENTS.md): option -> (the one value the code
+# still implements, the last commit that had the option). A config.json that names the value loads as before.
+REMOVED = {
+    "readout": ("mean", "0e11dba"),
+    "readout_from": ("spikes", "0e11dba"),
+    "dropout": (0.0, "0e11dba"),
+    "skip": ("scalar", "0e11dba"),
+}
+
+
+def _without_removed(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` less the removed options that hold their one remaining value; any other value raises a ValueError."""
+    for key, value in data.items():
+        if key in REMOVED and value != REMOVED[key][0]:
+            kept, commit = REMOVED[key]
+            raise ValueError(f"option {key}={value!r} was removed because it measured no gain (see "
+                             f"docs/EXPERIMENTS.md); only {key}={kept!r} is left. To use this checkpoint, "
+                             f"`git checkout {commit}`, the last commit that had {key}")
+    return {k: v for k, v in data.items() if k not in REMOVED}
+
 
 def _from_dict(cls, data: dict[str, Any], what: str):
     names = {f.name for f in dataclasses.fields(cls)}
@@ -40,12 +60,7 @@ class ModelConfig:
         beta: LIF leak factor (IF neurons use 1.0).
         threshold: firing threshold before threshold guidance.
         reset: "zero" (hard reset) or "subtract".
-        readout: "mean" over T, or "decay" = weights 0.8^(T-t) normalised (FSVAE readout).
-        readout_from: what the output conv reads: "spikes" of a last spiking layer (the paper's layout), or
-            "current", the float input current that layer would get (the residual stream), combined over T the
-            same way. "current" drops the last spiking layer: the output conv costs MACs instead of SOPs.
         bits: activation bits of the "qann" neuron (T of the converted SNN = 2^bits - 1).
-        dropout: dropout inside res blocks during training.
         thresholds: per-layer thresholds in forward order (empty: ``threshold`` everywhere); set by ANN-to-SNN
             conversion, where layer l's threshold is the clip alpha_l of the quantised ANN.
         v_init: initial membrane potential as a fraction of the threshold (0; 0.5 after conversion).
@@ -53,11 +68,6 @@ class ModelConfig:
             as in EDM's preconditioning) instead of ``F(x_t, t)``. At large t the noise is almost x_t itself, which
             spiking layers pass on only coarsely; the skip carries it in float and F predicts the rest.
         sigma_data: the data's root mean square used by ``precondition`` (Fashion-MNIST in [-1, 1]: 0.83).
-        skip: the analog skip of ``precondition``: "scalar", the best linear guess of the noise from x_t when the
-            pixels are taken as independent with root mean square ``sigma_data``; or "wiener", the best linear guess
-            (linear MMSE) under the training set's own mean and pixel covariance, stored with the weights. Both are
-            float paths; "wiener" costs 2 (C*H*W)^2 MACs per call. It guesses far more of the noise at mid t by
-            itself, yet trained worse than "scalar" on Fashion-MNIST (README, "Training your own model").
     """
 
     image_channels: int = 1
@@ -72,36 +82,19 @@ class ModelConfig:
     beta: float = 0.9
     threshold: float = 1.0
     reset: str = "zero"
-    readout: str = "mean"
-    readout_from: str = "spikes"
     bits: int = 2
-    dropout: float = 0.0
     thresholds: tuple[float, ...] = ()
     v_init: float = 0.0
     precondition: bool = False
     sigma_data: float = 0.8
-    skip: str = "scalar"
 
     def __post_init__(self):
         if not self.sigma_data > 0:
             raise ValueError(f"sigma_data must be > 0, got {self.sigma_data}")
-        if self.skip not in ("scalar", "wiener"):
-            raise ValueError(f"skip must be 'scalar' or 'wiener', got {self.skip!r}")
-        if self.skip == "wiener" and not self.precondition:
-            raise ValueError("skip 'wiener' is the analog skip of preconditioning: set precondition=True "
-                             "(--precondition) as well")
-        d = self.image_channels * self.image_size ** 2
-        if self.skip == "wiener" and d > 1024:
-            raise ValueError(f"skip 'wiener' stores a {d}x{d} eigenvector matrix ({4 * d * d / 2**20:.0f} MB) with the "
-                             f"weights; it is for images of at most 1024 values (32x32 gray): use skip 'scalar'")
         if self.neuron not in NEURONS:
             raise ValueError(f"neuron must be one of {NEURONS}, got {self.neuron!r}")
         if self.reset not in ("zero", "subtract"):
             raise ValueError(f"reset must be 'zero' or 'subtract', got {self.reset!r}")
-        if self.readout not in ("mean", "decay"):
-            raise ValueError(f"readout must be 'mean' or 'decay', got {self.readout!r}")
-        if self.readout_from not in ("spikes", "current"):
-            raise ValueError(f"readout_from must be 'spikes' or 'current', got {self.readout_from!r}")
         if self.T < 1:
             raise ValueError(f"T must be >= 1, got {self.T}")
         if self.image_size % (2 ** (len(self.channel_mult) - 1)):
@@ -129,7 +122,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        return _from_dict(cls, data, "ModelConfig")
+        return _from_dict(cls, _without_removed(data), "ModelConfig")
 
 
 @dataclass(frozen=True)

@@ -39,13 +39,13 @@ def convert(qann: SpikingUNet) -> SpikingUNet:
         raise ValueError(f"convert() needs a quantised ANN (neuron='qann'), got neuron={cfg.neuron!r}; "
                          "train one with python -m sdm.train --neuron qann --bits 2")
     alphas = {name: float(m.alpha.detach().abs()) + 1e-6 for name, m in qann.activations() if isinstance(m, QuantClipReLU)}
-    snn_cfg = cfg.replace(neuron="if", T=2 ** cfg.bits - 1, reset="subtract", tsm=False, readout="mean",
+    snn_cfg = cfg.replace(neuron="if", T=2 ** cfg.bits - 1, reset="subtract", tsm=False,
                           thresholds=tuple(alphas.values()), v_init=0.5)
     snn = SpikingUNet(snn_cfg, qann.diffusion)
     snn.load_state_dict({k: v for k, v in qann.state_dict().items() if not k.endswith(".act.alpha")})
     with torch.no_grad():
         for name, m in snn.named_modules():
-            if isinstance(m, SpikeConv) and m.has_neuron:
+            if isinstance(m, SpikeConv):
                 m.conv.weight.mul_(alphas[f"{name}.act"])  # spike amplitude alpha folded into the synapses
     return snn.eval()
 

@@ -128,8 +128,8 @@ def _count_macs(cfg: ModelConfig, skip_spike_convs: bool) -> int:
     model = SpikingUNet(cfg).eval()
     skip = set()
     if skip_spike_convs:
-        # convs fed by spikes cost SOPs, counted from real spikes; the analog readout's conv reads floats: MACs
-        skip = {id(m.conv) for m in model.modules() if isinstance(m, SpikeConv) and m.has_neuron}
+        # convs fed by spikes cost SOPs, counted from real spikes
+        skip = {id(m.conv) for m in model.modules() if isinstance(m, SpikeConv)}
     total = [0]
 
     def hook(mod, inp, out):
@@ -147,10 +147,8 @@ def _count_macs(cfg: ModelConfig, skip_spike_convs: bool) -> int:
         model(x, torch.zeros(1, dtype=torch.long))
     for h in handles:
         h.remove()
-    if cfg.precondition and cfg.skip == "wiener":  # two products with the d x d eigenvector matrix (d = C*H*W)
-        total[0] += 2 * (cfg.image_channels * cfg.image_size ** 2) ** 2
     if skip_spike_convs and cfg.time_steps > 1:
-        # readout: a weighted sum over T of the output layer's spikes (or of its float input current)
+        # readout: the mean over T of the output layer's spikes
         total[0] += cfg.time_steps * cfg.base_channels * cfg.channel_mult[0] * cfg.image_size ** 2
     return total[0]
 

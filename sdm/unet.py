@@ -7,18 +7,13 @@ Layout (paper: SDDPM, reused by SDM), all tensors of the residual stream are ``[
 * "pre-spike" res blocks: neuron -> conv -> BN -> + time embedding -> neuron -> conv -> BN, plus a shortcut,
   summed in float; BatchNorm runs over the flattened ``[T*B]`` batch;
 * down-sampling: neuron -> stride-2 conv; up-sampling: neuron -> nearest x2 -> conv;
-* output: neuron -> conv, combined over T (mean, or 0.8^(T-t) weights). The conv is linear, so it is
-  applied once to the combined spikes: the same result as T convolutions, at 1/T of the cost. With
-  ``cfg.readout_from="current"`` there is no last neuron: the conv reads the float residual stream, combined over T;
+* output: neuron -> conv, averaged over T. The conv is linear, so it is applied once to the mean of the spikes:
+  the same result as T convolutions, at 1/T of the cost;
 * optional preconditioning (``cfg.precondition``): eps = c_skip(t) x_t + c_out(t) F, with F the network above.
   With abar = alphas_cumprod[t] and s = sigma_data, the weights are those of the best linear guess of eps from x_t
   and the scale of what remains: c_skip = sqrt(1-abar) / (1 - abar + abar s^2),
   c_out = sqrt(abar) s / sqrt(1 - abar + abar s^2). At small t, c_skip ~ 0 and c_out ~ 1 (F predicts eps alone);
   at large t, c_skip ~ 1 and c_out ~ 0, so the spiking layers' coarse copy of x_t no longer limits the prediction.
-  With ``cfg.skip="wiener"`` the skip is the linear MMSE estimate of eps under the training set's mean mu and pixel
-  covariance U diag(lam) U^T (buffers, set by ``set_skip_statistics``): skip = U diag(g) U^T (x_t - sqrt(abar) mu),
-  g = sqrt(1-abar) / (abar lam + 1 - abar), and c_out = sqrt(mean(abar lam / (abar lam + 1 - abar))), the root mean
-  square of what it leaves. With lam = s^2, mu = 0 and U = I (the buffers' initial values) this is the scalar skip.
 
 ``neuron="ann"`` builds the same convolutions with SiLU in place of the neurons, and T = 1.
 """
@@ -50,18 +45,12 @@ class SpikeConv(nn.Module):
     """neuron -> [nearest x2] -> conv -> [BN]: one spiking layer and the synapses it drives."""
 
     def __init__(self, cfg: ModelConfig, cin: int, cout: int, k: int = 3, stride: int = 1,
-                 upsample: bool = False, bn: bool = True, neuron: bool = True):
+                 upsample: bool = False, bn: bool = True):
         super().__init__()
-        # neuron=False: the conv reads its float input as it is (the analog readout, cfg.readout_from="current")
-        self.act = make_activation(cfg) if neuron else nn.Identity()
+        self.act = make_activation(cfg)
         self.upsample = upsample
         self.conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=not bn)
         self.bn = nn.BatchNorm2d(cout) if bn else nn.Identity()
-
-    @property
-    def has_neuron(self) -> bool:
-        """False for the analog readout's conv, which reads floats (its synapses cost MACs, not SOPs)."""
-        return not isinstance(self.act, nn.Identity)
 
     def spikes(self, h: torch.Tensor, ctx: RunContext) -> torch.Tensor:
         """``[T*B, C, H, W]`` currents -> spikes (or activations) of the same shape."""
@@ -83,7 +72,6 @@ class ResBlock(nn.Module):
         self.conv1 = SpikeConv(cfg, cin, cout)
         self.temb = nn.Linear(cfg.time_embed_dim, cout)
         self.conv2 = SpikeConv(cfg, cout, cout)
-        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, ctx: RunContext) -> torch.Tensor:
@@ -91,7 +79,7 @@ class ResBlock(nn.Module):
         C, H, W = h.shape[1:]
         # the time embedding is constant over T: project once, broadcast over the T copies
         h = (h.view(ctx.T, ctx.batch, C, H, W) + self.temb(temb)[None, :, :, None, None]).view(-1, C, H, W)
-        h = self.conv2(self.dropout(h), ctx)
+        h = self.conv2(h, ctx)
         return h + self.shortcut(x)
 
 
@@ -111,11 +99,6 @@ class SpikingUNet(nn.Module):
             from .scheduling_ddpm import make_betas
             abar = torch.cumprod(1.0 - make_betas(self.diffusion), dim=0).float()
             self.register_buffer("alphas_cumprod", abar, persistent=False)
-        if cfg.skip == "wiener":  # the data statistics travel with the weights (float32: their eigenvectors)
-            d = cfg.image_channels * cfg.image_size ** 2
-            self.register_buffer("skip_mean", torch.zeros(d))
-            self.register_buffer("skip_basis", torch.eye(d))
-            self.register_buffer("skip_var", torch.full((d,), cfg.sigma_data ** 2))
         ch = cfg.base_channels
         E = cfg.time_embed_dim
         self.time_mlp = nn.Sequential(nn.Linear(ch, E), nn.SiLU(), nn.Linear(E, E))
@@ -149,7 +132,7 @@ class SpikingUNet(nn.Module):
             level.upsample = SpikeConv(cfg, cur, cur, upsample=True) if i != 0 else None
             self.up.append(level)
 
-        self.out = SpikeConv(cfg, cur, cfg.image_channels, bn=False, neuron=cfg.readout_from == "spikes")
+        self.out = SpikeConv(cfg, cur, cfg.image_channels, bn=False)
         nn.init.zeros_(self.out.conv.weight)
         nn.init.zeros_(self.out.conv.bias)
         for name, m in self.named_modules():
@@ -200,51 +183,12 @@ class SpikingUNet(nn.Module):
         return self
 
     # ------------------------------------------------------------------ forward
-    def readout_weights(self, T: int, device=None) -> torch.Tensor:
-        if self.cfg.readout == "decay":
-            w = 0.8 ** torch.arange(T - 1, -1, -1, dtype=torch.float32, device=device)
-            return w / w.sum()
-        return torch.full((T,), 1.0 / T, device=device)
-
     def precondition_weights(self, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(c_skip, c_out), each ``[B]``, for ``cfg.precondition`` (see the module docstring)."""
         abar = self.alphas_cumprod[timesteps.long().clamp(0, len(self.alphas_cumprod) - 1)]
         s2 = self.cfg.sigma_data ** 2
         denom = 1.0 - abar + abar * s2
         return (1.0 - abar).sqrt() / denom, (abar * s2).sqrt() / denom.sqrt()
-
-    @torch.no_grad()
-    def set_skip_statistics(self, images: torch.Tensor) -> None:
-        """Set the "wiener" skip's mean and covariance (eigen-decomposed) from training images ``[N, C, H, W]``."""
-        if self.cfg.skip != "wiener":
-            raise ValueError(f"set_skip_statistics: this model's skip is {self.cfg.skip!r}, not 'wiener'")
-        c, size = self.cfg.image_channels, self.cfg.image_size
-        if tuple(images.shape[1:]) != (c, size, size):
-            raise ValueError(f"set_skip_statistics: images of shape {tuple(images.shape[1:])}, the model takes "
-                             f"{(c, size, size)}: pass the training images")
-        x = images.reshape(len(images), -1).double()
-        if len(x) < 2:
-            raise ValueError("set_skip_statistics: needs at least 2 images for a covariance")
-        mean = x.mean(0)
-        xc = x - mean
-        var, basis = torch.linalg.eigh(xc.T @ xc / (len(x) - 1))
-        self.skip_mean.copy_(mean)
-        self.skip_basis.copy_(basis)
-        self.skip_var.copy_(var.clamp(min=0.0))
-
-    def analog_skip(self, x: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(skip, c_out) of ``cfg.precondition``: the skip ``[B, C, H, W]`` and c_out ``[B]``, at least float32."""
-        with torch.autocast(x.device.type, enabled=False):  # bf16 would cost the skip its precision
-            x = x.to(torch.promote_types(x.dtype, torch.float32))
-            if self.cfg.skip == "scalar":
-                c_skip, c_out = self.precondition_weights(timesteps)
-                return c_skip[:, None, None, None] * x, c_out
-            mean, basis, var = (b.to(x.dtype) for b in (self.skip_mean, self.skip_basis, self.skip_var))
-            abar = self.alphas_cumprod[timesteps.long().clamp(0, len(self.alphas_cumprod) - 1)][:, None].to(x.dtype)
-            lam = abar * var
-            y = (x.reshape(len(x), -1) - abar.sqrt() * mean) @ basis
-            skip = (y * ((1.0 - abar).sqrt() / (lam + 1.0 - abar))) @ basis.T
-            return skip.view_as(x), (lam / (lam + 1.0 - abar)).mean(1).sqrt()
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, threshold_scale: float = 1.0, monitor=None) -> torch.Tensor:
         """Predict the noise.
@@ -285,14 +229,16 @@ class SpikingUNet(nn.Module):
             if level.upsample is not None:
                 h = level.upsample(h, ctx)
 
-        # [T*B, C, H, W]: the last layer's spikes, or (readout_from "current") the float current it would get
-        s = self.out.spikes(h, ctx) if self.out.has_neuron else h
-        if T > 1:  # readout: combine over T, then the (linear) output conv once
-            w = self.readout_weights(T, s.device).to(s.dtype)
+        s = self.out.spikes(h, ctx)  # [T*B, C, H, W]
+        if T > 1:  # readout: the mean over T, then the (linear) output conv once
+            w = torch.full((T,), 1.0 / T, device=s.device).to(s.dtype)
             s = torch.einsum("t,tbchw->bchw", w, s.view(T, B, *s.shape[1:]))
         out = self.out.conv(s)
         if self.cfg.precondition:
-            skip, c_out = self.analog_skip(x, timesteps)
+            with torch.autocast(x.device.type, enabled=False):  # bf16 would cost the skip its precision
+                x = x.to(torch.promote_types(x.dtype, torch.float32))
+                c_skip, c_out = self.precondition_weights(timesteps)
+                skip = c_skip[:, None, None, None] * x
             out = skip + c_out[:, None, None, None].to(out.dtype) * out
         return out
 

@@ -32,11 +32,9 @@ class Acts:
         pass
 
 
-@pytest.mark.parametrize("readout_from", ["spikes", "current"])
-def test_converted_network(readout_from):
+def test_converted_network():
     torch.manual_seed(0)
-    cfg = ModelConfig(base_channels=8, channel_mult=(1, 2), time_embed_dim=16, neuron="qann", bits=3,
-                      readout_from=readout_from)
+    cfg = ModelConfig(base_channels=8, channel_mult=(1, 2), time_embed_dim=16, neuron="qann", bits=3)
     qann = SpikingUNet(cfg).eval()
     torch.nn.init.normal_(qann.out.conv.weight, std=0.1)
     for _, m in qann.activations():
