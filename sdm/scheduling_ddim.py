@@ -6,10 +6,10 @@ import math
 import torch
 
 from .config import DiffusionConfig
-from .scheduling_ddpm import SchedulerOutput, _Base
+from .scheduling_ddpm import SchedulerBase, SchedulerOutput
 
 
-class DDIMScheduler(_Base):
+class DDIMScheduler(SchedulerBase):
     """Deterministic (eta = 0) or stochastic (eta > 0) DDIM.
 
     Args:
@@ -25,8 +25,21 @@ class DDIMScheduler(_Base):
         self.eta = eta
 
     def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor,
-             generator: torch.Generator | None = None) -> SchedulerOutput:
-        """One reverse step x_t -> x_{t_prev} (Song et al. Eq. 12)."""
+             generator: torch.Generator | None = None,
+             variance_noise: torch.Tensor | None = None) -> SchedulerOutput:
+        """One reverse step x_t -> x_{t_prev} (Song et al. Eq. 12).
+
+        Args:
+            model_output: predicted noise eps ``[B, C, H, W]``.
+            timestep: the current t (one of ``self.timesteps``).
+            sample: x_t ``[B, C, H, W]``.
+            generator: source of the added noise when eta > 0 (None: the global RNG).
+            variance_noise: the noise z itself ``[B, C, H, W]``, instead of drawing it (as diffusers'
+                ``variance_noise``); not together with ``generator``. Unused when sigma_t = 0 (eta = 0, last step).
+        Returns:
+            SchedulerOutput(prev_sample, pred_original_sample), each ``[B, C, H, W]``.
+        """
+        self._check_noise_args(sample, generator, variance_noise)
         t = int(timestep)
         # 1. the previous timestep is looked up in self.timesteps, not recomputed from a stride
         prev_t = self.previous_timestep(t)
@@ -46,6 +59,5 @@ class DDIMScheduler(_Base):
         # 6. x_{t_prev} = sqrt(abar_prev) x0 + direction + sigma z
         prev = math.sqrt(alpha_prod_prev) * x0 + direction
         if sigma > 0:
-            noise = torch.randn(sample.shape, generator=generator, dtype=sample.dtype, device=sample.device)
-            prev = prev + sigma * noise
+            prev = prev + sigma * self._noise(sample, generator, variance_noise)
         return SchedulerOutput(prev_sample=prev, pred_original_sample=x0)

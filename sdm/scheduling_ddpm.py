@@ -33,7 +33,9 @@ def make_betas(cfg: DiffusionConfig) -> torch.Tensor:
     return torch.tensor([min(1 - f(i + 1) / f(i), 0.999) for i in range(n)], dtype=torch.float64)
 
 
-class _Base:
+class SchedulerBase:
+    """What DDPM and DDIM share: the forward process, the timesteps, and x0 from a noise prediction."""
+
     def __init__(self, config: DiffusionConfig | None = None):
         self.config = config or DiffusionConfig()
         self.betas = make_betas(self.config)
@@ -75,12 +77,31 @@ class _Base:
         x0 = (sample - math.sqrt(1 - alpha_prod_t) * model_output) / math.sqrt(alpha_prod_t)
         return x0.clamp(-1.0, 1.0) if self.config.clip_sample else x0
 
+    @staticmethod
+    def _check_noise_args(sample: torch.Tensor, generator, variance_noise) -> None:
+        if variance_noise is None:
+            return
+        if generator is not None:
+            raise ValueError("pass either generator or variance_noise to step(), not both: variance_noise is the "
+                             "noise itself, a generator only draws it")
+        if tuple(variance_noise.shape) != tuple(sample.shape):
+            raise ValueError(f"variance_noise must have the shape of the sample {tuple(sample.shape)}, "
+                             f"got {tuple(variance_noise.shape)}")
 
-class DDPMScheduler(_Base):
+    @staticmethod
+    def _noise(sample: torch.Tensor, generator, variance_noise) -> torch.Tensor:
+        """z ``[B, C, H, W]``: ``variance_noise`` as given, else drawn from ``generator`` (None: the global RNG)."""
+        if variance_noise is not None:
+            return variance_noise.to(device=sample.device, dtype=sample.dtype)
+        return torch.randn(sample.shape, generator=generator, dtype=sample.dtype, device=sample.device)
+
+
+class DDPMScheduler(SchedulerBase):
     """Ancestral DDPM sampling with the "fixed small" posterior variance."""
 
     def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor,
-             generator: torch.Generator | None = None) -> SchedulerOutput:
+             generator: torch.Generator | None = None,
+             variance_noise: torch.Tensor | None = None) -> SchedulerOutput:
         """One reverse step x_t -> x_{t_prev}.
 
         Args:
@@ -88,7 +109,12 @@ class DDPMScheduler(_Base):
             timestep: the current t (one of ``self.timesteps``).
             sample: x_t ``[B, C, H, W]``.
             generator: source of the added noise (None: the global RNG).
+            variance_noise: the noise z itself ``[B, C, H, W]``, instead of drawing it (as diffusers'
+                ``variance_noise``); not together with ``generator``. Unused at the last step, which adds no noise.
+        Returns:
+            SchedulerOutput(prev_sample, pred_original_sample), each ``[B, C, H, W]``.
         """
+        self._check_noise_args(sample, generator, variance_noise)
         t = int(timestep)
         prev_t = self.previous_timestep(t)
         # 1. abar_t, abar_{t_prev}, and the effective beta_t of this (possibly strided) step
@@ -106,6 +132,5 @@ class DDPMScheduler(_Base):
         # 4. add sigma_t z with sigma_t^2 = (1 - abar_prev) / (1 - abar_t) beta_t, except at the last step
         if prev_t >= 0:
             var = max((1 - alpha_prod_prev) / (1 - alpha_prod_t) * current_beta_t, 1e-20)
-            noise = torch.randn(sample.shape, generator=generator, dtype=sample.dtype, device=sample.device)
-            prev = prev + math.sqrt(var) * noise
+            prev = prev + math.sqrt(var) * self._noise(sample, generator, variance_noise)
         return SchedulerOutput(prev_sample=prev, pred_original_sample=x0)

@@ -117,3 +117,53 @@ def test_ddim_with_clipping_rederives_the_noise_from_the_clipped_x0():
     torch.testing.assert_close(out.prev_sample, math.sqrt(ap) * x0 + math.sqrt(1 - ap) * eps_c)
     # where nothing is clipped, the step is the plain DDIM step with the model's own eps
     torch.testing.assert_close(out.prev_sample[0, 1:], (math.sqrt(ap) * x0 + math.sqrt(1 - ap) * eps)[0, 1:])
+
+
+# ---------------------------------------------------------------------------------------------- variance_noise
+
+def test_ddpm_step_uses_the_given_variance_noise_exactly():
+    s = DDPMScheduler(CFG)
+    s.set_timesteps(10)
+    x, eps = torch.tensor([[0.5, -0.25]]), torch.tensor([[0.2, 0.1]])
+    z = torch.tensor([[0.7, -1.3]])
+    out = s.step(eps, 5, x, variance_noise=z)
+    a_t, a_p = abar(5), abar(4)
+    beta_t = 0.1 + 0.1 * 5 / 9
+    var = (1 - a_p) / (1 - a_t) * beta_t
+    for j, (xj, ej, zj) in enumerate(zip(x[0].tolist(), eps[0].tolist(), z[0].tolist())):
+        x0 = (xj - math.sqrt(1 - a_t) * ej) / math.sqrt(a_t)
+        mean = math.sqrt(a_p) * beta_t / (1 - a_t) * x0 + math.sqrt(1 - beta_t) * (1 - a_p) / (1 - a_t) * xj
+        assert out.prev_sample[0, j].item() == pytest.approx(mean + math.sqrt(var) * zj, rel=1e-5)
+    # the last step adds no noise, given or not
+    last = s.step(eps, 0, x, variance_noise=z)
+    torch.testing.assert_close(last.prev_sample, last.pred_original_sample)
+
+
+def test_variance_noise_equals_the_noise_the_generator_would_draw():
+    x, eps = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
+    for s in (DDPMScheduler(CFG), DDIMScheduler(CFG, eta=0.5)):
+        s.set_timesteps(5)
+        # None keeps drawing from the generator ...
+        drawn = s.step(eps, 6, x, generator=torch.Generator().manual_seed(11)).prev_sample
+        z = torch.randn(x.shape, generator=torch.Generator().manual_seed(11))
+        # ... and passing what it draws gives the very same step, bit for bit
+        assert torch.equal(s.step(eps, 6, x, variance_noise=z).prev_sample, drawn)
+        assert not torch.equal(s.step(eps, 6, x, variance_noise=-z).prev_sample, drawn)
+
+
+def test_ddim_with_eta_0_ignores_variance_noise():
+    s = DDIMScheduler(CFG, eta=0.0)
+    s.set_timesteps(5)
+    x, eps = torch.randn(2, 3), torch.randn(2, 3)
+    assert torch.equal(s.step(eps, 6, x, variance_noise=torch.randn(2, 3)).prev_sample, s.step(eps, 6, x).prev_sample)
+
+
+@pytest.mark.parametrize("cls", [DDPMScheduler, DDIMScheduler])
+def test_variance_noise_errors(cls):
+    s = cls(CFG)
+    s.set_timesteps(5)
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="shape"):
+        s.step(x, 6, x, variance_noise=torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="not both"):
+        s.step(x, 6, x, generator=torch.Generator(), variance_noise=torch.zeros(2, 3))
