@@ -126,7 +126,18 @@ class SpikingDiffusionPipeline:
         return out.to(self.device)
 
     def step_noise_generator(self, seed: int, index: int, image: int = 0) -> torch.Generator:
+        """The generator of image ``image``'s noise at step ``index``, seeded by (seed, image, index + 1)."""
         return torch.Generator().manual_seed(_seed_int(seed, image, index + 1))
+
+    def step_noise(self, seed: int, index: int, batch_size: int = 1, offset: int = 0) -> torch.Tensor:
+        """z ``[B, C, H, W]`` of step ``index`` (the scheduler's ``variance_noise``): image i from its own
+        ``step_noise_generator(seed, index, offset + i)``, so that image i's noise does not depend on the batch."""
+        c = self.config
+        out = torch.empty(batch_size, c.image_channels, c.image_size, c.image_size)
+        for i in range(batch_size):
+            out[i] = torch.randn(out.shape[1:], generator=self.step_noise_generator(seed, index, offset + i),
+                                 dtype=torch.float32)
+        return out.to(self.device)
 
     def make_scheduler(self, sampler: str = "ddim", num_inference_steps: int = 50, eta: float = 0.0):
         """A scheduler with its timesteps set."""
@@ -151,7 +162,13 @@ class SpikingDiffusionPipeline:
         Returns:
             (eps ``[B, C, H, W]``, {layer: ProbeFrame})
         """
-        threshold_scale = check_threshold_scale(threshold_scale)
+        return self._denoise(sample, timestep, check_threshold_scale(threshold_scale), record, max_neurons,
+                             probe_seed, meter)
+
+    @torch.no_grad()
+    def _denoise(self, sample, timestep, threshold_scale: float, record=False, max_neurons=256, probe_seed=0,
+                 meter=None):
+        """``denoise`` with ``threshold_scale`` already checked (``steps()`` checks it once, not per step)."""
         t = torch.full((sample.shape[0],), int(timestep), dtype=torch.long, device=self.device)
         if meter is not None:
             meter.start_call(sample.shape[0])
@@ -160,15 +177,6 @@ class SpikingDiffusionPipeline:
                 eps = self.model(sample, t, threshold_scale=threshold_scale, monitor=combine(probe, meter))
             return eps, probe.frames
         return self.model(sample, t, threshold_scale=threshold_scale, monitor=meter), {}
-
-    def _scheduler_step(self, sched, eps, t, x, seed, index, offset):
-        """sched.step per image, each with its own noise generator (keeps image i independent of the batch)."""
-        if isinstance(sched, DDIMScheduler) and sched.eta == 0:
-            return sched.step(eps, t, x)
-        outs = [sched.step(eps[i:i + 1], t, x[i:i + 1], generator=self.step_noise_generator(seed, index, offset + i))
-                for i in range(x.shape[0])]
-        return type(outs[0])(prev_sample=torch.cat([o.prev_sample for o in outs]),
-                             pred_original_sample=torch.cat([o.pred_original_sample for o in outs]))
 
     # ------------------------------------------------------------------ the loop
     def steps(self, seed: int = 0, num_inference_steps: int = 50, sampler: str = "ddim", threshold_scale: float = 1.0,
@@ -207,11 +215,22 @@ class SpikingDiffusionPipeline:
             if sample.dim() != 4 or tuple(sample.shape[1:]) != expected:
                 raise ValueError(f"sample must have shape [B, {', '.join(map(str, expected))}], got {tuple(sample.shape)}")
             x = sample.to(self.device, torch.float32)
+        yield from self._steps(sched, x, seed, threshold_scale, start_index, record, max_neurons, meter, image_offset)
+
+    def _steps(self, sched, x: torch.Tensor, seed: int, threshold_scale: float, start_index: int = 0,
+               record: bool = False, max_neurons: int = 256, meter: EnergyMeter | None = None,
+               image_offset: int = 0) -> Iterator[StepOutput]:
+        """The loop of ``steps()``, its arguments already checked: x_t ``[B, C, H, W]`` from step ``start_index``."""
+        n = len(sched.timesteps)
+        stochastic = not (isinstance(sched, DDIMScheduler) and sched.eta == 0)
         for i in range(start_index, n):
             t = int(sched.timesteps[i])
-            eps, frames = self.denoise(x, t, threshold_scale, record=record, max_neurons=max_neurons,
-                                       probe_seed=seed, meter=meter)
-            out = self._scheduler_step(sched, eps, t, x, seed, i, image_offset)
+            eps, frames = self._denoise(x, t, threshold_scale, record=record, max_neurons=max_neurons,
+                                        probe_seed=seed, meter=meter)
+            # one step() for the whole batch; image j's noise still comes from its own generator
+            # (seed, image_offset + j, i), so image j does not depend on the batch it is in
+            noise = self.step_noise(seed, i, x.shape[0], image_offset) if stochastic else None
+            out = sched.step(eps, t, x, variance_noise=noise)
             yield StepOutput(index=i, num_steps=n, timestep=t, model_input=x, sample=out.prev_sample,
                              pred_original_sample=out.pred_original_sample, pred_noise=eps,
                              threshold_scale=threshold_scale, probes=frames)
@@ -219,19 +238,25 @@ class SpikingDiffusionPipeline:
 
     def sample(self, n: int = 16, seed: int = 0, num_inference_steps: int = 50, sampler: str = "ddim",
                threshold_scale: float = 1.0, eta: float = 0.0, batch_size: int = 64, progress: bool = False) -> np.ndarray:
-        """Generate ``n`` images. Returns float32 numpy ``[n, C, H, W]`` in [0, 1]."""
+        """Generate ``n`` images. Returns float32 numpy ``[n, C, H, W]`` in [0, 1].
+
+        Image i is the one ``steps(seed=seed, image_offset=i)`` ends with, whatever ``batch_size``.
+        """
         n = _check_int("n", n, 1, 1_000_000)
         batch_size = _check_int("batch_size", batch_size, 1, MAX_BATCH)
+        seed = _check_int("seed", seed, 0, 2 ** 63 - 1)
+        threshold_scale = check_threshold_scale(threshold_scale)
+        sched = self.make_scheduler(sampler, num_inference_steps, eta)
         chunks = []
         bar = None
         if progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=n * int(num_inference_steps), desc=f"sampling {n} images", unit="step", leave=False)
+            bar = tqdm(total=n * len(sched.timesteps), desc=f"sampling {n} images", unit="step", leave=False)
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
             out = None
-            for out in self.steps(seed=seed, num_inference_steps=num_inference_steps, sampler=sampler,
-                                  threshold_scale=threshold_scale, batch_size=b, eta=eta, image_offset=start):
+            for out in self._steps(sched, self.initial_noise(seed, b, start), seed, threshold_scale,
+                                   image_offset=start):
                 if bar is not None:
                     bar.update(b)
             chunks.append(to_unit(out.sample))
@@ -254,7 +279,7 @@ class SpikingDiffusionPipeline:
         data = card_dataset(self.card) or "?"
         fid = self.card.get("metrics", {}).get("fid")
         kind = (c.neuron.upper() + (f" T={c.T}" if c.spiking else "") + (" +TSM" if c.tsm else "")
-                + ((" +wiener skip" if c.skip == "wiener" else " +skip") if c.precondition else ""))
+                + (" +skip" if c.precondition else ""))
         s = f"{data} · {kind} · {self.num_parameters / 1e6:.2f}M params"
         if fid is not None:
             s += f" · FID {fid:.1f}"

@@ -92,3 +92,47 @@ def test_energy_report_is_consistent(tiny_pipe):
     assert rep.ann_energy_mj == pytest.approx(4.6 * rep.ann_macs * 1e-9)
     assert set(rep.per_layer) == set(tiny_pipe.layer_names())
     assert 0 < rep.mean_firing_rate < 1
+
+
+@pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 0.7)])
+def test_a_batch_gives_exactly_the_images_sampled_one_by_one(fixtures_dir, monkeypatch, sampler, eta):
+    # a denoiser that treats every image alike and alone, so that any difference comes from the noise
+    pipe = sdm.load_pipeline("tiny-sdm", fixtures_dir)
+    monkeypatch.setattr(pipe, "_denoise", lambda x, t, scale, **kw: (0.3 * x + t * 1e-4, {}))
+    kw = dict(seed=4, num_inference_steps=5, sampler=sampler, eta=eta)
+    four = pipe.sample(n=4, **kw)
+    one_by_one = np.concatenate([pipe.sample(n=1, **kw)] + [
+        sdm.pipeline.to_unit(list(pipe.steps(image_offset=i, **kw))[-1].sample) for i in range(1, 4)])
+    assert np.array_equal(four, one_by_one)
+    assert np.array_equal(pipe.sample(n=4, batch_size=3, **kw), four)
+    assert not np.array_equal(four[0], four[1])
+
+
+@pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 0.7)])
+def test_one_batched_step_equals_a_step_per_image_with_its_own_generator(tiny_pipe, sampler, eta):
+    """steps() hands the scheduler the noise of all images at once (variance_noise); that is bit for bit what
+    stepping image j alone with its generator (seed, image_offset + j, step) gives."""
+    sched = tiny_pipe.make_scheduler(sampler, 4, eta)
+    for o in tiny_pipe.steps(seed=6, num_inference_steps=4, sampler=sampler, eta=eta, batch_size=3, image_offset=2):
+        per_image = torch.cat([
+            sched.step(o.pred_noise[j:j + 1], o.timestep, o.model_input[j:j + 1],
+                       generator=tiny_pipe.step_noise_generator(6, o.index, 2 + j)).prev_sample for j in range(3)])
+        assert torch.equal(o.sample, per_image)
+
+
+def test_threshold_scale_is_checked_once_per_call(tiny_pipe, monkeypatch):
+    calls = []
+    real = sdm.pipeline.check_threshold_scale
+    monkeypatch.setattr(sdm.pipeline, "check_threshold_scale", lambda s: calls.append(s) or real(s))
+    list(tiny_pipe.steps(seed=0, num_inference_steps=4, threshold_scale=0.98))
+    assert calls == [0.98]
+    tiny_pipe.sample(n=3, seed=0, num_inference_steps=2, batch_size=2, threshold_scale=0.97)
+    assert calls == [0.98, 0.97]
+    tiny_pipe.energy(seed=0, num_inference_steps=2, threshold_scale=0.96)
+    tiny_pipe.denoise(tiny_pipe.initial_noise(0), 500, threshold_scale=0.95)
+    assert calls == [0.98, 0.97, 0.96, 0.95]
+    for bad in (0.0, float("inf"), "x"):
+        with pytest.raises(ValueError, match="threshold_scale"):
+            tiny_pipe.sample(n=1, num_inference_steps=1, threshold_scale=bad)
+        with pytest.raises(ValueError, match="threshold_scale"):
+            tiny_pipe.denoise(tiny_pipe.initial_noise(0), 500, threshold_scale=bad)
