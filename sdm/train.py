@@ -96,38 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None, help=f"firing threshold (default {d.threshold}{dyn})")
     p.add_argument("--reset", default=None, choices=["zero", "subtract"],
                    help=f"membrane reset after a spike (default {d.reset}{dyn})")
-    p.add_argument("--readout", default=None, choices=["mean", "decay"],
-                   help=f"how the output combines the T steps (default {d.readout}{dyn})")
-    p.add_argument("--readout-from", default=None, choices=["spikes", "current"],
-                   help="what the output conv reads: the spikes of a last spiking layer, or 'current', that layer's "
-                        f"float input current, without the last spiking layer (default {d.readout_from}{dyn})")
     p.add_argument("--bits", type=int, default=None,
                    help=f"activation bits of --neuron qann (default {ModelConfig.bits}); with --init-from of a quantised ANN, "
                         "re-quantise it to this many bits (its clips alpha are kept)")
-    p.add_argument("--dropout", type=float, default=None, help=f"default {d.dropout}{dyn}")
     p.add_argument("--precondition", action="store_true",
                    help="analog skip readout eps = c_skip(t) x_t + c_out(t) F(x_t, t) (also with --init-from)")
     p.add_argument("--sigma-data", type=float, default=None,
                    help=f"data root mean square for --precondition (default {d.sigma_data}{dyn})")
-    p.add_argument("--skip", default=None, choices=["scalar", "wiener"],
-                   help="the analog skip of --precondition: 'scalar' (pixels taken as independent, root mean square "
-                        "--sigma-data) or 'wiener' (the linear MMSE guess of the noise under the training set's mean "
-                        f"and covariance, computed at the start of the run and saved with the weights; measured "
-                        f"worse than 'scalar' on Fashion-MNIST, see README) (default {d.skip}{dyn})")
     p.add_argument("--tsm", action="store_true", help="enable TSM (with --init-from: the paper's TSM stage)")
-    p.add_argument("--tsm-only", action="store_true",
-                   help="train the TSM weights alone: every other weight frozen and BatchNorm in inference mode (its "
-                        "running statistics kept), so the stage can change nothing but TSM's p (the model must have "
-                        "TSM: add --tsm with --init-from)")
     p.add_argument("--tsm-lr", type=float, default=None,
                    help="peak learning rate of the TSM weights (default: --lr); the schedule scales it like --lr")
     p.add_argument("--init-from", help="start from this checkpoint's weights (name or folder)")
-    p.add_argument("--distill-from", metavar="TEACHER",
-                   help="a trained checkpoint (e.g. the ANN counterpart) whose noise prediction joins the target: "
-                        "knowledge distillation, which lowers the variance of the DDPM target")
-    p.add_argument("--distill-weight", type=float, default=0.5,
-                   help="with --distill-from: target = (1 - w) * noise + w * teacher(x_t, t) (default 0.5; "
-                        "1 = pure distillation, 0 = the plain DDPM loss)")
     # optimisation
     p.add_argument("--steps", type=int, default=10000, help="total optimizer steps (a resumed run continues to it)")
     p.add_argument("--batch-size", type=int, default=64, help="per process")
@@ -177,7 +156,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 # model options that set the shapes of the weights: fixed once a model is trained
 STRUCTURE = ("base_channels", "channel_mult", "num_res_blocks", "time_embed_dim")
 # model options that only change how the same weights run: --init-from may change them (then fine-tunes)
-DYNAMICS = ("beta", "threshold", "reset", "readout", "readout_from", "dropout", "sigma_data", "skip")
+DYNAMICS = ("beta", "threshold", "reset", "sigma_data")
 
 
 def _flag(key: str) -> str:
@@ -307,8 +286,7 @@ class EMA:
                 current.append(v.detach().float())
             else:
                 self.shadow[k].copy_(v)
-        if shadow:  # one fused update over all tensors; as shadow += (1 - d)(current - shadow), a tensor that
-            # does not change (frozen weights, the wiener skip's statistics) stays exactly as it is
+        if shadow:  # one fused update over all tensors
             torch._foreach_lerp_(shadow, current, 1 - d)
 
     def state_dict(self, like: dict) -> dict:
@@ -397,9 +375,9 @@ def resolve_data_arg(data: str | None, resume_dir: Path | None) -> str:
 
 
 def train_step(model, opt, xt, t, target, autocast, grad_clip: float, params) -> torch.Tensor:
-    """One optimizer step of the DDPM loss ||target - eps_theta(x_t, t)||^2, where the target is the noise (or, with
-    --distill-from, the noise mixed with a teacher's prediction). Returns the (detached) loss, not read back here:
-    on a GPU, reading it every step would wait for the step to finish (the loop checks it when it logs)."""
+    """One optimizer step of the DDPM loss ||target - eps_theta(x_t, t)||^2, where the target is the noise. Returns
+    the (detached) loss, not read back here: on a GPU, reading it every step would wait for the step to finish (the
+    loop checks it when it logs)."""
     with autocast:
         pred = model(xt, t)
     loss = F.mse_loss(pred.float(), target)
@@ -409,30 +387,6 @@ def train_step(model, opt, xt, t, target, autocast, grad_clip: float, params) ->
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     opt.step()
     return loss.detach()
-
-
-def load_teacher(args, cfg: ModelConfig, diffusion: DiffusionConfig, device: torch.device):
-    """The frozen --distill-from model and the card's note on it, or (None, None)."""
-    if not args.distill_from:
-        return None, None
-    if not 0.0 <= args.distill_weight <= 1.0:
-        raise SystemExit(f"--distill-weight {args.distill_weight}: use a weight from 0 (plain DDPM loss) to 1 "
-                         f"(pure distillation)")
-    src = resolve_checkpoint(args.distill_from)
-    teacher, t_diffusion, t_card = load_checkpoint(src, device)
-    shape, t_shape = (cfg.image_channels, cfg.image_size), (teacher.cfg.image_channels, teacher.cfg.image_size)
-    if shape != t_shape:
-        raise SystemExit(f"--distill-from {args.distill_from}: the teacher makes {t_shape[0]}x{t_shape[1]}x{t_shape[1]} "
-                         f"images, the model {shape[0]}x{shape[1]}x{shape[1]}; pick a teacher trained on {args.data}")
-    if t_diffusion != diffusion:
-        raise SystemExit(f"--distill-from {args.distill_from}: its noise schedule differs from the model's, so its "
-                         f"noise predictions do not fit; pick a teacher with the default schedule")
-    teacher.eval().requires_grad_(False)
-    t_data = t_card.get("model", {}).get("dataset")
-    if t_data and canonical_data_name(t_data) != canonical_data_name(args.data):
-        print(f"warning: the teacher {src.name} was trained on {t_data}, this run uses {args.data}", file=sys.stderr)
-    return teacher, {"teacher": src.name, "weight": args.distill_weight,
-                     "target": f"(1 - {args.distill_weight:g}) * noise + {args.distill_weight:g} * {src.name}(x_t, t)"}
 
 
 def main(argv=None) -> int:
@@ -475,10 +429,6 @@ def main(argv=None) -> int:
                 spelled = flag if asked is True else f"{flag} {asked}"
                 raise SystemExit(f"--resume {out}: the checkpoint has {flag} {have}, not {asked}. Drop {flag} to "
                                  f"continue it, or use --init-from {out} {spelled} with a new --out.")
-        if bool(card.get("training", {}).get("tsm_only")) != args.tsm_only:  # the optimizer's groups differ
-            fix = "add --tsm-only" if not args.tsm_only else "drop --tsm-only"
-            raise SystemExit(f"--resume {out}: this run was trained {'with' if not args.tsm_only else 'without'} "
-                             f"--tsm-only; {fix} to continue it")
         ema_init = {k: v.clone() for k, v in model.state_dict().items()}
         st = out / "train_state"
         meta = None
@@ -511,29 +461,19 @@ def main(argv=None) -> int:
         else:
             cfg = model_config_from_args(args, data)
             model = SpikingUNet(cfg, diffusion).to(device)
-        if cfg.skip == "wiener":  # a new run's statistics are those of its own training data
-            model.set_skip_statistics(data.images)
-            init_note = (init_note + ", " if init_note else "") + f"wiener skip statistics from {len(data.images)} images"
         ema_init = None
         meta = None
         history = []
-    if args.tsm_only:
-        if not cfg.tsm:
-            raise SystemExit("--tsm-only: the model has no TSM weights to train; add --tsm (with --init-from) to "
-                             "switch TSM on")
-        for n, p in model.named_parameters():
-            p.requires_grad_(n.endswith(".tsm"))
-    model.train(not args.tsm_only)  # --tsm-only: BatchNorm normalises with the statistics inference uses
+    model.train()
     if cfg.image_channels != data.images.shape[1] or cfg.image_size != data.images.shape[2]:
         raise SystemExit(f"the model expects {cfg.image_channels}x{cfg.image_size}x{cfg.image_size} images, "
                          f"the data set {args.data} has {tuple(data.images.shape[1:])}")
-    teacher, teacher_note = load_teacher(args, cfg, diffusion, device)
     ema = EMA(model, args.ema_decay)
     if ema_init is not None:
         ema.shadow = {k: v.float().clone() for k, v in ema_init.items()}
     tsm_params = [p for n, p in model.named_parameters() if n.endswith(".tsm")]
-    other = [p for n, p in model.named_parameters() if not n.endswith(".tsm") and p.requires_grad]
-    groups = [{"params": other, "lr_scale": 1.0}] if other else []
+    other = [p for n, p in model.named_parameters() if not n.endswith(".tsm")]
+    groups = [{"params": other, "lr_scale": 1.0}]
     if tsm_params:  # no weight decay on TSM: it would pull the weights towards 0, not towards their init of 1
         groups.append({"params": tsm_params, "weight_decay": 0.0,
                        "lr_scale": (args.tsm_lr / args.lr) if args.tsm_lr else 1.0})
@@ -566,16 +506,13 @@ def main(argv=None) -> int:
             "model": {"dataset": args.data, "architecture": "spiking UNet (SDDPM pre-spike res blocks)" if cfg.spiking
                       else "ANN UNet (same convolutions, SiLU)", "parameters": n_params, "neuron": cfg.neuron,
                       "T": cfg.time_steps, "tsm": cfg.tsm, "image_size": cfg.image_size,
-                      "precondition": cfg.precondition, **({"skip": cfg.skip} if cfg.precondition else {})},
+                      "precondition": cfg.precondition},
             "training": {"command": command, "steps": step, "batch_size": args.batch_size * world,
                          "wall_time_s": round(wall, 1), "machine": machine_description(device, world),
                          "bf16": args.bf16, "lr": args.lr, "tsm_lr": args.tsm_lr, "ema_decay": args.ema_decay,
-                         **({"tsm_only": True} if args.tsm_only else {}),
                          "final_loss_ema": round(loss_ema, 5) if loss_ema is not None else None,
                          "init": init_note, "history": hist, "complete": final and step >= args.steps},
         }
-        if teacher_note:
-            card["training"]["distill"] = teacher_note
         if base:  # the whole budget behind these weights, not only this run's
             card["training"].update(init_from=base, total_steps=int(base.get("total_steps", base.get("steps", 0))) + step,
                                     total_wall_time_s=round(float(base.get("total_wall_time_s",
@@ -615,14 +552,9 @@ def main(argv=None) -> int:
             t = torch.randint(0, diffusion.num_train_timesteps, (x0.shape[0],), generator=gen).to(device)
             noise = torch.randn(x0.shape, generator=gen).to(device)
             xt = sched.add_noise(x0, noise, t)
-            target = noise
-            if teacher is not None:
-                with torch.no_grad(), autocast:
-                    guess = teacher(xt, t).float()
-                target = torch.lerp(noise, guess, args.distill_weight)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, args, fresh_from) * g.get("lr_scale", 1.0)
-            loss = train_step(ddp_model, opt, xt, t, target, autocast, args.grad_clip, model.parameters())
+            loss = train_step(ddp_model, opt, xt, t, noise, autocast, args.grad_clip, model.parameters())
             ema.update(model, step)
             step += 1
             loss_avg = loss if loss_avg is None else 0.98 * loss_avg + 0.02 * loss  # stays on the device

@@ -140,26 +140,6 @@ def test_init_from_the_ann_counterpart_starts_a_spiking_model_from_its_weights(t
     assert (cfg["neuron"], cfg["T"]) == ("lif", 4)
 
 
-def test_tsm_only_stage_trains_the_tsm_weights_and_nothing_else(tmp_path):
-    from safetensors.torch import load_file
-    base = tmp_path / "base"
-    assert train_main(TINY + ["--out", str(base), "--steps", "6"]) == 0
-    stage = tmp_path / "stage"
-    assert train_main(TINY + ["--out", str(stage), "--steps", "8", "--init-from", str(base), "--tsm", "--tsm-only",
-                              "--lr", "1e-2", "--save-every", "4"]) == 0
-    a, b = load_file(str(base / "model.safetensors")), load_file(str(stage / "model.safetensors"))
-    tsm = [k for k in b if k.endswith(".tsm")]
-    # every weight and every BatchNorm statistic as it was (BN ran in inference mode); only p moved
-    assert set(b) - set(a) == set(tsm) and all(torch.equal(a[k], b[k]) for k in a)
-    assert tsm and max(float((b[k] - 1).abs().max()) for k in tsm) > 1e-3
-    assert json.loads((stage / "card.json").read_text())["training"]["tsm_only"] is True
-    assert train_main(TINY[2:] + ["--out", str(stage), "--steps", "10", "--resume", "--tsm-only"]) == 0
-    with pytest.raises(SystemExit, match="drop --tsm-only|add --tsm-only"):  # its optimizer holds p alone
-        train_main(TINY[2:] + ["--out", str(stage), "--steps", "12", "--resume"])
-    with pytest.raises(SystemExit, match="no TSM weights .* add --tsm"):
-        train_main(TINY + ["--out", str(tmp_path / "bad"), "--steps", "2", "--init-from", str(base), "--tsm-only"])
-
-
 def test_init_from_with_precondition_switches_the_skip_on_and_keeps_every_weight(tmp_path):
     from safetensors.torch import load_file
     base = tmp_path / "base"
@@ -176,34 +156,6 @@ def test_init_from_with_precondition_switches_the_skip_on_and_keeps_every_weight
     # resuming a run without it, asking for it, is refused with the way out
     with pytest.raises(SystemExit, match="--init-from .* --precondition with a new --out"):
         train_main(TINY[2:] + ["--out", str(base), "--steps", "8", "--resume", "--precondition"])
-
-
-def test_wiener_skip_takes_its_statistics_from_the_training_data_and_keeps_them(tmp_path):
-    from safetensors.torch import load_file
-    from sdm.data import load_dataset
-    out = tmp_path / "w"
-    assert train_main(TINY + ["--out", str(out), "--steps", "6", "--precondition", "--skip", "wiener"]) == 0
-    card = json.loads((out / "card.json").read_text())
-    assert card["model"]["skip"] == "wiener" and "wiener skip statistics from" in card["training"]["init"]
-    saved = load_file(str(out / "model.safetensors"))
-    images = load_dataset("digits", "train").images
-    # the EMA copies the statistics instead of averaging them with their zero-mean initial values
-    assert torch.allclose(saved["skip_mean"].double(), images.view(len(images), -1).double().mean(0), atol=1e-6)
-    assert load_pipeline(out).sample(n=1, num_inference_steps=2).shape == (1, 1, 8, 8)
-    # a scalar-skip run switched to the wiener skip keeps every weight and gets the statistics
-    base = tmp_path / "base"
-    assert train_main(TINY + ["--out", str(base), "--steps", "3", "--precondition"]) == 0
-    sw = tmp_path / "sw"
-    assert train_main(TINY + ["--out", str(sw), "--steps", "1", "--init-from", str(base), "--skip", "wiener",
-                              "--lr", "0", "--min-lr", "0", "--warmup", "0", "--ema-decay", "0"]) == 0
-    a, b = load_file(str(base / "model.safetensors")), load_file(str(sw / "model.safetensors"))
-    learned = [k for k in a if "running" not in k and "num_batches" not in k]
-    assert all(torch.equal(a[k], b[k]) for k in learned) and torch.equal(b["skip_mean"], saved["skip_mean"])
-    assert "skip scalar -> wiener" in json.loads((sw / "card.json").read_text())["training"]["init"]
-    with pytest.raises(SystemExit, match="--skip wiener"):  # resuming with another skip is refused
-        train_main(TINY[2:] + ["--out", str(base), "--steps", "4", "--resume", "--skip", "wiener"])
-    with pytest.raises(SystemExit, match="set precondition=True"):
-        train_main(TINY + ["--out", str(tmp_path / "bad"), "--steps", "1", "--skip", "wiener"])
 
 
 def test_card_of_a_run_started_from_another_keeps_the_whole_training_behind_it(tmp_path):
@@ -246,16 +198,15 @@ def test_init_from_can_change_the_neuron_dynamics_but_not_the_shapes_of_the_weig
     sub = tmp_path / "sub"
     zero_lr = ["--lr", "0", "--min-lr", "0", "--warmup", "0", "--ema-decay", "0"]
     assert train_main(TINY + ["--out", str(sub), "--steps", "1", "--init-from", str(base), "--reset", "subtract",
-                              "--beta", "1.0", "--readout-from", "current"] + zero_lr) == 0
+                              "--beta", "1.0"] + zero_lr) == 0
     cfg = json.loads((sub / "config.json").read_text())["model"]
-    assert (cfg["reset"], cfg["beta"], cfg["readout_from"]) == ("subtract", 1.0, "current")
+    assert (cfg["reset"], cfg["beta"]) == ("subtract", 1.0)
     a, b = load_file(str(base / "model.safetensors")), load_file(str(sub / "model.safetensors"))
     learned = [k for k in a if "running" not in k and "num_batches" not in k]
     assert set(a) == set(b) and all((a[k] == b[k]).all() for k in learned)
     note = json.loads((sub / "card.json").read_text())["training"]["init"]
-    assert "reset zero -> subtract" in note and "beta 0.9 -> 1.0" in note and "readout_from spikes -> current" in note
-    sub_model = load_pipeline(sub).model
-    assert sub_model.neurons()[0].reset == "subtract" and "out.act" not in sub_model.layer_names()
+    assert "reset zero -> subtract" in note and "beta 0.9 -> 1.0" in note
+    assert load_pipeline(sub).model.neurons()[0].reset == "subtract"
     # options the source already has are accepted as they are (TINY repeats its width)
     # a width that does not fit the weights is refused before anything is written
     with pytest.raises(SystemExit, match="--base-channels 16: the weights of .* are for --base-channels 8"):
@@ -373,47 +324,3 @@ def test_torchrun_trains_one_model_with_ddp_across_two_processes(tmp_path):
     assert card["training"]["steps"] == 7 and card["training"]["batch_size"] == 32
     assert "2 process(es)" in card["training"]["machine"]
     assert load_pipeline(out).sample(n=1, num_inference_steps=2).shape == (1, 1, 8, 8)
-
-
-def test_distill_from_mixes_the_teachers_prediction_into_the_target(tmp_path):
-    teacher = tmp_path / "teacher"
-    assert train_main(TINY + ["--out", str(teacher), "--steps", "6", "--neuron", "ann"]) == 0
-    # a student that is the teacher (learning rate 0) has, with the pure teacher target, almost nothing to learn:
-    # only BatchNorm differs (batch statistics in training, the teacher's running ones)
-    same = tmp_path / "same"
-    assert train_main(TINY + ["--out", str(same), "--steps", "10", "--init-from", str(teacher),
-                              "--distill-from", str(teacher), "--distill-weight", "1",
-                              "--lr", "0", "--min-lr", "0", "--warmup", "0"]) == 0
-    distill = json.loads((same / "card.json").read_text())["training"]["distill"]
-    assert distill["teacher"] == "teacher" and distill["weight"] == 1.0
-    # weight 0 is the plain DDPM loss, the same numbers as a run without a teacher
-    zero, plain = tmp_path / "zero", tmp_path / "plain"
-    assert train_main(TINY + ["--out", str(zero), "--steps", "10", "--init-from", str(teacher),
-                              "--distill-from", str(teacher), "--distill-weight", "0"]) == 0
-    assert train_main(TINY + ["--out", str(plain), "--steps", "10", "--init-from", str(teacher)]) == 0
-    assert losses(zero) == pytest.approx(losses(plain), rel=1e-5)
-    assert max(losses(same)) < 0.05 * min(losses(plain))
-    assert "distill" not in json.loads((plain / "card.json").read_text())["training"]
-    # a half-way target: the loss lies strictly between the two
-    half = tmp_path / "half"
-    assert train_main(TINY + ["--out", str(half), "--steps", "10", "--init-from", str(teacher),
-                              "--distill-from", str(teacher)]) == 0
-    assert max(losses(same)) < losses(half)[0] < losses(plain)[0]
-
-
-def test_distill_from_refuses_a_bad_weight_or_a_teacher_of_other_images(tmp_path):
-    import numpy as np
-    from PIL import Image
-    teacher = tmp_path / "teacher"
-    assert train_main(TINY + ["--out", str(teacher), "--steps", "2", "--neuron", "ann"]) == 0
-    with pytest.raises(SystemExit, match="--distill-weight 1.5"):
-        train_main(TINY + ["--out", str(tmp_path / "x"), "--steps", "2", "--distill-from", str(teacher),
-                           "--distill-weight", "1.5"])
-    pngs = tmp_path / "pngs"
-    pngs.mkdir()
-    for i in range(4):
-        Image.fromarray(np.full((12, 12), 40 * i, np.uint8)).save(pngs / f"{i}.png")
-    args = [str(pngs) if a == "digits" else a for a in TINY]
-    with pytest.raises(SystemExit, match="the teacher makes 1x8x8 images, the model 1x12x12"):
-        train_main(args + ["--out", str(tmp_path / "y"), "--steps", "2", "--batch-size", "4",
-                           "--distill-from", str(teacher)])
