@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The options of ``argv`` (default: sys.argv). A ``--config`` file's options become the parser's defaults, so
+    a flag on the command line wins however it is spelled (``--min 0.01`` for ``--min-lr``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.config:
@@ -140,14 +142,16 @@ def parse_args(argv=None) -> argparse.Namespace:
             data = json.loads(Path(args.config).read_text())
         except (OSError, json.JSONDecodeError) as e:
             parser.error(f"--config {args.config}: {e}")
-        explicit = {a.split("=")[0].lstrip("-").replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
-                    if a.startswith("--")}
+        if not isinstance(data, dict):
+            parser.error(f"--config {args.config}: expected an object of options, e.g. {{\"lr\": 0.001}}")
+        defaults = {}
         for k, v in data.items():
             k = k.replace("-", "_")
-            if not hasattr(args, k):
+            if k not in vars(args) or k == "config":
                 parser.error(f"--config {args.config}: unknown option {k!r}")
-            if k not in explicit:
-                setattr(args, k, ",".join(map(str, v)) if isinstance(v, list) else v)
+            defaults[k] = ",".join(map(str, v)) if isinstance(v, list) else v
+        parser.set_defaults(**defaults)
+        args = parser.parse_args(argv)
     if not args.out:
         parser.error("--out is required: the checkpoint folder to write, e.g. --out checkpoints/my-model")
     return args

@@ -59,6 +59,21 @@ def test_missing_out_is_a_clear_error(capsys):
     assert "--out is required" in capsys.readouterr().err
 
 
+def test_a_config_file_gives_defaults_and_the_command_line_wins_however_spelled(tmp_path, capsys):
+    from sdm.train import parse_args
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({"min_lr": 0.5, "channel-mult": [1, 2], "precondition": True, "steps": "7"}))
+    args = parse_args(["--config", str(cfg), "--out", "x", "--min", "0.01"])  # an abbreviated flag
+    assert args.min_lr == 0.01
+    args = parse_args(["--config", str(cfg), "--out", "x"])
+    assert (args.min_lr, args.channel_mult, args.precondition, args.steps) == (0.5, "1,2", True, 7)
+    assert parse_args(["--out", "x", "--min-lr=0.2", f"--config={cfg}"]).min_lr == 0.2
+    cfg.write_text(json.dumps({"readout": "decay"}))  # a removed option is an unknown one
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(cfg), "--out", "x"])
+    assert f"--config {cfg}: unknown option 'readout'" in capsys.readouterr().err
+
+
 def test_lr_schedule_warms_up_again_after_a_fresh_optimizer():
     from argparse import Namespace
     from sdm.train import lr_at
