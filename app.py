@@ -23,8 +23,8 @@ import numpy as np
 import gradio as gr
 
 from sdm import viz
-from sdm.session import (MAX_NEURONS, MAX_SEED, MAX_STEPS, SCALE_MAX, SCALE_MIN, SCALE_STEP, ModelRegistry,
-                         Session, Superseded, check_layer, check_scale, check_step_count, short_layer_name)
+from sdm.explorer import ModelRegistry, Session, Superseded, View, compare, display, trajectory_export
+from sdm.explorer.validation import MAX_NEURONS, MAX_SEED, MAX_STEPS, SCALE_MAX, SCALE_MIN, SCALE_STEP, check_scale
 
 log = logging.getLogger("sdm.app")
 
@@ -38,6 +38,8 @@ PLAY_TICKS = 60                # ... and any trajectory plays in about this many
 STREAM_EVERY_S = 0.5           # Run to end: refresh the images this often
 IMAGE_PX = 280                 # x_t / x̂0 / ε̂ panels are upscaled (nearest neighbour) to about this size
 RASTER_MODES = [("this step (T time steps)", "step"), ("whole trajectory (step × T)", "trajectory")]
+NO_CHECKPOINTS = ("⚠ **No checkpoints found** (in checkpoints/, or the folder $SDM_CHECKPOINTS names). Train one: "
+                  "`python -m sdm.train ...`")
 
 THEME = gr.themes.Default(text_size=gr.themes.sizes.text_lg, primary_hue="blue")
 CSS = """
@@ -53,37 +55,11 @@ footer { display: none !important; }
 
 
 # ------------------------------------------------------------------------------------ input guards
-def _fmt(x) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
-def _check_number(what: str, payload, lo: float | None, hi: float | None):
-    """gr.Error for anything that is not a finite number in [lo, hi] (before gradio's own conversion)."""
-    what = what[:1].upper() + what[1:]
-    if payload is None:
-        return
-    if isinstance(payload, bool) or not isinstance(payload, (int, float)):
-        raise gr.Error(f"{what} must be a number, got {payload!r}", print_exception=False)
-    if not math.isfinite(payload):
-        raise gr.Error(f"{what} must be a finite number, got {payload!r}", print_exception=False)
-    if (lo is not None and payload < lo) or (hi is not None and payload > hi):
-        raise gr.Error(f"{what} must be between {_fmt(lo)} and {_fmt(hi)}, got {payload!r}", print_exception=False)
-
-
-#: what the Checked* inputs are called in error messages, by elem_id (an update of a component rebuilds it from
-#: its props, so the name cannot be an instance attribute)
-INPUT_NAMES = {"threshold": "threshold scale", "timeline": "timeline step", "seed": "seed",
-               "num-steps": "number of steps", "n-steps": "steps per click", "n-steps-10": "steps per click",
-               "sampler": "sampler", "grid-size": "grid size", "raster-mode": "raster mode"}
-#: inputs whose range sdm.session checks (with a message that knows the session)
-SESSION_RANGE = {"timeline"}
-
-
 @contextlib.contextmanager
 def _no_stub_files():
     """Gradio writes a .pyi type stub next to every file that defines a Component subclass (a help for authors
-    of custom components). The app must not write into the repository: switch that off while the three input
-    guards below are defined."""
+    of custom components). The app must not write into the repository: switch that off while the input
+    components below are defined."""
     import gradio.component_meta as meta
     original = meta.create_or_modify_pyi
     meta.create_or_modify_pyi = lambda *args, **kwargs: None
@@ -94,39 +70,25 @@ def _no_stub_files():
 
 
 with _no_stub_files():
-    class CheckedSlider(gr.Slider):
-        """A gr.Slider whose API input is checked with a clear gr.Error (strings, NaN, inf, out of range).
-
-        No __init__ of its own: gradio reads a component's props from its __init__ signature."""
-
+    # Inputs whose value reaches the handler as sent: sdm.explorer.validation checks it once, with a message that
+    # names the input (gradio's own conversion would fail first, with a generic error, on strings, NaN or inf).
+    # No __init__ of their own: gradio reads a component's props from its __init__ signature.
+    class RawSlider(gr.Slider):
         is_template = True   # rendered by the frontend as a plain Slider
 
         def preprocess(self, payload):
-            ranged = self.elem_id not in SESSION_RANGE
-            _check_number(INPUT_NAMES.get(self.elem_id, "value"), payload, self.minimum if ranged else None,
-                          self.maximum if ranged else None)
             return payload
 
-    class CheckedNumber(gr.Number):
-        """A gr.Number with the same checks (whole numbers are checked by sdm.session)."""
-
+    class RawNumber(gr.Number):
         is_template = True
 
         def preprocess(self, payload):
-            _check_number(INPUT_NAMES.get(self.elem_id, "value"), payload, self.minimum, self.maximum)
             return payload
 
-    class CheckedRadio(gr.Radio):
-        """A gr.Radio that names the input and its choices when an API call sends something else."""
-
+    class RawRadio(gr.Radio):
         is_template = True
 
         def preprocess(self, payload):
-            values = [v for _, v in self.choices]
-            if payload not in values or isinstance(payload, bool):
-                what = INPUT_NAMES.get(self.elem_id, "value")
-                raise gr.Error(f"{what[:1].upper() + what[1:]} must be one of {', '.join(map(repr, values))}; "
-                               f"got {payload!r}", print_exception=False)
             return payload
 
 
@@ -138,10 +100,10 @@ def user_errors(fn):
         if isinstance(e, gr.Error):
             return e
         if isinstance(e, (ValueError, FileNotFoundError, KeyError)):
-            msg = str(e).strip("'\"")
+            msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
             return gr.Error(msg[:1].upper() + msg[1:], print_exception=False)
         log.exception("unexpected error in %s", fn.__name__)
-        return gr.Error(f"Internal error ({type(e).__name__}: {e}). The app is still running; please retry.")
+        return gr.Error(f"Internal error ({type(e).__name__}). The app is still running; please retry.")
 
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
@@ -171,7 +133,7 @@ def grid_image(images01: np.ndarray, target_px: int = IMAGE_PX) -> np.ndarray:
 
 
 def filmstrip_image(sess: Session) -> np.ndarray:
-    xs, x0s, _ = sess.filmstrip_frames(max_frames=10)
+    xs, x0s, _ = display.filmstrip_frames(sess, max_frames=10)
     top = viz.filmstrip(xs, max_frames=10, scale=4, pad=3)
     bottom = viz.filmstrip(x0s, max_frames=10, scale=4, pad=3)
     sep = np.full((4, top.shape[1], 3), 160, dtype=np.uint8)
@@ -214,63 +176,36 @@ def _step_tag(sess: Session) -> str:
     return tag + (f" · preview s = {pv.scale:.3f}" if pv is not None else "")
 
 
-def raster_figure(sess: Session, layer: str, mode: str):
-    title = f"Spike raster · {short_layer_name(layer)}"
+def raster_figure(sess: Session, view: View):
+    title = f"Spike raster · {display.short_layer_name(view.layer)}"
     if not sess.spiking:
         return _no_spikes_figure(sess, title)
-    if mode == "trajectory":
-        spikes, labels = sess.trajectory_spikes(layer)
-        fig = viz.spike_raster_trajectory(spikes, labels, sess.num_neurons[layer],
+    if view.raster_mode == "trajectory":
+        spikes, labels = display.trajectory_spikes(sess, view.layer)
+        fig = viz.spike_raster_trajectory(spikes, labels, sess.num_neurons[view.layer],
                                           title=f"{title} · steps 1-{sess.num_recorded}")
         T = spikes[0].shape[0]
         fig.add_vrect(x0=sess.view * T - 0.5, x1=(sess.view + 1) * T - 0.5, fillcolor="#56B4E9", opacity=0.25,
                       line_width=0, layer="below")          # the viewed step
         return fig
-    p = sess.probe(layer)
+    p = display.probe(sess, view.layer)
     return viz.spike_raster(p["spikes"], p["num_neurons"], title=f"{title} · {_step_tag(sess)}")
 
 
-def membrane_figure(sess: Session, layer: str):
-    title = f"Membrane potential · {short_layer_name(layer)}"
+def membrane_figure(sess: Session, view: View):
+    title = f"Membrane potential · {display.short_layer_name(view.layer)}"
     if not sess.spiking:
         return _no_spikes_figure(sess, title)
-    p = sess.probe(layer)
+    p = display.probe(sess, view.layer)
     return viz.membrane_heatmap(p["v"], p["threshold"], title=f"{title} · {_step_tag(sess)}")
 
 
-def auto_neurons(spikes: np.ndarray, v: np.ndarray, k: int = 4) -> list[int]:
-    """k recorded neurons spread from the most to the least active (spike count, then peak potential)."""
-    n = spikes.shape[1]
-    order = np.lexsort((v.astype(np.float32).max(axis=0), spikes.sum(axis=0)))   # ascending activity
-    picks = [int(order[int(round(q * (n - 1)))]) for q in np.linspace(1, 0, min(k, n))]
-    return list(dict.fromkeys(picks))
-
-
-def check_neurons(neurons, n: int) -> list[int]:
-    if neurons is None or neurons == "":
-        return []
-    if not isinstance(neurons, (list, tuple)):
-        neurons = [neurons]
-    out = []
-    for j in neurons:
-        if isinstance(j, bool) or not isinstance(j, (int, float, str)):
-            raise ValueError(f"neuron indices must be integers 0..{n - 1}, got {j!r}")
-        try:
-            i = int(j)
-        except ValueError:
-            raise ValueError(f"neuron indices must be integers 0..{n - 1}, got {j!r}") from None
-        if i != float(j) or not 0 <= i < n:
-            raise ValueError(f"neuron {j!r} is not recorded: this layer records neurons 0..{n - 1}")
-        out.append(i)
-    return list(dict.fromkeys(out))
-
-
-def traces_figure(sess: Session, layer: str, neurons):
-    title = f"Membrane traces · {short_layer_name(layer)}"
+def traces_figure(sess: Session, view: View):
+    title = f"Membrane traces · {display.short_layer_name(view.layer)}"
     if not sess.spiking:
         return _no_spikes_figure(sess, title)
-    p = sess.probe(layer)
-    chosen = check_neurons(neurons, p["v"].shape[1]) or auto_neurons(p["spikes"], p["v"])
+    p = display.probe(sess, view.layer)
+    chosen = display.traced_neurons(sess, view.layer, view.neurons)
     return viz.membrane_traces(p["v"], chosen, p["threshold"], title=f"{title} · {_step_tag(sess)}")
 
 
@@ -278,15 +213,15 @@ def rate_bars_figure(sess: Session):
     title = "Firing rate per layer"
     if not sess.spiking:
         return _no_spikes_figure(sess, title)
-    rates = {short_layer_name(k): v for k, v in sess.rates().items()}
+    rates = {display.short_layer_name(k): v for k, v in display.rates(sess).items()}
     return viz.firing_rate_bars(rates, title=f"{title} · {_step_tag(sess)}")
 
 
-def rate_course_figure(sess: Session, layer: str):
+def rate_course_figure(sess: Session, view: View):
     title = "Firing rate over the trajectory"
     if not sess.spiking:
         return _no_spikes_figure(sess, title)
-    lines, steps = sess.rate_course(layer)
+    lines, steps = display.rate_course(sess, view.layer)
     if len(steps) < 2:
         return viz.empty_figure("take a few steps to see the course", title)
     fig = viz.firing_rate_course(lines, steps, title=title)
@@ -297,46 +232,28 @@ def rate_course_figure(sess: Session, layer: str):
 
 def tsm_figures(pipe, layer: str | None):
     weights = pipe.tsm_weights()
-    named = {short_layer_name(k): v for k, v in weights.items()}
+    named = {display.short_layer_name(k): v for k, v in weights.items()}
     heat = viz.tsm_heatmap(named, title="TSM weights of every layer")
-    curve = viz.tsm_curve(weights.get(layer) if layer else None, short_layer_name(layer or ""),
-                          title=f"TSM weights · {short_layer_name(layer or '')}")
+    short = display.short_layer_name(layer or "")
+    curve = viz.tsm_curve(weights.get(layer) if layer else None, short, title=f"TSM weights · {short}")
     return heat, curve
 
 
-def tsm_note(pipe) -> str:
-    c = pipe.config
-    if not c.spiking:
-        return "**This checkpoint is an ANN: it has no spiking time steps and no TSM.**"
-    conv = pipe.card.get("conversion") if isinstance(pipe.card, dict) else None
-    if not c.tsm and conv:
-        return (f"**This model has no TSM**: it was converted from a {conv.get('bits', '?')}-bit quantised ANN "
-                f"({conv.get('source', '?')}) to IF neurons with T = {c.T}, whose thresholds are the ANN's clip "
-                "values; every time step gets the same weights.")
-    if not c.tsm:
-        return (f"**This model has no TSM** (vanilla SDM): every one of its T = {c.T} time steps gets the same "
-                "input current.")
-    return (f"TSM is on: each layer learned one weight per time step (T = {c.T}) that scales its input current. "
-            "Weights above 1 make that time step more likely to spike.")
-
-
 def energy_markdown(sess: Session) -> str:
-    e = sess.energy()
+    e = display.energy(sess)
     part = f"{e['steps']} of {e['num_steps']} steps" if e["steps"] < e["num_steps"] else f"all {e['steps']} steps"
     if not e["spiking"]:
         return (f"**{sess.settings.checkpoint} is an ANN**: no spikes; every layer multiplies and accumulates "
-                f"(4.6 pJ per MAC). Energy per image, {part}: **{e['ann_mj']:.4g} mJ**.")
-    ratio = e["ratio"]
-    inv = 1 / ratio if ratio else float("inf")
+                f"(4.6 pJ per MAC). Energy per image, {part}: **{e['energy_mj']:.4g} mJ**.")
     return (f"**Energy per image, this trajectory ({part})**\n\n"
-            f"Synaptic operations: **{e['sops']:.3g} SOPs** · SNN ≈ **{e['snn_mj']:.4g} mJ** · "
+            f"Synaptic operations: **{e['sops']:.3g} SOPs** · SNN ≈ **{e['energy_mj']:.4g} mJ** · "
             f"ANN counterpart ≈ **{e['ann_mj']:.4g} mJ**\n\n"
-            f"### SNN / ANN energy = {ratio:.2f}  (the ANN needs {inv:.1f}× more)")
+            f"### SNN / ANN energy = {e['ratio']:.2f}  (the ANN needs {e['ann_factor']:.1f}× more)")
 
 
 def energy_figure(sess: Session):
-    e = sess.energy()
-    return viz.energy_bars(e["snn_mj"], e["ann_mj"])
+    e = display.energy(sess)
+    return viz.energy_bars(e["energy_mj"], e["ann_mj"])
 
 
 def timeline_update(sess: Session):
@@ -367,96 +284,69 @@ ACTION_KEYS = ("step_btn", "step10_btn", "play_btn", "run_btn", "continue_btn", 
                "compare_ann_btn", "export_btn")
 N_ACTIONS = len(ACTION_KEYS)
 
+#: what each output key shows, from the session and the validated view (under the session's lock)
+RENDERERS = {
+    "state": lambda sess, view: sess,
+    "status": lambda sess, view: status_markdown(sess),
+    "timeline": lambda sess, view: timeline_update(sess),
+    "img_xt": lambda sess, view: grid_image(display.view_images(sess)["x_t"]),
+    "img_x0": lambda sess, view: grid_image(display.view_images(sess)["x0"]),
+    "img_eps": lambda sess, view: grid_image(display.view_images(sess)["eps"]),
+    "filmstrip": lambda sess, view: filmstrip_image(sess),
+    "raster": raster_figure,
+    "membrane": membrane_figure,
+    "traces": traces_figure,
+    "rate_bars": lambda sess, view: rate_bars_figure(sess),
+    "rate_course": rate_course_figure,
+    "energy_md": lambda sess, view: energy_markdown(sess),
+    "energy_plot": lambda sess, view: energy_figure(sess),
+    "info": lambda sess, view: display.info(sess),
+    "tsm_curve": lambda sess, view: tsm_figures(sess.pipe, view.layer)[1],
+}
+
 
 def as_dict(result, keys) -> dict:
     """A handler's output tuple as {key: value} (for tests and scripts)."""
     return dict(zip(keys, result))
 
 
+def _session(state) -> Session:
+    if not isinstance(state, Session) or not state.started:
+        raise ValueError("no trajectory yet: press “New trajectory” first (API: /new_trajectory)")
+    return state
+
+
 class Explorer:
-    """The app's event handlers. Everything per user comes in and goes out through ``state`` (a Session);
-    the only thing shared is the registry of loaded, read-only pipelines."""
+    """The app's event handlers: each validates its arguments through sdm.explorer before anything changes, calls
+    it, and formats what it returns. Everything per user comes in and goes out through ``state`` (a Session); the
+    only thing shared is the registry of loaded, read-only pipelines."""
 
     def __init__(self, registry: ModelRegistry | None = None):
         self.registry = registry or ModelRegistry()
 
     # ------------------------------------------------------------------ rendering
-    def render(self, sess: Session, layer, raster_mode, neurons, keys=VIEW_KEYS) -> tuple:
-        """Build the outputs named in ``keys`` for the session's current view (a consistent snapshot: another
-        event of the same tab cannot change the session while it is read)."""
+    @staticmethod
+    def render(sess: Session, view: View, keys=VIEW_KEYS) -> tuple:
+        """The outputs named in ``keys`` for the session's current view (a consistent snapshot: another event of
+        the same tab cannot change the session while it is read)."""
         with sess.lock:
-            return self._render(sess, layer, raster_mode, neurons, keys)
-
-    def _render(self, sess: Session, layer, raster_mode, neurons, keys) -> tuple:
-        layer = sess.check_layer(layer)
-        mode = raster_mode or "step"
-        if mode not in ("step", "trajectory"):
-            raise ValueError(f"raster mode must be 'step' or 'trajectory', got {raster_mode!r}")
-        imgs = None
-        out = []
-        for k in keys:
-            if k in ("img_xt", "img_x0", "img_eps") and imgs is None:
-                imgs = sess.view_images()
-            if k == "state":
-                out.append(sess)
-            elif k == "status":
-                out.append(status_markdown(sess))
-            elif k == "timeline":
-                out.append(timeline_update(sess))
-            elif k == "img_xt":
-                out.append(grid_image(imgs["x_t"]))
-            elif k == "img_x0":
-                out.append(grid_image(imgs["x0"]))
-            elif k == "img_eps":
-                out.append(grid_image(imgs["eps"]))
-            elif k == "filmstrip":
-                out.append(filmstrip_image(sess))
-            elif k == "raster":
-                out.append(raster_figure(sess, layer, mode))
-            elif k == "membrane":
-                out.append(membrane_figure(sess, layer))
-            elif k == "traces":
-                out.append(traces_figure(sess, layer, neurons))
-            elif k == "rate_bars":
-                out.append(rate_bars_figure(sess))
-            elif k == "rate_course":
-                out.append(rate_course_figure(sess, layer))
-            elif k == "energy_md":
-                out.append(energy_markdown(sess))
-            elif k == "energy_plot":
-                out.append(energy_figure(sess))
-            elif k == "info":
-                out.append(sess.info())
-            elif k == "tsm_curve":
-                out.append(tsm_figures(sess.pipe, layer)[1])
-            else:
-                raise KeyError(k)
-        return tuple(out)
-
-    def _light(self, sess: Session, what: str) -> tuple:
-        """A cheap VIEW update while a run streams: images, status and timeline; the plots are left alone."""
-        with sess.lock:
-            return self._light_locked(sess, what)
-
-    def _light_locked(self, sess: Session, what: str) -> tuple:
-        imgs = sess.view_images()
-        light = {"state": sess, "status": running_markdown(sess, what),
-                 "timeline": timeline_update(sess),
-                 "img_xt": grid_image(imgs["x_t"]), "img_x0": grid_image(imgs["x0"]),
-                 "img_eps": grid_image(imgs["eps"]), "filmstrip": filmstrip_image(sess)}
-        return tuple(light.get(k, gr.skip()) for k in VIEW_KEYS)
+            return tuple(RENDERERS[k](sess, view) for k in keys)
 
     @staticmethod
-    def _session(state) -> Session:
-        if not isinstance(state, Session) or not state.started:
-            raise ValueError("no trajectory yet: press “New trajectory” first (API: /new_trajectory)")
-        return state
+    def _light(sess: Session, what: str) -> tuple:
+        """A cheap VIEW update while a run streams: images, status and timeline; the plots are left alone."""
+        with sess.lock:
+            imgs = display.view_images(sess)
+            light = {"state": sess, "status": running_markdown(sess, what), "timeline": timeline_update(sess),
+                     "img_xt": grid_image(imgs["x_t"]), "img_x0": grid_image(imgs["x0"]),
+                     "img_eps": grid_image(imgs["eps"]), "filmstrip": filmstrip_image(sess)}
+        return tuple(light.get(k, gr.skip()) for k in VIEW_KEYS)
 
     # ------------------------------------------------------------------ checkpoint
     def model_info(self, checkpoint, layer=None) -> dict:
-        """What the checkpoint-level views show, as plain data: summary, layers, the chosen layer, TSM figures,
-        notes. A listed checkpoint that cannot be loaded gives ``ok=False`` and its error as the summary; an
-        unknown name raises ValueError."""
+        """What the checkpoint-level views show: summary, layers, the chosen layer, TSM figures, notes. A listed
+        checkpoint that cannot be loaded gives ``ok=False`` and its error as the summary; an unknown name raises
+        ValueError."""
         checkpoint = self.registry.check_name(checkpoint)
         try:
             pipe = self.registry.get(checkpoint)
@@ -468,16 +358,9 @@ class Explorer:
         layers = pipe.layer_names()
         layer = layer if layer in layers else (layers[0] if layers else None)
         heat, curve = tsm_figures(pipe, layer)
-        ann = self.registry.ann_counterpart(checkpoint)
-        if not pipe.config.spiking:
-            ann_note = f"**{checkpoint} is itself an ANN**: pick a spiking checkpoint to compare it with its ANN."
-        elif ann:
-            ann_note = f"ANN counterpart: **{ann}** (same UNet, SiLU activations, T = 1)."
-        else:
-            ann_note = (f"No ANN counterpart checkpoint found for {checkpoint} (looked for the card's "
-                        f"`ann_counterpart` and for `{checkpoint.split('-', 1)[0]}-ann`).")
         return dict(ok=True, summary=f"**{checkpoint}**: {pipe.summary()}", layers=layers, layer=layer,
-                    tsm_heat=heat, tsm_curve=curve, tsm_note=tsm_note(pipe), ann_note=ann_note)
+                    tsm_heat=heat, tsm_curve=curve, tsm_note=display.tsm_note(pipe),
+                    ann_note=display.ann_note(checkpoint, pipe, self.registry.ann_counterpart(checkpoint)))
 
     def checkpoint_info(self, checkpoint, layer=None) -> tuple:
         """Model card summary, the layer list and the TSM plots of a checkpoint.
@@ -503,8 +386,7 @@ class Explorer:
         skip_view = tuple(gr.skip() for _ in VIEW_KEYS)
         locked = tuple(gr.skip() for _ in range(N_ACTIONS))
         if checkpoint is None:
-            msg = f"⚠ **No checkpoints found in {self.registry.where}.** Train one: `python -m sdm.train ...`"
-            return (dropdown, msg) + tuple(gr.skip() for _ in MODEL_KEYS[1:]) + skip_view + locked
+            return (dropdown, NO_CHECKPOINTS) + tuple(gr.skip() for _ in MODEL_KEYS[1:]) + skip_view + locked
         m = self.model_info(checkpoint, layer)
         fallback = self.registry.default_name()
         if not m["ok"] and fallback not in (None, checkpoint):      # e.g. a checkpoint broken since startup
@@ -514,8 +396,7 @@ class Explorer:
             return (dropdown,) + self._model_outputs(m) + skip_view + locked
         view = self.new_trajectory(checkpoint, seed, sampler, num_steps, threshold_scale, grid_size, m["layer"],
                                    raster_mode, neurons, state)
-        return (dropdown,) + self._model_outputs(m) + view + tuple(gr.Button(interactive=True)
-                                                                   for _ in range(N_ACTIONS))
+        return (dropdown,) + self._model_outputs(m) + view + self.enable_actions()
 
     @staticmethod
     def enable_actions() -> tuple:
@@ -528,40 +409,34 @@ class Explorer:
         """Draw x_T from the seed and take the first step. Returns the VIEW outputs."""
         pipe = self.registry.get(checkpoint)
         sess = state if isinstance(state, Session) else Session()
-        check_layer(pipe.layer_names(), layer, checkpoint)   # before touching the session
+        view = sess.view_for(pipe.layer_names(), checkpoint, layer, raster_mode, neurons)
         sess.start(pipe, checkpoint, seed=seed, sampler=sampler, num_steps=num_steps, grid=grid_size,
                    threshold_scale=threshold_scale)
-        return self.render(sess, layer, raster_mode, neurons)
+        return self.render(sess, view)
 
     def step(self, n_steps, threshold_scale, layer, raster_mode, neurons, state) -> tuple:
         """Take ``n_steps`` steps (1 for Step, 10 for Step ×10) with the slider's threshold scale."""
-        sess = self._session(state)
-        sess.check_layer(layer)
-        check_step_count(n_steps)
-        check_scale(threshold_scale)
-        if sess.is_done:
-            raise ValueError("the trajectory is finished: press “New trajectory”, or scrub back and "
-                             "“Continue from here”")
+        sess = _session(state)
+        view = sess.check_view(layer, raster_mode, neurons)
         sess.advance(n_steps, threshold_scale)
-        return self.render(sess, layer, raster_mode, neurons)
+        return self.render(sess, view)
 
     def set_threshold(self, threshold_scale, layer, raster_mode, neurons, state) -> tuple:
         """Re-run the denoiser of the viewed step with this threshold scale: x̂₀, ε̂ and every neuron plot
         update, the trajectory itself does not. Returns the THRESHOLD outputs."""
-        sess = self._session(state)
-        sess.check_layer(layer)
+        sess = _session(state)
+        view = sess.check_view(layer, raster_mode, neurons)
         sess.preview(threshold_scale)
-        return self.render(sess, layer, raster_mode, neurons, THRESHOLD_KEYS)
+        return self.render(sess, view, THRESHOLD_KEYS)
 
     def scrub(self, step, layer, raster_mode, neurons, state) -> tuple:
         """Show recorded step ``step`` (1-based). Returns the SCRUB outputs (VIEW without the timeline)."""
-        sess = self._session(state)
-        sess.check_layer(layer)
+        sess = _session(state)
+        view = sess.check_view(layer, raster_mode, neurons)
         sess.scrub(step)
-        return self.render(sess, layer, raster_mode, neurons, SCRUB_KEYS)
+        return self.render(sess, view, SCRUB_KEYS)
 
-    def _run(self, sess: Session, threshold_scale, layer, raster_mode, neurons, what: str,
-             generation: int | None = None):
+    def _run(self, sess: Session, threshold_scale, view: View, what: str, generation: int | None = None):
         generation = sess.generation if generation is None else generation
         last = time.monotonic()
         try:
@@ -572,30 +447,31 @@ class Explorer:
                     yield self._light(sess, what)
         except Superseded:
             pass    # restarted by another event of this tab: show what is there now
-        yield self.render(sess, layer, raster_mode, neurons)
+        yield self.render(sess, view)
 
     def run_to_end(self, threshold_scale, layer, raster_mode, neurons, state):
         """Step to the end with the slider's threshold scale (streams the images while it runs)."""
-        sess = self._session(state)
-        sess.check_layer(layer)
+        sess = _session(state)
+        view = sess.check_view(layer, raster_mode, neurons)
         check_scale(threshold_scale)
-        yield from self._run(sess, threshold_scale, layer, raster_mode, neurons, "Running to the end")
+        yield from self._run(sess, threshold_scale, view, "Running to the end")
 
     def continue_from_here(self, threshold_scale, layer, raster_mode, neurons, state):
         """Re-run the viewed step with the slider's scale and carry on to the end from there."""
-        sess = self._session(state)
-        sess.check_layer(layer)
+        sess = _session(state)
+        view = sess.check_view(layer, raster_mode, neurons)
         generation = sess.continue_from_view(threshold_scale)
-        yield from self._run(sess, threshold_scale, layer, raster_mode, neurons, "Continuing", generation)
+        yield from self._run(sess, threshold_scale, view, "Continuing", generation)
 
     def select_layer(self, layer, raster_mode, neurons, state) -> tuple:
         """Redraw the neuron plots for another layer / raster mode / neuron selection (LAYER outputs)."""
-        sess = self._session(state)
-        return self.render(sess, layer, raster_mode, neurons, LAYER_KEYS)
+        sess = _session(state)
+        return self.render(sess, sess.check_view(layer, raster_mode, neurons), LAYER_KEYS)
 
     # ------------------------------------------------------------------ play
-    def toggle_play(self, playing, state):
-        sess = self._session(state)
+    @staticmethod
+    def toggle_play(playing, state):
+        sess = _session(state)
         playing = not bool(playing)
         if playing and sess.is_done:
             gr.Info("The trajectory is finished: press New trajectory to play another one.")
@@ -607,50 +483,41 @@ class Explorer:
         stop = (gr.Timer(active=False), gr.Button(value="▶ Play"), False)
         if not playing or sess is None:
             return tuple(gr.skip() for _ in VIEW_KEYS) + stop
+        view = sess.check_view(layer, raster_mode, neurons)
         if not sess.is_done:
-            per_tick = max(1, math.ceil(sess.settings.num_steps / PLAY_TICKS))
-            sess.advance(per_tick, threshold_scale)
-        view = self.render(sess, layer, raster_mode, neurons)
-        if sess.is_done:
-            return view + stop
-        return view + (gr.skip(), gr.skip(), True)
+            sess.advance(max(1, math.ceil(sess.settings.num_steps / PLAY_TICKS)), threshold_scale)
+        out = self.render(sess, view)
+        return out + (stop if sess.is_done else (gr.skip(), gr.skip(), True))
 
     # ------------------------------------------------------------------ compare / export
-    def compare_scales(self, threshold_scale, state, progress=gr.Progress()) -> tuple:
+    @staticmethod
+    def compare_scales(threshold_scale, state, progress=gr.Progress()) -> tuple:
         """Final images at threshold scale 1.0 and at the slider's scale, same seed and noise."""
-        sess = self._session(state)
-        r = sess.compare_scales(threshold_scale, progress=lambda f, d: progress(f, desc=d))
-        base, scaled = viz.to_display(r["base"]), viz.to_display(r["scaled"])
+        sess = _session(state)
+        r = compare.compare_scales(sess, threshold_scale, progress=lambda f, d: progress(f, desc=d))
         eb, es = r["base_energy"], r["scaled_energy"]
-        md = (f"Same seed ({sess.settings.seed}) and noise, {sess.settings.num_steps} "
-              f"{sess.settings.sampler.upper()} steps. Mean |difference| = {r['mean_abs_diff']:.3f} "
-              f"(pixel range 0-2).\n\nEnergy per image: scale 1.000 → {eb['snn_mj']:.4g} mJ "
-              f"({eb['sops']:.3g} SOPs); scale {r['scale']:.3f} → {es['snn_mj']:.4g} mJ ({es['sops']:.3g} SOPs).")
-        return (grid_image(base), grid_image(scaled), md)
+        s = sess.settings
+        md = (f"Same seed ({s.seed}) and noise, {s.num_steps} {s.sampler.upper()} steps. Mean |difference| = "
+              f"{r['mean_abs_diff']:.3f} (pixel range 0-2).\n\nEnergy per image: scale 1.000 → "
+              f"{eb['energy_mj']:.4g} mJ ({eb['sops']:.3g} SOPs); scale {r['scale']:.3f} → {es['energy_mj']:.4g} mJ "
+              f"({es['sops']:.3g} SOPs).")
+        return (grid_image(viz.to_display(r["base"])), grid_image(viz.to_display(r["scaled"])), md)
 
     def compare_ann(self, threshold_scale, state, progress=gr.Progress()) -> tuple:
         """The SNN (at the slider's scale) and its ANN counterpart, same seed and noise."""
-        sess = self._session(state)
-        if not sess.spiking:
-            raise ValueError(f"{sess.settings.checkpoint} is itself an ANN: start a trajectory with a spiking "
-                             "checkpoint to compare it with its ANN counterpart")
-        name = self.registry.ann_counterpart(sess.settings.checkpoint)
-        if name is None:
-            raise ValueError(f"no ANN counterpart checkpoint for {sess.settings.checkpoint}: looked for the card's "
-                             f"ann_counterpart and for {sess.settings.checkpoint.split('-', 1)[0]}-ann")
-        r = sess.compare_ann(self.registry.get(name), name, threshold_scale,
-                             progress=lambda f, d: progress(f, desc=d))
+        sess = _session(state)
+        r = compare.compare_ann(sess, self.registry, threshold_scale, progress=lambda f, d: progress(f, desc=d))
         es, ea = r["snn_energy"], r["ann_energy"]
-        md = (f"**{sess.settings.checkpoint}** (threshold scale {r['scale']:.3f}) vs **{name}**, seed "
-              f"{sess.settings.seed}, same x_T and noise.\n\nEnergy per image: SNN {es['snn_mj']:.4g} mJ "
-              f"({es['sops']:.3g} SOPs) · ANN {ea['snn_mj']:.4g} mJ → SNN / ANN = "
-              f"**{es['snn_mj'] / ea['snn_mj']:.2f}**")
+        md = (f"**{sess.settings.checkpoint}** (threshold scale {r['scale']:.3f}) vs **{r['ann_name']}**, seed "
+              f"{sess.settings.seed}, same x_T and noise.\n\nEnergy per image: SNN {es['energy_mj']:.4g} mJ "
+              f"({es['sops']:.3g} SOPs) · ANN {ea['energy_mj']:.4g} mJ → SNN / ANN = **{r['energy_ratio']:.2f}**")
         return (grid_image(viz.to_display(r["snn"])), grid_image(viz.to_display(r["ann"])), md)
 
-    def export(self, state, progress=gr.Progress()) -> tuple:
+    @staticmethod
+    def export(state, progress=gr.Progress()) -> tuple:
         """Write the trajectory as GIF and MP4, the current sample as PNG and the recording as NPZ."""
-        sess = self._session(state)
-        paths = sess.export(progress=lambda f, d: progress(f, desc=d))
+        sess = _session(state)
+        paths = trajectory_export.export(sess, progress=lambda f, d: progress(f, desc=d))
         s = sess.settings
         md = (f"Exported {sess.num_recorded} of {s.num_steps} steps of {s.checkpoint} (seed {s.seed}). "
               "The NPZ holds x_t / x̂₀ / ε̂ of every step, the firing rates of every layer, and the spikes and "
@@ -765,14 +632,13 @@ def build_demo(explorer: Explorer | None = None) -> gr.Blocks:
             warm.close()
             first.pop("state", None)
     layer_choices = model_d.get("layers") or []
-    none_msg = f"⚠ **No checkpoints found in {reg.where}.** Train one: `python -m sdm.train ...`"
 
     with gr.Blocks(title="SDM Explorer · Spiking Diffusion Models", delete_cache=(3600, 7200)) as demo:
         state = gr.State(None, time_to_live=STATE_TTL_S, delete_callback=_free_session)
         playing = gr.State(False)
         timer = gr.Timer(PLAY_INTERVAL_S, active=False)
-        n_one = CheckedNumber(value=1, visible=False, label="steps per click", elem_id="n-steps")
-        n_ten = CheckedNumber(value=10, visible=False, label="steps per click (x10)", elem_id="n-steps-10")
+        n_one = RawNumber(value=1, visible=False, label="steps per click", elem_id="n-steps")
+        n_ten = RawNumber(value=10, visible=False, label="steps per click (x10)", elem_id="n-steps-10")
 
         gr.Markdown(INTRO, elem_id="intro")
         with gr.Row(equal_height=False):
@@ -780,17 +646,17 @@ def build_demo(explorer: Explorer | None = None) -> gr.Blocks:
             with gr.Column(scale=1, min_width=320, elem_id="controls"):
                 checkpoint = gr.Dropdown(choices=names, value=default, label="Checkpoint", allow_custom_value=True,
                                          elem_id="checkpoint")
-                summary = gr.Markdown(model_d.get("summary", none_msg), label="Checkpoint summary", elem_id="summary")
+                summary = gr.Markdown(model_d.get("summary", NO_CHECKPOINTS), label="Checkpoint summary", elem_id="summary")
                 with gr.Row():
-                    seed = CheckedNumber(value=DEFAULTS["seed"], label="Seed", minimum=0, maximum=MAX_SEED,
+                    seed = RawNumber(value=DEFAULTS["seed"], label="Seed", minimum=0, maximum=MAX_SEED,
                                          elem_id="seed", min_width=100)
-                    num_steps = CheckedNumber(value=DEFAULTS["num_steps"], label="Steps", minimum=1,
+                    num_steps = RawNumber(value=DEFAULTS["num_steps"], label="Steps", minimum=1,
                                               maximum=MAX_STEPS, elem_id="num-steps", min_width=100)
-                sampler = CheckedRadio([("DDIM", "ddim"), ("DDPM", "ddpm")], value=DEFAULTS["sampler"],
+                sampler = RawRadio([("DDIM", "ddim"), ("DDPM", "ddpm")], value=DEFAULTS["sampler"],
                                        label="Sampler", elem_id="sampler")
-                grid_size = CheckedRadio([("1 image", 1), ("4", 4), ("16", 16)], value=DEFAULTS["grid_size"],
+                grid_size = RawRadio([("1 image", 1), ("4", 4), ("16", 16)], value=DEFAULTS["grid_size"],
                                          label="Grid size", elem_id="grid-size")
-                threshold = CheckedSlider(SCALE_MIN, SCALE_MAX, value=DEFAULTS["threshold_scale"], step=SCALE_STEP,
+                threshold = RawSlider(SCALE_MIN, SCALE_MAX, value=DEFAULTS["threshold_scale"], step=SCALE_STEP,
                                           label="Threshold guidance: scale s of every threshold",
                                           info="1.0 = off · < 1 more spikes · > 1 fewer spikes",
                                           elem_id="threshold")
@@ -806,7 +672,7 @@ def build_demo(explorer: Explorer | None = None) -> gr.Blocks:
             # ---------------------------------------------------------------- images
             with gr.Column(scale=3, min_width=600):
                 status = gr.Markdown(first.get("status", "Loading…"), label="Status", elem_id="status")
-                timeline = CheckedSlider(1, 2, value=1, step=1, interactive=False, elem_id="timeline",
+                timeline = RawSlider(1, 2, value=1, step=1, interactive=False, elem_id="timeline",
                                          label="Timeline: scrub back to any recorded step")
                 img_kw = dict(format="png", interactive=False, elem_classes="pixelated", show_label=False,
                               buttons=["download", "fullscreen"])
@@ -835,7 +701,7 @@ def build_demo(explorer: Explorer | None = None) -> gr.Blocks:
             layer = gr.Dropdown(choices=layer_choices, value=layer_choices[0] if layer_choices else None,
                                 label="Layer (spiking layers in forward order)", allow_custom_value=True,
                                 elem_id="layer", scale=2)
-            raster_mode = CheckedRadio(RASTER_MODES, value="step", label="Spike raster shows",
+            raster_mode = RawRadio(RASTER_MODES, value="step", label="Spike raster shows",
                                        elem_id="raster-mode", scale=2)
             neurons = gr.Dropdown(choices=list(range(MAX_NEURONS)), value=[], multiselect=True, max_choices=8,
                                   allow_custom_value=True,
@@ -1017,13 +883,20 @@ def launch_kwargs() -> dict:
     return dict(theme=THEME, css=CSS)
 
 
-demo = build_demo()
+def __getattr__(name: str):
+    """``app.demo``, built on first use (Hugging Face Spaces and ``gradio app.py`` look for it), so that importing
+    app.py loads no model."""
+    if name == "demo":
+        globals()["demo"] = build_demo()
+        return globals()["demo"]
+    raise AttributeError(f"module 'app' has no attribute {name!r}")
 
 
 def main() -> None:
     import torch
     # one intra-op thread per request: concurrent users share the cores instead of fighting over them
     torch.set_num_threads(int(os.environ.get("SDM_TORCH_THREADS", "1")))
+    demo = build_demo()
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
                 server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), **launch_kwargs())
 

@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     import torch
     torch.set_num_threads(args.threads)
     import app
-    from sdm.session import ModelRegistry
+    from sdm.explorer import ModelRegistry
 
     reg = ModelRegistry(args.checkpoints_dir)
     name = args.checkpoint or reg.default_name()

@@ -81,16 +81,17 @@ def card_dataset(card: dict) -> str | None:
     return model.get("dataset") or card.get("dataset") or training.get("data") or None
 
 
-def ann_counterpart_name(name: str, card: dict) -> str:
-    """The ANN checkpoint a spiking checkpoint is compared with: the card's ``ann_counterpart`` (top level or under
-    ``model``), else '<data set>-ann' (the data set the card names, else the name's first part: 'fmnist-sdm-t4' ->
-    'fmnist-ann')."""
+def ann_counterpart_names(name: str, card: dict) -> list[str]:
+    """The ANN checkpoints a spiking checkpoint is compared with, in order of preference (use the first that exists):
+    the card's ``ann_counterpart`` (top level or under ``model``) alone if it names one, else '<name's first
+    part>-ann' and '<data set>-ann' ('fmnist-sdm-t4' trained on fmnist -> ['fmnist-ann'])."""
     model = card.get("model") if isinstance(card.get("model"), dict) else {}
     named = card.get("ann_counterpart") or model.get("ann_counterpart")
     if named:
-        return str(named)
+        return [str(named)]
     data = card_dataset(card)
-    return f"{str(data).lower() if data else name.split('-', 1)[0]}-ann"
+    found = [f"{name.split('-', 1)[0]}-ann"] + ([f"{str(data).lower()}-ann"] if data else [])
+    return list(dict.fromkeys(found))
 
 
 def save_checkpoint(folder: str | Path, model: torch.nn.Module, diffusion: DiffusionConfig, card: dict,

@@ -48,7 +48,7 @@ def free_port() -> int:
 def served():
     """The app on the fixtures, launched in this process; yields its URL."""
     app = import_app()
-    from sdm.session import ModelRegistry
+    from sdm.explorer import ModelRegistry
 
     demo = app.build_demo(app.Explorer(ModelRegistry(FIXTURES)))
     port = free_port()

@@ -175,7 +175,7 @@ def test_broken_checkpoints_show_a_message_while_the_others_work(tmp_path):
     """A truncated weights file and a folder without config.json: both are listed, each says what is wrong,
     and the good checkpoint keeps serving, through the launched app."""
     from gradio_client.exceptions import AppError
-    from sdm.session import ModelRegistry
+    from sdm.explorer import ModelRegistry
 
     shutil.copytree(FIXTURES / "tiny-sdm", tmp_path / "good")
     shutil.copytree(FIXTURES / "tiny-sdm", tmp_path / "truncated")

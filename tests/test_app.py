@@ -14,7 +14,7 @@ import torch
 
 from conftest import FIXTURES, import_app
 from sdm.export import load_npz
-from sdm.session import MAX_STATE_BYTES, ModelRegistry, Session, estimate_state_bytes
+from sdm.explorer import MAX_STATE_BYTES, ModelRegistry, Session, compare, display, estimate_state_bytes
 
 app = import_app()
 STEPS = 8
@@ -149,7 +149,7 @@ def test_compare_scales_share_seed_and_noise(explorer):
     np.testing.assert_array_equal(same, same2)
     np.testing.assert_array_equal(base, same)
     assert not np.array_equal(base, scaled) and "1.060" in md
-    r = sess.compare_scales(1.06)
+    r = compare.compare_scales(sess, 1.06)
     np.testing.assert_array_equal(r["base"], sess.x)                          # the trajectory just run at 1.0
     fresh = explorer.registry.get("tiny-sdm").sample(n=1, seed=0, num_inference_steps=STEPS, threshold_scale=1.06)
     np.testing.assert_allclose(app.viz.to_display(r["scaled"]), fresh, atol=1e-6)
@@ -242,18 +242,19 @@ def test_bad_inputs_give_clear_errors_and_the_session_survives(explorer):
         with pytest.raises(gr.Error, match="(?i)" + needle):
             fn(*args)
     # nothing above touched the session
-    assert sess.info()["steps_done"] == 1 and sess.settings.checkpoint == "tiny-sdm"
+    assert display.info(sess)["steps_done"] == 1 and sess.settings.checkpoint == "tiny-sdm"
     assert view(step(1, 1.0, LAYER, "step", [], sess))["info"]["step"] == 2
-    # the API inputs are checked before any handler runs
-    for check in (app.CheckedSlider(0.9, 1.1, elem_id="threshold"), app.CheckedNumber(elem_id="seed", minimum=0)):
-        for payload in ("abc", float("nan"), float("inf"), True, [1]):
-            with pytest.raises(gr.Error, match="(?i)(threshold scale|seed) must be"):
-                check.preprocess(payload)
-    grid = app.CheckedRadio([("1", 1), ("4", 4), ("16", 16)], elem_id="grid-size")
+    # the API inputs reach the handlers as sent (gradio's own conversion would fail first with a generic
+    # message): the explorer's validator names them
+    for comp in (app.RawSlider(0.9, 1.1, elem_id="threshold"), app.RawNumber(elem_id="seed", minimum=0),
+                 app.RawRadio([("1", 1), ("4", 4), ("16", 16)], elem_id="grid-size")):
+        for payload in ("abc", float("nan"), True, [1], None):
+            assert comp.preprocess(payload) is payload
+    assert app.RawRadio([("1", 1)]).get_block_name() == "radio"
     for payload in (1000, "4", True, None):
         with pytest.raises(gr.Error, match="Grid size must be one of 1, 4, 16"):
-            grid.preprocess(payload)
-    assert grid.preprocess(16) == 16 and grid.get_block_name() == "radio"
+            new("tiny-sdm", 0, "ddim", 5, 1.0, payload, LAYER, "step", [], sess)
+    assert display.info(sess)["steps_done"] == 2
 
 
 def test_a_corrupted_checkpoint_is_reported_while_the_others_work(explorer, tmp_path):
@@ -314,7 +315,7 @@ def test_sessions_do_not_see_each_other(explorer):
     explorer.step(3, 1.04, LAYER, "step", [], solo_b)
     np.testing.assert_array_equal(a.x, solo_a.x)
     np.testing.assert_array_equal(b.x, solo_b.x)
-    assert a.info()["threshold_scale"] == 1.0 and b.info()["threshold_scale"] == pytest.approx(0.95)
+    assert display.info(a)["threshold_scale"] == 1.0 and display.info(b)["threshold_scale"] == pytest.approx(0.95)
 
 
 def test_recorded_data_is_bounded(explorer):
@@ -337,7 +338,12 @@ def test_recorded_data_is_bounded(explorer):
 
 def test_main_serves_on_all_interfaces_and_honours_the_port(monkeypatch):
     seen = {}
-    monkeypatch.setattr(app.demo, "launch", lambda **kw: seen.update(kw))
+
+    class FakeDemo:
+        def launch(self, **kw):
+            seen.update(kw)
+
+    monkeypatch.setattr(app, "build_demo", FakeDemo)
     monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
     monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
     threads = torch.get_num_threads()
@@ -347,6 +353,21 @@ def test_main_serves_on_all_interfaces_and_honours_the_port(monkeypatch):
         torch.set_num_threads(threads)
     assert seen["server_port"] == 7999 and seen["server_name"] == "0.0.0.0"
     assert seen["css"] and seen["theme"] is not None
+
+
+def test_importing_app_loads_no_model_and_demo_is_built_on_first_use():
+    import subprocess
+    import sys
+
+    code = ("import sdm.pipeline as p\n"
+            "def boom(*a, **k): raise SystemExit('a model was loaded')\n"
+            "p.SpikingDiffusionPipeline.__init__ = boom\n"
+            "import app\n"
+            "assert 'demo' not in vars(app), 'app.demo was built at import'\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(app.__file__), capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
 # ---------------------------------------------------------------------------------- the launched app
@@ -383,7 +404,7 @@ def test_gradio_client_new_trajectory_step_threshold_export(served):
     solo = Session()
     solo.start(ModelRegistry(FIXTURES).get("tiny-sdm"), "tiny-sdm", seed=5, num_steps=6)
     solo.advance(2, 1.0)
-    assert solo.info()["sample_digest"] == before["sample_digest"]
+    assert display.info(solo)["sample_digest"] == before["sample_digest"]
 
     # a second client has its own session: no trajectory yet, a clear error, and the server keeps answering
     other = Client(served, verbose=False)

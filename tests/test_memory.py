@@ -1,7 +1,12 @@
-"""Memory bounds of one app session, measured on the shipped default checkpoint (its layer sizes set the cost).
+"""Memory bounds of one app session, on the layer layout of the shipped default checkpoint.
 
-A 1000-step DDPM trajectory with recording, at the largest grid (16 images), must keep the session's state
-under 200 MB; closing the tab (gr.State's delete_callback) or an hour idle (its time-to-live) frees it.
+A 1000-step DDPM trajectory with recording, at the largest grid (16 images), must keep the session's state under
+200 MB; closing the tab (gr.State's delete_callback) or an hour idle (its time-to-live) frees it.
+
+What a session records per step depends on the image size, the grid, T, the number of spiking layers and the
+neurons recorded per layer (64, fewer than any layer has), not on the layers' widths. So the 1000 real steps run on
+a model with the default checkpoint's config at a quarter of its width (same layers, same recording, about 10x less
+compute); the test checks that both record the same bytes per step.
 """
 from __future__ import annotations
 
@@ -12,24 +17,33 @@ import tracemalloc
 import pytest
 import torch
 
-from conftest import import_app
-from sdm.session import MAX_STATE_BYTES, ModelRegistry, Session
+from conftest import FIXTURES, import_app
+from sdm import SpikingDiffusionPipeline, SpikingUNet
+from sdm.explorer import MAX_STATE_BYTES, ModelRegistry, Session, estimate_state_bytes
 
 LIMIT = 200 * 2 ** 20
 app = import_app()
 
 
 @pytest.fixture(scope="module")
-def default_pipe():
+def narrow_default():
+    """(name, the shipped default pipeline, the same architecture at a quarter of its width with random weights)."""
     reg = ModelRegistry()  # the shipped checkpoints/
     name = reg.default_name()
     if name is None:
         pytest.skip("no shipped checkpoints")
-    return name, reg.get(name)
+    pipe = reg.get(name)
+    c = pipe.config
+    torch.manual_seed(0)
+    narrow = SpikingUNet(c.replace(base_channels=max(4, c.base_channels // 4),
+                                   time_embed_dim=max(8, c.time_embed_dim // 4)))
+    return name, pipe, SpikingDiffusionPipeline(narrow, pipe.diffusion, dict(pipe.card), name=name)
 
 
-def test_a_1000_step_ddpm_trajectory_with_recording_stays_under_200_mb(default_pipe):
-    name, pipe = default_pipe
+def test_a_1000_step_ddpm_trajectory_with_recording_stays_under_200_mb(narrow_default):
+    name, shipped, pipe = narrow_default
+    assert pipe.layer_names() == shipped.layer_names()
+    assert estimate_state_bytes(pipe, 1000, 16) == estimate_state_bytes(shipped, 1000, 16)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     gc.collect()
@@ -48,11 +62,19 @@ def test_a_1000_step_ddpm_trajectory_with_recording_stays_under_200_mb(default_p
     retained = held - base
     counted = sess.nbytes()
     pickled = len(pickle.dumps(sess.records, protocol=pickle.HIGHEST_PROTOCOL))
-    print(f"\n{name}, DDPM 1000 steps, 16 images: state {counted / 2**20:.1f} MB counted, "
+    print(f"\n{name} layout, DDPM 1000 steps, 16 images: state {counted / 2**20:.1f} MB counted, "
           f"{retained / 2**20:.1f} MB retained (tracemalloc), {pickled / 2**20:.1f} MB pickled, "
           f"peak {peak / 2**20:.1f} MB")
     assert counted < LIMIT and retained < LIMIT and pickled < LIMIT
     assert counted <= MAX_STATE_BYTES
+
+    # the shipped model records the same per step (one real step of it)
+    real = Session()
+    real.start(shipped, name, seed=0, sampler="ddpm", num_steps=1000, grid=16)
+    assert real.records[0].nbytes == sess.records[0].nbytes
+    assert {k: v.shape for k, v in real.records[0].spikes.items()} == \
+        {k: v.shape for k, v in sess.records[0].spikes.items()}
+
     # every step is there: the whole trajectory can be scrubbed and exported
     assert sess.records[0].index == 0 and sess.records[-1].index == 999
 
@@ -62,7 +84,8 @@ def test_a_1000_step_ddpm_trajectory_with_recording_stays_under_200_mb(default_p
 
 
 def test_idle_and_closed_sessions_are_freed_by_the_state():
-    states = [b for b in app.demo.blocks.values() if b.__class__.__name__ == "State" and b.time_to_live]
+    demo = app.build_demo(app.Explorer(ModelRegistry(FIXTURES)))
+    states = [b for b in demo.blocks.values() if b.__class__.__name__ == "State" and b.time_to_live]
     assert states, "the session gr.State has no time-to-live"
     st = states[0]
     assert st.time_to_live == app.STATE_TTL_S <= 3600

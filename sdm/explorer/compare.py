@@ -1,0 +1,95 @@
+"""Whole runs for the comparisons: this session's seed, sampler, steps and grid run from x_T to the end at another
+threshold scale, or with the ANN counterpart, from the same noise. Finished runs are cached in the session."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..energy import EnergyMeter
+from ..pipeline import SpikingDiffusionPipeline
+from .registry import ModelRegistry
+from .session import Session, _f32
+from .validation import check_scale
+
+Progress = Callable[[float, str], None]
+
+
+def _half(progress: Progress | None, second: bool) -> Progress | None:
+    if progress is None:
+        return None
+    return lambda f, d: progress((0.5 if second else 0.0) + f / 2, d)
+
+
+def final_image(sess: Session, threshold_scale, pipe: SpikingDiffusionPipeline | None = None,
+                checkpoint: str | None = None, progress: Progress | None = None,
+                desc: str = "") -> tuple[np.ndarray, dict]:
+    """The final sample (model space, float32 [B, C, H, W]) of the session's settings run at one threshold scale
+    from the start, and its energy per image ({"sops", "energy_mj", "ann_mj"}).
+
+    Args:
+        pipe, checkpoint: another model (the ANN counterpart), same seed and noise. Default: the session's.
+        progress: called with (fraction done, ``desc``) after every step.
+    """
+    scale = check_scale(threshold_scale)
+    with sess.lock:
+        sess.require()
+        s = sess.settings
+        pipe = pipe or sess.pipe
+        key = sess.final_key(scale, checkpoint)
+        hit = sess.cached_final(key)
+    if hit is not None:
+        return hit
+    meter = EnergyMeter()
+    out = None
+    for out in pipe.steps(seed=s.seed, num_inference_steps=s.num_steps, sampler=s.sampler, threshold_scale=scale,
+                          batch_size=s.grid, meter=meter):
+        if progress is not None:
+            progress((out.index + 1) / out.num_steps, desc)
+    x = _f32(out.sample)
+    rep = meter.report(pipe.config)
+    result = {"sops": rep.total_sops, "energy_mj": rep.energy_mj, "ann_mj": rep.ann_energy_mj}
+    with sess.lock:
+        if sess.settings == s:
+            sess.remember_final(key, x, result)
+    return x, dict(result)
+
+
+def compare_scales(sess: Session, threshold_scale, progress: Progress | None = None) -> dict:
+    """Final images at scale 1.0 and at ``threshold_scale`` from the same seed and noise: {"base", "scaled",
+    "scale", "base_energy", "scaled_energy", "mean_abs_diff"}."""
+    scale = check_scale(threshold_scale)
+    sess.require()
+    a, ea = final_image(sess, 1.0, progress=_half(progress, False), desc="scale 1.000")
+    b, eb = final_image(sess, scale, progress=_half(progress, True), desc=f"scale {scale:.3f}")
+    return {"base": a, "scaled": b, "scale": scale, "base_energy": ea, "scaled_energy": eb,
+            "mean_abs_diff": float(np.abs(a - b).mean())}
+
+
+def compare_ann(sess: Session, registry: ModelRegistry, threshold_scale=1.0,
+                progress: Progress | None = None) -> dict:
+    """This model (at ``threshold_scale``) and its ANN counterpart from the same seed and noise: {"snn", "ann",
+    "scale", "snn_energy", "ann_energy", "ann_name", "energy_ratio"}. Raises ValueError for an ANN session, a
+    checkpoint without a counterpart, or one whose images have another shape."""
+    scale = check_scale(threshold_scale)
+    sess.require()
+    name = sess.settings.checkpoint
+    if not sess.spiking:
+        raise ValueError(f"{name} is itself an ANN: start a trajectory with a spiking checkpoint to compare it with "
+                         "its ANN counterpart")
+    ann_name = registry.ann_counterpart(name)
+    if ann_name is None:
+        raise ValueError(f"no ANN counterpart checkpoint for {name}: looked for the card's ann_counterpart and for "
+                         "<data set>-ann")
+    ann_pipe = registry.get(ann_name)
+    c, ca = sess.pipe.config, ann_pipe.config
+    if (c.image_channels, c.image_size) != (ca.image_channels, ca.image_size):
+        raise ValueError(f"{ann_name} makes {ca.image_size}x{ca.image_size}x{ca.image_channels} images but {name} "
+                         f"makes {c.image_size}x{c.image_size}x{c.image_channels}: they cannot start from the same "
+                         "noise")
+    snn, es = final_image(sess, scale, progress=_half(progress, False), desc=name)
+    ann, ea = final_image(sess, 1.0, pipe=ann_pipe, checkpoint=ann_name, progress=_half(progress, True),
+                          desc=ann_name)
+    ratio = es["energy_mj"] / ea["energy_mj"] if ea["energy_mj"] else float("nan")
+    return {"snn": snn, "ann": ann, "scale": scale, "snn_energy": es, "ann_energy": ea, "ann_name": ann_name,
+            "energy_ratio": ratio}

@@ -1,0 +1,215 @@
+"""What the explorer's panels show, computed from a ``Session`` as plain data (numpy arrays, dicts, numbers): the
+viewed step's images, probes and firing rates, the course of the rates over the trajectory, the filmstrip, the energy
+against the ANN counterpart, the neurons to trace, the checkpoint's notes, and layer names for plot axes. Only reads
+the session: the caller holds ``sess.lock`` around a group of calls for a consistent snapshot.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+
+from .. import viz
+from ..pipeline import SpikingDiffusionPipeline
+from .session import Session
+
+__all__ = ["EPS_DISPLAY_RANGE", "short_layer_name", "layer_stage", "view_images", "probe", "rates",
+           "mean_firing_rate", "trajectory_spikes", "rate_course", "energy", "filmstrip_frames", "auto_neurons",
+           "traced_neurons", "info", "tsm_note", "ann_note"]
+
+EPS_DISPLAY_RANGE = 3.0             # eps is shown mapped from [-3, 3] to black..white
+
+
+def short_layer_name(name: str) -> str:
+    """'down.0.blocks.1.conv2.act' -> 'down0.b1.conv2' (for crowded plot axes)."""
+    parts = [p for p in name.split(".") if p not in ("act", "blocks")]
+    out: list[str] = []
+    for p in parts:
+        if p.isdigit() and out and not out[-1][-1].isdigit() and out[-1] in ("down", "up", "mid"):
+            out[-1] += p
+        elif p.isdigit() and out:
+            out.append("b" + p)
+        else:
+            out.append(p)
+    return ".".join(out) or name
+
+
+def layer_stage(name: str) -> str:
+    """'down' | 'mid' | 'up' | 'out': the part of the UNet a layer belongs to."""
+    head = name.split(".", 1)[0]
+    return head if head in ("down", "mid", "up") else "out"
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+
+
+def _shown_record(sess: Session, index: int):
+    """The record of step ``index``, or the threshold preview when it is of that step."""
+    pv = sess.preview_data
+    return pv if (pv is not None and pv.index == index) else sess.records[index]
+
+
+def view_images(sess: Session) -> dict[str, np.ndarray]:
+    """x_t, x̂₀, ε̂ of the viewed step (the preview's x̂₀ / ε̂ when previewing): float32 [B, C, H, W] in [0, 1];
+    ε̂ is mapped from [-3, 3]."""
+    rec, pv = sess.current()
+    src = pv or rec
+    return {"x_t": viz.to_display(rec.x_t), "x0": viz.to_display(src.x0.astype(np.float32)),
+            "eps": viz.to_display(src.eps.astype(np.float32) / EPS_DISPLAY_RANGE)}
+
+
+def probe(sess: Session, layer: str) -> dict | None:
+    """The viewed step's probe of ``layer`` (image 0): spikes bool [T, N], v float16 [T, N], threshold,
+    num_neurons M, neuron_index [N]. None for an ANN (no spikes)."""
+    rec, pv = sess.current()
+    src = pv or rec
+    if layer not in src.spikes:
+        return None
+    return {"spikes": src.spikes[layer], "v": src.v[layer], "threshold": src.thresholds[layer],
+            "num_neurons": sess.num_neurons[layer], "neuron_index": sess.neuron_index[layer]}
+
+
+def rates(sess: Session) -> dict[str, float]:
+    """Firing rate per layer at the viewed step (the preview's when previewing), layers in forward order."""
+    rec, pv = sess.current()
+    return dict((pv or rec).rates)
+
+
+def mean_firing_rate(sess: Session, layer_rates: dict[str, float]) -> float | None:
+    """The neuron-weighted mean of per-layer firing rates (None when there are none: an ANN)."""
+    if not layer_rates:
+        return None
+    w = np.array([sess.num_neurons.get(n, 1) for n in layer_rates], dtype=np.float64)
+    return float(np.dot(w, list(layer_rates.values())) / w.sum())
+
+
+def trajectory_spikes(sess: Session, layer: str) -> tuple[list[np.ndarray], list[int]]:
+    """Spikes [T, N] of ``layer`` for every recorded step (the preview substituted at the viewed step) and the
+    steps' timesteps; ([], []) for an ANN."""
+    sess.require()
+    out = [_shown_record(sess, r.index).spikes.get(layer) for r in sess.records]
+    if any(a is None for a in out):
+        return [], []
+    return out, [r.timestep for r in sess.records]
+
+
+def rate_course(sess: Session, layer: str | None = None) -> tuple[dict[str, list[float]], list[int]]:
+    """Firing rate over the recorded steps: the neuron-weighted mean of each part of the UNet (down, mid, up, out)
+    and of the selected layer. Returns ({line name: rates}, timesteps)."""
+    sess.require()
+    if not sess.spiking or not sess.records:
+        return {}, []
+    stages: dict[str, list[str]] = {}
+    for name in sess.layers:
+        if name in sess.num_neurons:
+            stages.setdefault(layer_stage(name), []).append(name)
+    selected = f"{short_layer_name(layer)} (selected)" if layer and layer in sess.num_neurons else None
+    lines: dict[str, list[float]] = {selected: []} if selected else {}
+    for st in stages:
+        lines[f"{st} (mean)"] = []
+    weights = {st: np.array([sess.num_neurons[n] for n in names], dtype=np.float64) for st, names in stages.items()}
+    for r in sess.records:
+        step_rates = _shown_record(sess, r.index).rates
+        if selected:
+            lines[selected].append(step_rates[layer])
+        for st, names in stages.items():
+            w = weights[st]
+            lines[f"{st} (mean)"].append(float(np.dot(w, [step_rates[n] for n in names]) / w.sum()))
+    return lines, [r.timestep for r in sess.records]
+
+
+def energy(sess: Session) -> dict:
+    """SOPs and energy per image over the recorded steps (exact spikes of this trajectory): {"steps", "num_steps",
+    "sops", "energy_mj" (this model), "ann_mj" (its ANN counterpart over the same calls), "ratio" (model / ANN,
+    NaN without an ANN figure), "ann_factor" (how many times more the ANN needs), "spiking"}."""
+    sess.require()
+    sops = float(sum(r.sops for r in sess.records))
+    mj = float(sum(r.energy_mj for r in sess.records))
+    ann = float(sum(r.ann_mj for r in sess.records))
+    ratio = mj / ann if ann else float("nan")
+    return {"steps": len(sess.records), "num_steps": sess.settings.num_steps, "sops": sops, "energy_mj": mj,
+            "ann_mj": ann, "ratio": ratio, "ann_factor": 1 / ratio if ratio else float("inf"),
+            "spiking": sess.spiking}
+
+
+def filmstrip_frames(sess: Session, max_frames: int = 10) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """Image 0 along the trajectory so far: (x_t frames, x̂₀ frames, labels), at most ``max_frames`` evenly spaced
+    ones, the current sample last. Frames are display [C, H, W]."""
+    sess.require()
+    n = len(sess.records)
+    xs, x0s, labels = [], [], []
+    for i in viz.pick_frames(n + 1, max_frames):
+        if i < n:
+            r = sess.records[i]
+            xs.append(viz.to_display(r.x_t[0]))
+            x0s.append(viz.to_display(r.x0[0].astype(np.float32)))
+            labels.append(f"t={r.timestep}")
+        else:
+            xs.append(viz.to_display(sess.x[0]))
+            x0s.append(viz.to_display(sess.x[0]))
+            labels.append("final" if sess.is_done else "next")
+    return xs, x0s, labels
+
+
+def auto_neurons(spikes: np.ndarray, v: np.ndarray, k: int = 4) -> list[int]:
+    """k recorded neurons spread from the most to the least active (spike count, then peak potential)."""
+    n = spikes.shape[1]
+    order = np.lexsort((v.astype(np.float32).max(axis=0), spikes.sum(axis=0)))   # ascending activity
+    picks = [int(order[int(round(q * (n - 1)))]) for q in np.linspace(1, 0, min(k, n))]
+    return list(dict.fromkeys(picks))
+
+
+def traced_neurons(sess: Session, layer: str, neurons: list[int]) -> list[int]:
+    """The neurons whose membrane traces are drawn: the chosen ones, else four from most to least active."""
+    if neurons:
+        return list(neurons)
+    p = probe(sess, layer)
+    return auto_neurons(p["spikes"], p["v"]) if p is not None else []
+
+
+def info(sess: Session) -> dict:
+    """A JSON-able summary of the session (for the API and the tests)."""
+    rec, pv = sess.current()
+    s = sess.settings
+    layer_rates = rates(sess)
+    e = energy(sess)
+    return {
+        "checkpoint": s.checkpoint, "seed": s.seed, "sampler": s.sampler, "num_steps": s.num_steps,
+        "grid_size": s.grid, "steps_done": len(sess.records), "done": sess.is_done,
+        "step": sess.view + 1, "timestep": rec.timestep, "recorded_scale": rec.scale,
+        "threshold_scale": pv.scale if pv else rec.scale, "previewing": pv is not None,
+        "x0_mean": float((pv or rec).x0.astype(np.float32).mean()), "x0_digest": _digest((pv or rec).x0),
+        "sample_digest": _digest(sess.x), "mean_firing_rate": mean_firing_rate(sess, layer_rates),
+        "firing_rates": {k: round(v, 6) for k, v in layer_rates.items()},
+        "energy": {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in e.items()},
+        "state_mb": round(sess.nbytes() / 2 ** 20, 3),
+    }
+
+
+def tsm_note(pipe: SpikingDiffusionPipeline) -> str:
+    """What the TSM panel says of a checkpoint (markdown)."""
+    c = pipe.config
+    if not c.spiking:
+        return "**This checkpoint is an ANN: it has no spiking time steps and no TSM.**"
+    conv = pipe.card.get("conversion") if isinstance(pipe.card, dict) else None
+    if not c.tsm and isinstance(conv, dict):
+        return (f"**This model has no TSM**: it was converted from a {conv.get('bits', '?')}-bit quantised ANN "
+                f"({conv.get('source', '?')}) to IF neurons with T = {c.T}, whose thresholds are the ANN's clip "
+                "values; every time step gets the same weights.")
+    if not c.tsm:
+        return (f"**This model has no TSM** (vanilla SDM): every one of its T = {c.T} time steps gets the same "
+                "input current.")
+    return (f"TSM is on: each layer learned one weight per time step (T = {c.T}) that scales its input current. "
+            "Weights above 1 make that time step more likely to spike.")
+
+
+def ann_note(checkpoint: str, pipe: SpikingDiffusionPipeline, ann: str | None) -> str:
+    """What the Compare panel says of a checkpoint's ANN counterpart (markdown)."""
+    if not pipe.config.spiking:
+        return f"**{checkpoint} is itself an ANN**: pick a spiking checkpoint to compare it with its ANN."
+    if ann:
+        return f"ANN counterpart: **{ann}** (same UNet, SiLU activations, T = 1)."
+    return (f"No ANN counterpart checkpoint found for {checkpoint} (looked for the card's `ann_counterpart` and "
+            f"for `<data set>-ann`).")

@@ -1,0 +1,100 @@
+"""The loaded models, shared read-only by every session: a checkpoint is loaded once, on first use."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from ..checkpoints import ann_counterpart_names, checkpoints_dir
+from ..pipeline import SpikingDiffusionPipeline, list_checkpoints, load_pipeline
+from .validation import shown
+
+DEFAULT_CHECKPOINT = "fmnist-sdm-t4"
+
+
+class ModelRegistry:
+    """Pipelines by checkpoint name, loaded once and shared read-only by all sessions.
+
+    A checkpoint that fails to load does not break the others: ``get`` raises a ValueError that says what is
+    wrong, ``summary`` returns the message. Failed loads are retried on the next request (a checkpoint that
+    was being written may be complete by then); loaded ones are never reloaded.
+
+    Args:
+        root: the checkpoints folder (None: ``$SDM_CHECKPOINTS`` or ``checkpoints/``).
+    """
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else None
+        self._pipes: dict[str, SpikingDiffusionPipeline] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def where(self) -> str:
+        """The checkpoints folder (for the operator's messages; users' messages name checkpoints only)."""
+        return str(self.root if self.root is not None else checkpoints_dir())
+
+    def names(self) -> list[str]:
+        """Checkpoint folders available now (sorted)."""
+        return list_checkpoints(self.root)
+
+    def default_name(self) -> str | None:
+        """fmnist-sdm-t4 when present, else the first spiking checkpoint that loads, else the first that loads."""
+        names = self.names()
+        if DEFAULT_CHECKPOINT in names and self._loads(DEFAULT_CHECKPOINT):
+            return DEFAULT_CHECKPOINT
+        first = None
+        for n in names:
+            if self._loads(n):
+                if self._pipes[n].config.spiking:
+                    return n
+                first = first or n
+        return first
+
+    def _loads(self, name: str) -> bool:
+        try:
+            self.get(name)
+            return True
+        except ValueError:
+            return False
+
+    def check_name(self, name) -> str:
+        """``name`` stripped, if it is a listed (or loaded) checkpoint; else a ValueError listing the available ones."""
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"checkpoint must be a name, got {shown(name)}; available: {self._available()}")
+        name = name.strip()
+        if name not in self._pipes and name not in self.names():
+            raise ValueError(f"checkpoint {shown(name)} not found; available: {self._available()}")
+        return name
+
+    def _available(self) -> str:
+        names = self.names()
+        return ", ".join(names) if names else "(none: train one with python -m sdm.train)"
+
+    def get(self, name) -> SpikingDiffusionPipeline:
+        """The loaded pipeline. Raises ValueError for unknown names and for checkpoints that do not load."""
+        name = self.check_name(name)
+        pipe = self._pipes.get(name)
+        if pipe is not None:
+            return pipe
+        with self._lock:
+            if name in self._pipes:
+                return self._pipes[name]
+            try:
+                pipe = load_pipeline(name, self.root)
+            except Exception as e:  # noqa: BLE001 - any failure is reported, the app stays up
+                reason = str(e).replace(str(Path(self.where).resolve()) + "/", "").replace(self.where + "/", "")
+                raise ValueError(f"checkpoint {name!r} cannot be loaded: {reason}") from None
+            self._pipes[name] = pipe
+            return pipe
+
+    def summary(self, name) -> str:
+        """The card's one-line summary, or the reason the checkpoint cannot be used."""
+        try:
+            return self.get(name).summary()
+        except ValueError as e:
+            return f"⚠ {e}"
+
+    def ann_counterpart(self, name: str) -> str | None:
+        """The ANN checkpoint to compare a spiking one with (``sdm.checkpoints.ann_counterpart_names``), if listed."""
+        pipe = self.get(name)
+        names = self.names()
+        return next((n for n in ann_counterpart_names(name, pipe.card) if n != name and n in names), None)

@@ -1,0 +1,395 @@
+"""The explorer's per-tab state machine: one recorded reverse-diffusion trajectory that you start, advance, scrub,
+preview at another threshold scale and continue from. Gradio-free: ``app.py`` keeps one ``Session`` per browser tab in
+``gr.State``; what the panels show is computed from it by ``sdm.explorer.display``.
+
+    registry = ModelRegistry()                      # loaded pipelines, shared read-only by every session
+    sess = Session()
+    sess.start(registry.get("fmnist-sdm-t4"), "fmnist-sdm-t4", seed=0, sampler="ddim", num_steps=50, grid=1,
+               threshold_scale=1.0)                 # draws x_T and takes step 1
+    sess.advance(10, threshold_scale=1.0)           # Step x10
+    sess.scrub(3)                                   # view step 3 (1-based, as in the UI)
+    sess.preview(1.05)                              # what step 3 predicts with the threshold scaled by 1.05
+    sess.continue_from_view(1.05)                   # re-run step 3 with 1.05 (drops steps 3..)
+    while not sess.is_done: sess.advance(1, 1.05)   # and carry on from there
+
+Vocabulary: a *step* is one denoiser call plus one scheduler update. Step k (1-based) denoises x_t at timestep
+``t_k``; its record keeps x_t, the predicted x̂₀ and ε̂, and the probes of image 0. ``x`` is the sample after
+the last recorded step (x_T before any step, the image after the last one).
+
+Memory: per step the record keeps x_t in float32 (so that a trajectory can be resumed exactly), x̂₀ and ε̂ in
+float16, and for every spiking layer the spikes (bool) and membrane potentials (float16) of ``max_neurons``
+neurons of image 0, plus per-layer firing rates and the step's energy. A trajectory that would need more than
+``MAX_STATE_BYTES`` is refused up front with a message that says what to lower.
+
+Every method validates all of its arguments (``sdm.explorer.validation``) before it changes anything.
+"""
+from __future__ import annotations
+
+import shutil
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from ..energy import EnergyMeter
+from ..pipeline import SpikingDiffusionPipeline
+from .validation import (MAX_NEURONS, check_grid, check_layer, check_neurons, check_num_steps, check_number,
+                         check_raster_mode, check_sampler, check_scale, check_seed, check_step_count)
+
+__all__ = ["MAX_STATE_BYTES", "MAX_CACHED_FINALS", "Session", "StepRecord", "Preview", "Settings", "View",
+           "Superseded", "estimate_state_bytes"]
+
+MAX_STATE_BYTES = 160 * 2 ** 20     # recorded data per session
+MAX_CACHED_FINALS = 8               # final images kept for the comparisons
+
+
+class Superseded(RuntimeError):
+    """The trajectory was restarted or truncated (by another event of the same session) while a run was going."""
+
+
+class View(NamedTuple):
+    """What the neuron panels show, validated: a layer of the checkpoint, 'step' | 'trajectory', neuron indices."""
+
+    layer: str
+    raster_mode: str
+    neurons: list[int]
+
+
+def estimate_state_bytes(pipe: SpikingDiffusionPipeline, num_steps: int, grid: int,
+                         max_neurons: int = MAX_NEURONS) -> int:
+    """Upper bound of what a fully recorded trajectory keeps: images of every step plus the probes of image 0."""
+    c = pipe.config
+    pixels = grid * c.image_channels * c.image_size * c.image_size
+    per_step = pixels * (4 + 2 + 2) + 512
+    if c.spiking:
+        per_step += len(pipe.layer_names()) * (c.time_steps * max_neurons * 3 + 160)
+    return num_steps * per_step + pixels * 4
+
+
+
+@dataclass
+class StepRecord:
+    """One recorded step (see the module docstring). Arrays are numpy; probes are of image 0 only."""
+
+    index: int                              # 0-based
+    timestep: int
+    scale: float                            # threshold scale the step ran with
+    x_t: np.ndarray                         # float32 [B, C, H, W], the denoiser input
+    x0: np.ndarray                          # float16 [B, C, H, W], predicted x_0
+    eps: np.ndarray                         # float16 [B, C, H, W], predicted noise
+    spikes: dict[str, np.ndarray] = field(default_factory=dict)   # layer -> bool [T, N]
+    v: dict[str, np.ndarray] = field(default_factory=dict)        # layer -> float16 [T, N]
+    rates: dict[str, float] = field(default_factory=dict)         # layer -> firing rate (whole layer, batch)
+    thresholds: dict[str, float] = field(default_factory=dict)    # layer -> theta * scale
+    sops: float = 0.0                       # per image
+    energy_mj: float = 0.0                  # per image, this model
+    ann_mj: float = 0.0                     # per image, the ANN counterpart over the same call
+
+    @property
+    def nbytes(self) -> int:
+        n = self.x_t.nbytes + self.x0.nbytes + self.eps.nbytes + 512
+        n += sum(a.nbytes for a in self.spikes.values()) + sum(a.nbytes for a in self.v.values())
+        return n + 160 * len(self.rates)
+
+
+@dataclass
+class Preview:
+    """The viewed step re-run with another threshold scale (nothing recorded changes)."""
+
+    index: int
+    scale: float
+    x0: np.ndarray
+    eps: np.ndarray
+    spikes: dict[str, np.ndarray]
+    v: dict[str, np.ndarray]
+    rates: dict[str, float]
+    thresholds: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Settings:
+    checkpoint: str
+    seed: int
+    sampler: str
+    num_steps: int
+    grid: int
+
+
+def _f16(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float16).numpy().copy()
+
+
+def _f32(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).numpy().copy()
+
+
+def _probe_dicts(frames: dict) -> tuple[dict, dict, dict, dict]:
+    spikes, v, rates, thr = {}, {}, {}, {}
+    for name, f in frames.items():
+        spikes[name] = np.ascontiguousarray(f.spikes[:, 0])
+        v[name] = np.ascontiguousarray(f.v[:, 0]).astype(np.float16, copy=False)
+        rates[name] = float(f.firing_rate)
+        thr[name] = float(f.threshold)
+    return spikes, v, rates, thr
+
+
+class Session:
+    """One user's trajectory. The methods that change it take the session's ``lock``; ``current`` and the
+    functions of ``sdm.explorer.display`` only read: hold ``lock`` around a group of them for a consistent
+    snapshot (app.py does, for every render).
+
+    The object is created once per browser tab and then reset in place by ``start``, so that events of the
+    same tab that overlap always act on the same object.
+    """
+
+    def __init__(self, max_neurons: int = MAX_NEURONS, max_bytes: int = MAX_STATE_BYTES):
+        self.max_neurons = int(max_neurons)
+        self.max_bytes = int(max_bytes)
+        self.lock = threading.Lock()
+        self.generation = 0
+        self.pipe: SpikingDiffusionPipeline | None = None
+        self.settings: Settings | None = None
+        self.timesteps: list[int] = []
+        self.records: list[StepRecord] = []
+        self.x: np.ndarray | None = None
+        self.view = 0
+        self.preview_data: Preview | None = None
+        self.neuron_index: dict[str, np.ndarray] = {}
+        self.num_neurons: dict[str, int] = {}
+        self.layers: list[str] = []
+        self._sched = None
+        # final images of whole runs, for the comparisons: settings + scale -> (x [B, C, H, W], energy per image)
+        self._finals: OrderedDict[tuple, tuple[np.ndarray, dict]] = OrderedDict()
+        self.export_dir: str | None = None      # this session's temporary files (exports), deleted by close()
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def started(self) -> bool:
+        return self.settings is not None
+
+    @property
+    def num_recorded(self) -> int:
+        return len(self.records)
+
+    @property
+    def is_done(self) -> bool:
+        return self.started and len(self.records) >= self.settings.num_steps
+
+    @property
+    def spiking(self) -> bool:
+        return self.pipe is not None and self.pipe.config.spiking
+
+    def require(self) -> None:
+        if not self.started:
+            raise ValueError("no trajectory yet: press “New trajectory” first (API: /new_trajectory)")
+
+    def nbytes(self) -> int:
+        """Bytes of recorded data (records, preview, cached final images)."""
+        n = sum(r.nbytes for r in self.records)
+        if self.x is not None:
+            n += self.x.nbytes
+        if self.preview_data is not None:
+            p = self.preview_data
+            n += p.x0.nbytes + p.eps.nbytes
+            n += sum(a.nbytes for a in p.spikes.values()) + sum(a.nbytes for a in p.v.values())
+        return n + sum(x.nbytes for x, _ in self._finals.values())
+
+    # ------------------------------------------------------------------ start / step
+    def start(self, pipe: SpikingDiffusionPipeline, checkpoint: str, seed=0, sampler="ddim", num_steps=50,
+              grid=1, threshold_scale=1.0) -> None:
+        """Reset to a new trajectory: draw x_T (from the seed) and take the first step.
+
+        Raises ValueError for bad settings, or when the recording would exceed the memory budget.
+        """
+        settings = Settings(checkpoint, check_seed(seed), check_sampler(sampler), check_num_steps(num_steps),
+                            check_grid(grid))
+        scale = check_scale(threshold_scale)
+        need = estimate_state_bytes(pipe, settings.num_steps, settings.grid, self.max_neurons)
+        if need > self.max_bytes:
+            raise ValueError(f"recording {settings.num_steps} steps of {settings.grid} image(s) would keep about "
+                             f"{need / 2 ** 20:.0f} MB (limit {self.max_bytes / 2 ** 20:.0f} MB per session): "
+                             "lower the number of steps or the grid size")
+        sched = pipe.make_scheduler(settings.sampler, settings.num_steps)
+        x = _f32(pipe.initial_noise(settings.seed, settings.grid))
+        with self.lock:
+            self.generation += 1
+            self.pipe = pipe
+            self.settings = settings
+            self._sched = sched
+            self.timesteps = [int(t) for t in sched.timesteps]
+            self.records = []
+            self.x = x
+            self.view = 0
+            self.preview_data = None
+            self.neuron_index, self.num_neurons = {}, {}
+            self.layers = pipe.layer_names()
+            try:
+                self._advance_locked(1, scale)
+            except Exception:
+                self.settings = None        # never leave a started session without a step
+                raise
+
+    def advance(self, n=1, threshold_scale=1.0, generation: int | None = None) -> int:
+        """Take up to ``n`` steps from the head of the trajectory with this threshold scale.
+
+        The view moves to the newest step. Returns the number of steps taken. Raises ValueError when the trajectory
+        is already complete. ``generation``: raise ``Superseded`` if the session was restarted or truncated since
+        that generation.
+        """
+        n = check_step_count(n)
+        scale = check_scale(threshold_scale)
+        with self.lock:
+            self.require()
+            if generation is not None and generation != self.generation:
+                raise Superseded("the trajectory was restarted")
+            if self.is_done:
+                raise ValueError("the trajectory is finished: press “New trajectory”, or scrub back and "
+                                 "“Continue from here”")
+            return self._advance_locked(n, scale)
+
+    def _advance_locked(self, n: int, scale: float) -> int:
+        s = self.settings
+        k = len(self.records)
+        n = min(n, s.num_steps - k)
+        if n <= 0:
+            return 0
+        cfg = self.pipe.config
+        meter = EnergyMeter()
+        gen = self.pipe.steps(seed=s.seed, num_inference_steps=s.num_steps, sampler=s.sampler,
+                              threshold_scale=scale, batch_size=s.grid, record=cfg.spiking,
+                              sample=torch.from_numpy(self.x), start_index=k, max_neurons=self.max_neurons,
+                              meter=meter)
+        done = 0
+        prev = (0.0, 0.0, 0.0)
+        try:
+            for out in gen:
+                rep = meter.report(cfg)          # cumulative over this run's calls, per image
+                cum = (rep.total_sops, rep.energy_mj, rep.ann_energy_mj)
+                sops, energy_mj, ann_mj = (a - b for a, b in zip(cum, prev))
+                prev = cum
+                spikes, v, rates, thr = _probe_dicts(out.probes)
+                for name, f in out.probes.items():
+                    if name not in self.neuron_index:
+                        self.neuron_index[name] = f.neuron_index
+                        self.num_neurons[name] = f.num_neurons
+                rec = StepRecord(index=out.index, timestep=out.timestep, scale=scale, x_t=_f32(out.model_input),
+                                 x0=_f16(out.pred_original_sample), eps=_f16(out.pred_noise), spikes=spikes, v=v,
+                                 rates=rates, thresholds=thr, sops=sops, energy_mj=energy_mj, ann_mj=ann_mj)
+                self.records.append(rec)
+                self.x = _f32(out.sample)
+                done += 1
+                if done >= n:
+                    break
+        finally:
+            gen.close()
+        self.view = len(self.records) - 1
+        self.preview_data = None
+        if self.is_done and all(r.scale == scale for r in self.records):
+            energy = {"sops": float(sum(r.sops for r in self.records)),
+                      "energy_mj": float(sum(r.energy_mj for r in self.records)),
+                      "ann_mj": float(sum(r.ann_mj for r in self.records))}
+            self.remember_final(self.final_key(scale), self.x, energy)
+        return done
+
+    # ------------------------------------------------------------------ scrub / threshold guidance
+    def scrub(self, step) -> StepRecord:
+        """View recorded step ``step`` (1-based). Clears a threshold preview."""
+        with self.lock:
+            self.require()
+            n = len(self.records)
+            k = check_number("timeline step", step, 1, max(n, 1), True,
+                        f" ({n} step{'s' if n != 1 else ''} recorded so far)")
+            self.view = k - 1
+            self.preview_data = None
+            return self.records[self.view]
+
+    def preview(self, threshold_scale) -> Preview | None:
+        """Re-run the denoiser of the viewed step with another threshold scale (Eq. 18) and keep the result as
+        a preview: x̂₀, ε̂ and the probes change, the recorded trajectory does not. Returns None (and clears the
+        preview) when the scale is the one the step was recorded with."""
+        scale = check_scale(threshold_scale)
+        with self.lock:
+            self.require()
+            rec = self.records[self.view]
+            if abs(scale - rec.scale) < 1e-9:
+                self.preview_data = None
+                return None
+            x = torch.from_numpy(rec.x_t)
+            eps, frames = self.pipe.denoise(x, rec.timestep, scale, record=self.spiking,
+                                            max_neurons=self.max_neurons, probe_seed=self.settings.seed)
+            g = self.pipe.step_noise_generator(self.settings.seed, rec.index, 0)
+            x0 = self._sched.step(eps, rec.timestep, x, generator=g).pred_original_sample
+            spikes, v, rates, thr = _probe_dicts(frames)
+            self.preview_data = Preview(rec.index, scale, _f16(x0), _f16(eps), spikes, v, rates, thr)
+            return self.preview_data
+
+    def continue_from_view(self, threshold_scale) -> int:
+        """Drop the steps from the viewed one on and re-run the viewed step with this threshold scale; further
+        ``advance`` calls carry on from there. Returns the new generation (see ``advance``)."""
+        scale = check_scale(threshold_scale)
+        with self.lock:
+            self.require()
+            k = self.view
+            self.x = self.records[k].x_t.copy()
+            del self.records[k:]
+            self.preview_data = None
+            self.generation += 1
+            self._advance_locked(1, scale)
+            return self.generation
+
+    # ------------------------------------------------------------------ view arguments
+    def check_view(self, layer, raster_mode="step", neurons=None) -> View:
+        """Validate what the neuron panels are asked to show (before any state changes): ``layer`` must be a layer
+        of this checkpoint ('' or None: the first), ``raster_mode`` 'step' or 'trajectory', ``neurons`` indices
+        of recorded neurons of that layer."""
+        self.require()
+        return self.view_for(self.layers, self.settings.checkpoint, layer, raster_mode, neurons)
+
+    def view_for(self, layers: list[str], checkpoint: str, layer, raster_mode="step", neurons=None) -> View:
+        """``check_view`` against the layers of a checkpoint about to be started (nothing recorded yet: a layer
+        records at most ``max_neurons`` neurons)."""
+        layer = check_layer(layers, layer, checkpoint)
+        mode = check_raster_mode(raster_mode)
+        n = min(self.num_neurons.get(layer, self.max_neurons), self.max_neurons) \
+            if self.started and self.settings.checkpoint == checkpoint else self.max_neurons
+        return View(layer, mode, check_neurons(neurons, n))
+
+    def current(self) -> tuple[StepRecord, Preview | None]:
+        """The viewed step's record and the threshold preview shown over it (None when not previewing)."""
+        self.require()
+        return self.records[self.view], self.preview_data
+
+    # ------------------------------------------------------------------ final images (for the comparisons)
+    def final_key(self, threshold_scale: float, checkpoint: str | None = None) -> tuple:
+        """The cache key of this session's whole run at one scale (and checkpoint: the ANN counterpart)."""
+        s = self.settings
+        return (checkpoint or s.checkpoint, s.seed, s.sampler, s.num_steps, s.grid, round(threshold_scale, 6))
+
+    def cached_final(self, key: tuple) -> tuple[np.ndarray, dict] | None:
+        hit = self._finals.get(key)
+        return (hit[0], dict(hit[1])) if hit is not None else None
+
+    def remember_final(self, key: tuple, x: np.ndarray, energy: dict) -> None:
+        """Keep a final image (model space, float32 [B, C, H, W]) and its energy per image; at most
+        ``MAX_CACHED_FINALS``, least recently stored dropped first."""
+        self._finals[key] = (x.astype(np.float32, copy=True), dict(energy))
+        self._finals.move_to_end(key)
+        while len(self._finals) > MAX_CACHED_FINALS:
+            self._finals.popitem(last=False)
+
+    # ------------------------------------------------------------------ cleanup
+    def close(self) -> None:
+        """Free the recording and delete this session's files (gr.State's delete_callback)."""
+        with self.lock:
+            self.records = []
+            self.preview_data = None
+            self._finals.clear()
+            self.x = None
+            self.settings = None
+            self.generation += 1
+            if self.export_dir:
+                shutil.rmtree(self.export_dir, ignore_errors=True)
+                self.export_dir = None
