@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -393,6 +394,124 @@ def train_step(model, opt, xt, t, target, autocast, grad_clip: float, params) ->
     return loss.detach()
 
 
+@dataclass
+class Start:
+    """Where a run starts, besides its model (``build_model``)."""
+
+    step: int = 0                  # optimizer steps already behind the weights (a resumed run)
+    wall_before: float = 0.0       # their wall time in seconds
+    init: str | None = None        # the card's note on where the weights came from
+    base: dict | None = None       # the training the --init-from weights had before this run (their card's lineage)
+    fresh_from: int | None = None  # the step where a fresh optimizer took over from committed weights
+    history: list = field(default_factory=list)  # the earlier runs of a resumed checkpoint (its card's history)
+    ema: dict | None = None        # the EMA weights a resumed run continues
+    optimizer: dict | None = None  # train_state/'s optimizer metadata, when a resumed run has it
+
+
+def build_model(args, data, device: torch.device) -> tuple[SpikingUNet, DiffusionConfig, Start]:
+    """The model to train, in training mode on ``device``: resumed from ``--out`` (``--resume``), started from
+    ``--init-from``'s weights (rebuilt with the options given), or fresh from the options.
+
+    Args:
+        args: the parsed options (``parse_args``), ``args.data`` resolved.
+        data: the training set; its images ``[N, C, H, W]`` must have the model's shape.
+    Returns:
+        (model, its noise schedule, where the run starts).
+    """
+    out = Path(args.out)
+    start = Start()
+    if args.resume and (out / "config.json").exists():
+        model, diffusion, card = load_checkpoint(out, device)
+        cfg = model.cfg
+        model_options_against(args, cfg, out, resume=True)
+        for flag, asked, have in (("--neuron", args.neuron, cfg.neuron), ("--T", args.T, cfg.T),
+                                  ("--precondition", True if args.precondition else None, cfg.precondition)):
+            if asked is not None and asked != have:
+                spelled = flag if asked is True else f"{flag} {asked}"
+                raise SystemExit(f"--resume {out}: the checkpoint has {flag} {have}, not {asked}. Drop {flag} to "
+                                 f"continue it, or use --init-from {out} {spelled} with a new --out.")
+        start.ema = {k: v.clone() for k, v in model.state_dict().items()}
+        st = out / "train_state"
+        tr = card.get("training", {})
+        if (st / "state.json").exists():
+            meta = json.loads((st / "state.json").read_text())
+            model.load_state_dict(load_file(str(st / "model_raw.safetensors"), device=str(device)))
+            start.step, start.wall_before, start.optimizer = meta["step"], meta["wall_time_s"], meta["optimizer"]
+        else:
+            start.step, start.wall_before = int(tr.get("steps", 0)), float(tr.get("wall_time_s", 0.0))
+            start.init = "resumed from committed EMA weights with a fresh optimizer"
+            start.fresh_from = start.step
+        start.history = tr.get("history", [])
+        start.base = tr.get("init_from")
+    elif args.init_from:
+        src = resolve_checkpoint(args.init_from)
+        model, diffusion, src_card = load_checkpoint(src, device)
+        start.base = lineage(src_card)
+        start.init = f"initialised from {src.name}"
+        model, rebuilt = rebuild_model(model, neuron=args.neuron, T=args.T, bits=args.bits,
+                                       precondition=args.precondition,
+                                       dynamics=model_options_against(args, model.cfg, src, resume=False))
+        if rebuilt:
+            start.init += f", {rebuilt}"
+        if args.tsm:
+            model.enable_tsm()
+            start.init += " then TSM enabled (p = 1)"
+    else:
+        diffusion = DiffusionConfig()
+        model = SpikingUNet(model_config_from_args(args, data), diffusion).to(device)
+    cfg = model.cfg
+    if cfg.image_channels != data.images.shape[1] or cfg.image_size != data.images.shape[2]:
+        raise SystemExit(f"the model expects {cfg.image_channels}x{cfg.image_size}x{cfg.image_size} images, "
+                         f"the data set {args.data} has {tuple(data.images.shape[1:])}")
+    return model.train(), diffusion, start
+
+
+def make_optimizer(model: SpikingUNet, args) -> torch.optim.AdamW:
+    """AdamW over the model's weights; the TSM weights in a group of their own (--tsm-lr, no weight decay)."""
+    tsm_params = [p for n, p in model.named_parameters() if n.endswith(".tsm")]
+    other = [p for n, p in model.named_parameters() if not n.endswith(".tsm")]
+    groups = [{"params": other, "lr_scale": 1.0}]
+    if tsm_params:  # no weight decay on TSM: it would pull the weights towards 0, not towards their init of 1
+        groups.append({"params": tsm_params, "weight_decay": 0.0,
+                       "lr_scale": (args.tsm_lr / args.lr) if args.tsm_lr else 1.0})
+    return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
+
+
+def make_card(args, cfg: ModelConfig, n_params: int, start: Start, *, command: str, machine: str, world: int,
+              step: int, run_wall_s: float, loss_ema: float | None, final: bool, old: dict) -> dict:
+    """The model card (card.json) of a save at ``step``, ``run_wall_s`` seconds into this run.
+
+    Args:
+        old: the card the checkpoint folder holds now ({} if none); a resumed run keeps its metrics, marked stale.
+        final: the run's last save (the card says "complete" if it also reached --steps).
+    """
+    wall = start.wall_before + run_wall_s
+    run = {"command": command, "from_step": start.step, "to_step": step, "wall_time_s": round(run_wall_s, 1),
+           "machine": machine}
+    card = {
+        "name": args.name or Path(args.out).name,
+        "model": {"dataset": args.data, "architecture": "spiking UNet (SDDPM pre-spike res blocks)" if cfg.spiking
+                  else "ANN UNet (same convolutions, SiLU)", "parameters": n_params, "neuron": cfg.neuron,
+                  "T": cfg.time_steps, "tsm": cfg.tsm, "image_size": cfg.image_size,
+                  "precondition": cfg.precondition},
+        "training": {"command": command, "steps": step, "batch_size": args.batch_size * world,
+                     "wall_time_s": round(wall, 1), "machine": machine,
+                     "bf16": args.bf16, "lr": args.lr, "tsm_lr": args.tsm_lr, "ema_decay": args.ema_decay,
+                     "final_loss_ema": round(loss_ema, 5) if loss_ema is not None else None,
+                     "init": start.init, "history": start.history + [run], "complete": final and step >= args.steps},
+    }
+    base = start.base
+    if base:  # the whole budget behind these weights, not only this run's
+        card["training"].update(init_from=base, total_steps=int(base.get("total_steps", base.get("steps", 0))) + step,
+                                total_wall_time_s=round(float(base.get("total_wall_time_s",
+                                                                       base.get("wall_time_s", 0.0))) + wall, 1))
+    if old.get("metrics") and args.resume:  # evaluated earlier: keep it, marked as stale
+        card["metrics_stale"] = {**old["metrics"], "note": f"measured at step {old.get('training', {}).get('steps')}"}
+    elif old.get("metrics_stale") and args.resume:  # the saves after the first keep it too
+        card["metrics_stale"] = old["metrics_stale"]
+    return card
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     command = "python -m sdm.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
@@ -415,76 +534,17 @@ def main(argv=None) -> int:
     out = Path(args.out)
     args.data = resolve_data_arg(args.data, out if args.resume else None)
     data = load_dataset(args.data, "train", args.data_dir)
-    diffusion = DiffusionConfig()
+    model, diffusion, start = build_model(args, data, device)
+    cfg = model.cfg
     sched = DDPMScheduler(diffusion)
-
-    # ---- model: fresh, --init-from, or resumed
-    step, wall_before = 0, 0.0
-    init_note = None
-    base = None  # the training the --init-from weights had before this run (from their card)
-    fresh_from = None  # the step where a fresh optimizer took over from committed weights
-    if args.resume and (out / "config.json").exists():
-        model, diffusion, card = load_checkpoint(out, device)
-        cfg = model.cfg
-        model_options_against(args, cfg, out, resume=True)
-        for flag, asked, have in (("--neuron", args.neuron, cfg.neuron), ("--T", args.T, cfg.T),
-                                  ("--precondition", True if args.precondition else None, cfg.precondition)):
-            if asked is not None and asked != have:
-                spelled = flag if asked is True else f"{flag} {asked}"
-                raise SystemExit(f"--resume {out}: the checkpoint has {flag} {have}, not {asked}. Drop {flag} to "
-                                 f"continue it, or use --init-from {out} {spelled} with a new --out.")
-        ema_init = {k: v.clone() for k, v in model.state_dict().items()}
-        st = out / "train_state"
-        meta = None
-        if (st / "state.json").exists():
-            meta = json.loads((st / "state.json").read_text())
-            model.load_state_dict(load_file(str(st / "model_raw.safetensors"), device=str(device)))
-            step, wall_before = meta["step"], meta["wall_time_s"]
-        else:
-            tr = card.get("training", {})
-            step, wall_before = int(tr.get("steps", 0)), float(tr.get("wall_time_s", 0.0))
-            init_note = "resumed from committed EMA weights with a fresh optimizer"
-            fresh_from = step
-        history = card.get("training", {}).get("history", [])
-        base = card.get("training", {}).get("init_from")
-    else:
-        if args.init_from:
-            src = resolve_checkpoint(args.init_from)
-            model, diffusion, src_card = load_checkpoint(src, device)
-            base = lineage(src_card)
-            init_note = f"initialised from {src.name}"
-            model, rebuilt = rebuild_model(model, neuron=args.neuron, T=args.T, bits=args.bits,
-                                           precondition=args.precondition,
-                                           dynamics=model_options_against(args, model.cfg, src, resume=False))
-            if rebuilt:
-                init_note += f", {rebuilt}"
-            if args.tsm:
-                model.enable_tsm()
-                init_note += " then TSM enabled (p = 1)"
-            cfg = model.cfg
-        else:
-            cfg = model_config_from_args(args, data)
-            model = SpikingUNet(cfg, diffusion).to(device)
-        ema_init = None
-        meta = None
-        history = []
-    model.train()
-    if cfg.image_channels != data.images.shape[1] or cfg.image_size != data.images.shape[2]:
-        raise SystemExit(f"the model expects {cfg.image_channels}x{cfg.image_size}x{cfg.image_size} images, "
-                         f"the data set {args.data} has {tuple(data.images.shape[1:])}")
     ema = EMA(model, args.ema_decay)
-    if ema_init is not None:
-        ema.shadow = {k: v.float().clone() for k, v in ema_init.items()}
-    tsm_params = [p for n, p in model.named_parameters() if n.endswith(".tsm")]
-    other = [p for n, p in model.named_parameters() if not n.endswith(".tsm")]
-    groups = [{"params": other, "lr_scale": 1.0}]
-    if tsm_params:  # no weight decay on TSM: it would pull the weights towards 0, not towards their init of 1
-        groups.append({"params": tsm_params, "weight_decay": 0.0,
-                       "lr_scale": (args.tsm_lr / args.lr) if args.tsm_lr else 1.0})
-    opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
-    if meta is not None:
-        _load_optimizer_state(opt, load_file(str(out / "train_state" / "optimizer.safetensors")), meta["optimizer"])
+    if start.ema is not None:
+        ema.shadow = {k: v.float().clone() for k, v in start.ema.items()}
+    opt = make_optimizer(model, args)
+    if start.optimizer is not None:
+        _load_optimizer_state(opt, load_file(str(out / "train_state" / "optimizer.safetensors")), start.optimizer)
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    step = start.step
 
     n_params = count_parameters(model)
     log_path = out / "train_log.csv"
@@ -497,43 +557,22 @@ def main(argv=None) -> int:
             log.writerow(["step", "loss", "lr", "images_per_s", "wall_time_s"])
         print(f"{cfg.neuron} UNet, {n_params / 1e6:.3f}M parameters, T={cfg.time_steps}, data {args.data} "
               f"{tuple(data.images.shape)}, {machine_description(device, world)}, from step {step}"
-              + (f" ({init_note})" if init_note else ""), file=sys.stderr)
+              + (f" ({start.init})" if start.init else ""), file=sys.stderr)
 
     def save(final: bool):
         if rank != 0:
             return
-        wall = wall_before + (time.time() - t_start)
-        hist = history + [{"command": command, "from_step": start_step, "to_step": step,
-                           "wall_time_s": round(time.time() - t_start, 1), "machine": machine_description(device, world)}]
-        card = {
-            "name": args.name or out.name,
-            "model": {"dataset": args.data, "architecture": "spiking UNet (SDDPM pre-spike res blocks)" if cfg.spiking
-                      else "ANN UNet (same convolutions, SiLU)", "parameters": n_params, "neuron": cfg.neuron,
-                      "T": cfg.time_steps, "tsm": cfg.tsm, "image_size": cfg.image_size,
-                      "precondition": cfg.precondition},
-            "training": {"command": command, "steps": step, "batch_size": args.batch_size * world,
-                         "wall_time_s": round(wall, 1), "machine": machine_description(device, world),
-                         "bf16": args.bf16, "lr": args.lr, "tsm_lr": args.tsm_lr, "ema_decay": args.ema_decay,
-                         "final_loss_ema": round(loss_ema, 5) if loss_ema is not None else None,
-                         "init": init_note, "history": hist, "complete": final and step >= args.steps},
-        }
-        if base:  # the whole budget behind these weights, not only this run's
-            card["training"].update(init_from=base, total_steps=int(base.get("total_steps", base.get("steps", 0))) + step,
-                                    total_wall_time_s=round(float(base.get("total_wall_time_s",
-                                                                           base.get("wall_time_s", 0.0))) + wall, 1))
-        old = read_card(out) if (out / "card.json").exists() else {}
-        if old.get("metrics") and args.resume:  # evaluated earlier: keep it, marked as stale
-            card["metrics_stale"] = {**old["metrics"], "note": f"measured at step {old.get('training', {}).get('steps')}"}
-        elif old.get("metrics_stale") and args.resume:  # the saves after the first keep it too
-            card["metrics_stale"] = old["metrics_stale"]
+        run_wall = time.time() - t_start
+        card = make_card(args, cfg, n_params, start, command=command, machine=machine_description(device, world),
+                         world=world, step=step, run_wall_s=run_wall, loss_ema=loss_ema, final=final,
+                         old=read_card(out) if (out / "card.json").exists() else {})
         requests["saving"] = True
         try:
             save_checkpoint(out, model, diffusion, card, state_dict=ema.state_dict(model.state_dict()))
-            save_train_state(out, model, ema, opt, step, wall, args)
+            save_train_state(out, model, ema, opt, step, start.wall_before + run_wall, args)
         finally:
             requests["saving"] = False
 
-    start_step = step
     t_start = time.time()
     loss_ema, loss_avg = None, None
     gen = torch.Generator().manual_seed(args.seed * 1000 + rank + step)
@@ -557,7 +596,7 @@ def main(argv=None) -> int:
             noise = torch.randn(x0.shape, generator=gen).to(device)
             xt = sched.add_noise(x0, noise, t)
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, args, fresh_from) * g.get("lr_scale", 1.0)
+                g["lr"] = lr_at(step, args, start.fresh_from) * g.get("lr_scale", 1.0)
             loss = train_step(ddp_model, opt, xt, t, noise, autocast, args.grad_clip, model.parameters())
             ema.update(model, step)
             step += 1
@@ -581,7 +620,7 @@ def main(argv=None) -> int:
                     ips = (step - last_step) * args.batch_size * world / max(now - last_t, 1e-9)
                     last_t, last_step = now, step
                     log.writerow([step, f"{loss_ema:.5f}", f"{opt.param_groups[0]['lr']:.2e}", f"{ips:.1f}",
-                                  f"{wall_before + now - t_start:.1f}"])
+                                  f"{start.wall_before + now - t_start:.1f}"])
                     log_file.flush()
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss_ema:.4f}", img_s=f"{ips:.0f}")
