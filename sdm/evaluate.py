@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoints import ann_counterpart_name, read_card, write_card
+from .checkpoints import ann_counterpart_names, read_card, write_card
 from .data import canonical_data_name, load_dataset
 from .metrics import (Evaluator, calibrate, classifiers_dir, dataset_of, evaluate_pipeline, make_evaluator,
                       save_classifier, train_classifier)
@@ -248,13 +248,16 @@ def _compare_pipeline(pipe, args, data: str, explicit: str | None):
         return load_pipeline(explicit, args.checkpoints_dir)
     if not pipe.config.spiking:
         return None
-    name = ann_counterpart_name(pipe.name, {**pipe.card, "model": {**pipe.card.get("model", {}), "dataset": data}})
-    try:
-        return load_pipeline(name, args.checkpoints_dir)
-    except FileNotFoundError:
-        print(f"note: no ANN counterpart {name!r} found; skipping the SNN/ANN comparison (pass --compare NAME)",
-              file=sys.stderr)
-        return None
+    names = [n for n in ann_counterpart_names(pipe.name, {**pipe.card, "model": {**pipe.card.get("model", {}),
+                                                                                "dataset": data}}) if n != pipe.name]
+    for name in names:
+        try:
+            return load_pipeline(name, args.checkpoints_dir)
+        except FileNotFoundError:
+            pass
+    print(f"note: no ANN counterpart {' or '.join(map(repr, names))} found; skipping the SNN/ANN comparison "
+          "(pass --compare NAME)", file=sys.stderr)
+    return None
 
 
 def main(argv=None) -> int:

@@ -102,3 +102,15 @@ def test_table_names_the_route_of_each_model():
             ("a", m, SimpleNamespace(config=ModelConfig(neuron="ann"), card={}))]
     routes = [l.split("|")[2].strip() for l in ev.comparison_table(rows).splitlines()[2:6]]
     assert routes == ["3-bit quantised ANN", "converted from 2-bit QANN + fine-tune", "direct training", "ANN"]
+
+
+def test_cli_compares_with_the_ann_counterpart_it_finds(fixtures_dir, tmp_path, evaluator, monkeypatch, capsys):
+    monkeypatch.setattr(ev, "make_evaluator", lambda *a, **k: evaluator)
+    args = ["--checkpoint", "tiny-sdm", "--data", "digits28", "--n", "4", "--steps", "1", "--no-energy",
+            "--no-write", "--no-progress", "--json"]
+    assert ev.main(args + ["--checkpoints-dir", str(fixtures_dir)]) == 0     # 'tiny-sdm' -> 'tiny-ann'
+    assert json.loads(capsys.readouterr().out)["ann_compare"]["checkpoint"] == "tiny-ann"
+    shutil.copytree(fixtures_dir / "tiny-sdm", tmp_path / "tiny-sdm")
+    assert ev.main(args + ["--checkpoints-dir", str(tmp_path)]) == 0         # none there: a note, no comparison
+    out = capsys.readouterr()
+    assert "ann_compare" not in json.loads(out.out) and "no ANN counterpart 'tiny-ann'" in out.err
