@@ -7,7 +7,7 @@ reference (the last checkpoint given, or --reference).
     python bench/error_per_t.py --checkpoints fmnist-sdm-t4 fmnist-ann [--n 256] [--timesteps 10,100,500,900]
 
 Measured (n=256): before preconditioning, fmnist-sdm-t4-vanilla's error at t=900 was 0.0048, 21x the ANN's; the
-analog skip readout (--precondition) brought it to 0.00014 (README, "Training your own model").
+analog skip readout (--precondition) brought it to 0.00014 (docs/EXPERIMENTS.md, "Preconditioning: an analog skip of x_t").
 """
 from __future__ import annotations
 
