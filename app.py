@@ -11,6 +11,7 @@ API (gradio_client), see the README: /new_trajectory, /step, /set_threshold, /ru
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import inspect
@@ -24,18 +25,25 @@ import gradio as gr
 
 from sdm import viz
 from sdm.explorer import ModelRegistry, Session, Superseded, View, compare, display, trajectory_export
-from sdm.explorer.validation import MAX_NEURONS, MAX_SEED, MAX_STEPS, SCALE_MAX, SCALE_MIN, SCALE_STEP, check_scale
+from sdm.explorer.pool import SessionPool, release_memory
+from sdm.explorer.validation import (MAX_NEURONS, MAX_SEED, MAX_STEPS, SCALE_MAX, SCALE_MIN, SCALE_STEP, check_scale,
+                                     check_step_count)
 
 log = logging.getLogger("sdm.app")
 
 # ------------------------------------------------------------------------------------------- settings
 DEFAULTS = dict(seed=0, sampler="ddim", num_steps=50, threshold_scale=1.0, grid_size=1)
-CONCURRENCY_LIMIT = 2          # denoiser calls at once per event group (2 CPU cores)
-QUEUE_MAX_SIZE = 64
+INTERACTIVE_LIMIT = 4          # light events at once (one torch thread each): two heavy runs leave room for others
+HEAVY_LIMIT = 2                # Run to end, Continue, Compare, Export at once
+QUEUE_MAX_SIZE = 64            # waiting events, all users; beyond it gradio answers "Queue is full"
+STEP_BUDGET_S = 10.0           # one Step request computes at most this long (Step x10 of 16 images: about 4 s)
+RUN_BUDGET_S = 120.0           # one Run to end / Continue / Compare request computes at most this long
+MAX_UPLOAD = "1kb"             # the app takes no uploads: gradio's upload route refuses anything larger
 STATE_TTL_S = 3600             # idle sessions are freed after an hour
 PLAY_INTERVAL_S = 0.5          # Play: one tick every half second ...
 PLAY_TICKS = 60                # ... and any trajectory plays in about this many ticks
 STREAM_EVERY_S = 0.5           # Run to end: refresh the images this often
+YIELD_EVERY_S = 0.1            # a long request hands control back this often (where a cancel stops it)
 IMAGE_PX = 280                 # x_t / x̂0 / ε̂ panels are upscaled (nearest neighbour) to about this size
 RASTER_MODES = [("this step (T time steps)", "step"), ("whole trajectory (step × T)", "trajectory")]
 NO_CHECKPOINTS = ("⚠ **No checkpoints found** (in checkpoints/, or the folder $SDM_CHECKPOINTS names). Train one: "
@@ -280,6 +288,7 @@ COMPARE_ANN_KEYS = ("img_snn", "img_ann", "compare_ann_md")
 EXPORT_KEYS = ("file_gif", "file_mp4", "file_png", "file_npz", "export_md")
 PLAY_KEYS = VIEW_KEYS + ("timer", "play_btn", "playing")
 #: buttons that need the tab's session: disabled until the page load has created it
+SKIP_VIEW = tuple(gr.skip() for _ in VIEW_KEYS)
 ACTION_KEYS = ("step_btn", "step10_btn", "play_btn", "run_btn", "continue_btn", "compare_scale_btn",
                "compare_ann_btn", "export_btn")
 N_ACTIONS = len(ACTION_KEYS)
@@ -310,10 +319,17 @@ def as_dict(result, keys) -> dict:
     return dict(zip(keys, result))
 
 
-def _session(state) -> Session:
-    if not isinstance(state, Session) or not state.started:
-        raise ValueError("no trajectory yet: press “New trajectory” first (API: /new_trajectory)")
-    return state
+def _owner(request, sess: Session) -> str:
+    """Who a session belongs to in the pool: the browser tab's (or API client's) session hash."""
+    return getattr(request, "session_hash", None) or f"local-{id(sess)}"
+
+
+def _no_trajectory() -> ValueError:
+    return ValueError("no trajectory yet: press “New trajectory” first (API: /new_trajectory)")
+
+
+class OverBudget(ValueError):
+    """A request would compute longer than one request may on this server."""
 
 
 class Explorer:
@@ -321,8 +337,21 @@ class Explorer:
     it, and formats what it returns. Everything per user comes in and goes out through ``state`` (a Session); the
     only thing shared is the registry of loaded, read-only pipelines."""
 
-    def __init__(self, registry: ModelRegistry | None = None):
+    def __init__(self, registry: ModelRegistry | None = None, pool: SessionPool | None = None,
+                 step_budget_s: float = STEP_BUDGET_S, run_budget_s: float = RUN_BUDGET_S):
         self.registry = registry or ModelRegistry()
+        self.pool = pool or SessionPool()
+        self.step_budget_s = step_budget_s
+        self.run_budget_s = run_budget_s
+
+    def _use(self, state, request) -> Session:
+        """The tab's session, with a trajectory (else a clear error), marked as just used in the pool."""
+        if not isinstance(state, Session):
+            raise _no_trajectory()
+        state.require()
+        self.pool.touch(_owner(request, state), state)
+        return state
+
 
     # ------------------------------------------------------------------ rendering
     @staticmethod
@@ -405,73 +434,101 @@ class Explorer:
 
     # ------------------------------------------------------------------ trajectory
     def new_trajectory(self, checkpoint, seed, sampler, num_steps, threshold_scale, grid_size, layer=None,
-                       raster_mode="step", neurons=None, state=None) -> tuple:
+                       raster_mode="step", neurons=None, state=None, request: gr.Request = None) -> tuple:
         """Draw x_T from the seed and take the first step. Returns the VIEW outputs."""
         pipe = self.registry.get(checkpoint)
         sess = state if isinstance(state, Session) else Session()
         view = sess.view_for(pipe.layer_names(), checkpoint, layer, raster_mode, neurons)
         sess.start(pipe, checkpoint, seed=seed, sampler=sampler, num_steps=num_steps, grid=grid_size,
                    threshold_scale=threshold_scale)
+        self.pool.touch(_owner(request, sess), sess)
         return self.render(sess, view)
 
-    def step(self, n_steps, threshold_scale, layer, raster_mode, neurons, state) -> tuple:
-        """Take ``n_steps`` steps (1 for Step, 10 for Step ×10) with the slider's threshold scale."""
-        sess = _session(state)
+    def step(self, n_steps, threshold_scale, layer, raster_mode, neurons, state, request: gr.Request = None):
+        """Take ``n_steps`` steps (1 for Step, 10 for Step ×10) with the slider's threshold scale, for at most
+        ``step_budget_s`` (then it says how far it got). Yields every ``YIELD_EVERY_S`` (a cancelled request stops
+        there), the images every ``STREAM_EVERY_S``, and the whole view at the end."""
+        sess = self._use(state, request)
         view = sess.check_view(layer, raster_mode, neurons)
-        sess.advance(n_steps, threshold_scale)
-        return self.render(sess, view)
+        n = check_step_count(n_steps)
+        check_scale(threshold_scale)
+        yield from self._advance(sess, n, threshold_scale, view, "Stepping", self.step_budget_s, request)
 
-    def set_threshold(self, threshold_scale, layer, raster_mode, neurons, state) -> tuple:
+    def set_threshold(self, threshold_scale, layer, raster_mode, neurons, state, request: gr.Request = None) -> tuple:
         """Re-run the denoiser of the viewed step with this threshold scale: x̂₀, ε̂ and every neuron plot
         update, the trajectory itself does not. Returns the THRESHOLD outputs."""
-        sess = _session(state)
+        sess = self._use(state, request)
         view = sess.check_view(layer, raster_mode, neurons)
         sess.preview(threshold_scale)
         return self.render(sess, view, THRESHOLD_KEYS)
 
-    def scrub(self, step, layer, raster_mode, neurons, state) -> tuple:
+    def scrub(self, step, layer, raster_mode, neurons, state, request: gr.Request = None) -> tuple:
         """Show recorded step ``step`` (1-based). Returns the SCRUB outputs (VIEW without the timeline)."""
-        sess = _session(state)
+        sess = self._use(state, request)
         view = sess.check_view(layer, raster_mode, neurons)
         sess.scrub(step)
         return self.render(sess, view, SCRUB_KEYS)
 
-    def _run(self, sess: Session, threshold_scale, view: View, what: str, generation: int | None = None):
+    def _advance(self, sess: Session, n: int, threshold_scale, view: View, what: str, budget_s: float, request,
+                 generation: int | None = None):
+        """Up to ``n`` steps, one at a time, for at most ``budget_s``: yields a no-change update every
+        ``YIELD_EVERY_S`` (where a cancelled request stops), the images every ``STREAM_EVERY_S``, and the view."""
         generation = sess.generation if generation is None else generation
-        last = time.monotonic()
+        start = last = last_yield = time.monotonic()
+        done = 0
         try:
-            while not sess.is_done:
+            while done < n:
                 sess.advance(1, threshold_scale, generation=generation)
-                if time.monotonic() - last > STREAM_EVERY_S and not sess.is_done:
-                    last = time.monotonic()
+                done += 1
+                if sess.is_done or done == n:
+                    break
+                now = time.monotonic()
+                if now - start > budget_s:
+                    gr.Info(f"Paused after {done} of {n} steps: one request computes for at most {budget_s:.0f} s on "
+                            "this shared server. Press the button again to go on.")
+                    break
+                if now - last > STREAM_EVERY_S:
+                    last = last_yield = now
                     yield self._light(sess, what)
+                elif now - last_yield > YIELD_EVERY_S:
+                    last_yield = now
+                    yield SKIP_VIEW
         except Superseded:
             pass    # restarted by another event of this tab: show what is there now
+        self.pool.touch(_owner(request, sess), sess)
         yield self.render(sess, view)
 
-    def run_to_end(self, threshold_scale, layer, raster_mode, neurons, state):
+    def run_to_end(self, threshold_scale, layer, raster_mode, neurons, state, request: gr.Request = None):
         """Step to the end with the slider's threshold scale (streams the images while it runs)."""
-        sess = _session(state)
+        sess = self._use(state, request)
         view = sess.check_view(layer, raster_mode, neurons)
         check_scale(threshold_scale)
-        yield from self._run(sess, threshold_scale, view, "Running to the end")
+        left = sess.settings.num_steps - sess.num_recorded
+        if left == 0:
+            yield self.render(sess, view)
+            return
+        yield from self._advance(sess, left, threshold_scale, view, "Running to the end", self.run_budget_s, request)
 
-    def continue_from_here(self, threshold_scale, layer, raster_mode, neurons, state):
+    def continue_from_here(self, threshold_scale, layer, raster_mode, neurons, state, request: gr.Request = None):
         """Re-run the viewed step with the slider's scale and carry on to the end from there."""
-        sess = _session(state)
+        sess = self._use(state, request)
         view = sess.check_view(layer, raster_mode, neurons)
         generation = sess.continue_from_view(threshold_scale)
-        yield from self._run(sess, threshold_scale, view, "Continuing", generation)
+        left = sess.settings.num_steps - sess.num_recorded
+        if left == 0:
+            yield self.render(sess, view)
+            return
+        yield from self._advance(sess, left, threshold_scale, view, "Continuing", self.run_budget_s, request,
+                                 generation)
 
-    def select_layer(self, layer, raster_mode, neurons, state) -> tuple:
+    def select_layer(self, layer, raster_mode, neurons, state, request: gr.Request = None) -> tuple:
         """Redraw the neuron plots for another layer / raster mode / neuron selection (LAYER outputs)."""
-        sess = _session(state)
+        sess = self._use(state, request)
         return self.render(sess, sess.check_view(layer, raster_mode, neurons), LAYER_KEYS)
 
     # ------------------------------------------------------------------ play
-    @staticmethod
-    def toggle_play(playing, state):
-        sess = _session(state)
+    def toggle_play(self, playing, state, request: gr.Request = None):
+        sess = self._use(state, request)
         playing = not bool(playing)
         if playing and sess.is_done:
             gr.Info("The trajectory is finished: press New trajectory to play another one.")
@@ -490,33 +547,52 @@ class Explorer:
         return out + (stop if sess.is_done else (gr.skip(), gr.skip(), True))
 
     # ------------------------------------------------------------------ compare / export
-    @staticmethod
-    def compare_scales(threshold_scale, state, progress=gr.Progress()) -> tuple:
+    def _ticks(self, steps, keys, progress):
+        """Drive a ``sdm.explorer.compare.*_steps`` generator: progress and a no-change update every
+        ``YIELD_EVERY_S`` (where a cancelled request stops), and the per-request budget. Returns its result."""
+        start = last_yield = time.monotonic()
+        skip = tuple(gr.skip() for _ in keys)
+        while True:
+            try:
+                frac, desc = next(steps)
+            except StopIteration as stop:
+                return stop.value
+            now = time.monotonic()
+            if now - start > self.run_budget_s:
+                raise OverBudget(f"this comparison takes longer than one request may compute on this shared server "
+                                 f"({self.run_budget_s:.0f} s): use fewer steps or a smaller grid")
+            if now - last_yield > YIELD_EVERY_S:
+                last_yield = now
+                progress(frac, desc=desc)
+                yield skip
+
+    def compare_scales(self, threshold_scale, state, request: gr.Request = None, progress=gr.Progress()):
         """Final images at threshold scale 1.0 and at the slider's scale, same seed and noise."""
-        sess = _session(state)
-        r = compare.compare_scales(sess, threshold_scale, progress=lambda f, d: progress(f, desc=d))
+        sess = self._use(state, request)
+        r = yield from self._ticks(compare.compare_scales_steps(sess, threshold_scale), COMPARE_SCALE_KEYS, progress)
         eb, es = r["base_energy"], r["scaled_energy"]
         s = sess.settings
         md = (f"Same seed ({s.seed}) and noise, {s.num_steps} {s.sampler.upper()} steps. Mean |difference| = "
               f"{r['mean_abs_diff']:.3f} (pixel range 0-2).\n\nEnergy per image: scale 1.000 → "
               f"{eb['energy_mj']:.4g} mJ ({eb['sops']:.3g} SOPs); scale {r['scale']:.3f} → {es['energy_mj']:.4g} mJ "
               f"({es['sops']:.3g} SOPs).")
-        return (grid_image(viz.to_display(r["base"])), grid_image(viz.to_display(r["scaled"])), md)
+        yield (grid_image(viz.to_display(r["base"])), grid_image(viz.to_display(r["scaled"])), md)
 
-    def compare_ann(self, threshold_scale, state, progress=gr.Progress()) -> tuple:
+    def compare_ann(self, threshold_scale, state, request: gr.Request = None, progress=gr.Progress()):
         """The SNN (at the slider's scale) and its ANN counterpart, same seed and noise."""
-        sess = _session(state)
-        r = compare.compare_ann(sess, self.registry, threshold_scale, progress=lambda f, d: progress(f, desc=d))
+        sess = self._use(state, request)
+        r = yield from self._ticks(compare.compare_ann_steps(sess, self.registry, threshold_scale), COMPARE_ANN_KEYS,
+                                   progress)
         es, ea = r["snn_energy"], r["ann_energy"]
         md = (f"**{sess.settings.checkpoint}** (threshold scale {r['scale']:.3f}) vs **{r['ann_name']}**, seed "
               f"{sess.settings.seed}, same x_T and noise.\n\nEnergy per image: SNN {es['energy_mj']:.4g} mJ "
               f"({es['sops']:.3g} SOPs) · ANN {ea['energy_mj']:.4g} mJ → SNN / ANN = **{r['energy_ratio']:.2f}**")
-        return (grid_image(viz.to_display(r["snn"])), grid_image(viz.to_display(r["ann"])), md)
+        yield (grid_image(viz.to_display(r["snn"])), grid_image(viz.to_display(r["ann"])), md)
 
-    @staticmethod
-    def export(state, progress=gr.Progress()) -> tuple:
-        """Write the trajectory as GIF and MP4, the current sample as PNG and the recording as NPZ."""
-        sess = _session(state)
+    def export(self, state, request: gr.Request = None, progress=gr.Progress()) -> tuple:
+        """Write the trajectory as GIF and MP4, the current sample as PNG and the recording as NPZ (at most 200
+        frames: bounded work)."""
+        sess = self._use(state, request)
         paths = trajectory_export.export(sess, progress=lambda f, d: progress(f, desc=d))
         s = sess.settings
         md = (f"Exported {sess.num_recorded} of {s.num_steps} steps of {s.checkpoint} (seed {s.seed}). "
@@ -629,6 +705,7 @@ def build_demo(explorer: Explorer | None = None) -> gr.Blocks:
                                 VIEW_KEYS)
             except ValueError as e:
                 log.warning("default checkpoint %s: %s", default, e)
+            ex.pool.release(_owner(None, warm))
             warm.close()
             first.pop("state", None)
     layer_choices = model_d.get("layers") or []
@@ -794,8 +871,8 @@ def build_demo(explorer: Explorer | None = None) -> gr.Blocks:
 
         settings_in = [checkpoint, seed, sampler, num_steps, threshold, grid_size]
         view_in = [layer, raster_mode, neurons]
-        interactive = dict(concurrency_id="interactive", concurrency_limit=CONCURRENCY_LIMIT)
-        heavy = dict(concurrency_id="heavy", concurrency_limit=CONCURRENCY_LIMIT)
+        interactive = dict(concurrency_id="interactive", concurrency_limit=INTERACTIVE_LIMIT)
+        heavy = dict(concurrency_id="heavy", concurrency_limit=HEAVY_LIMIT)
 
         new_fn = user_errors(ex.new_trajectory)
         new_args = dict(fn=new_fn, inputs=settings_in + view_in + [state], outputs=outs(VIEW_KEYS),
@@ -868,8 +945,27 @@ def build_demo(explorer: Explorer | None = None) -> gr.Blocks:
                   [checkpoint] + outs(MODEL_KEYS) + outs(VIEW_KEYS) + outs(ACTION_KEYS), api_visibility="private",
                   show_progress="hidden")
 
-    demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE)
+        def forget_tab(request: gr.Request):
+            _forget_tab(demo, ex, request)
+
+        demo.unload(forget_tab)
+    atexit.register(ex.pool.close_all)       # the sessions' exported files go with the server
+    demo.queue(default_concurrency_limit=INTERACTIVE_LIMIT, max_size=QUEUE_MAX_SIZE)
     return demo
+
+
+def _forget_tab(demo: gr.Blocks, ex: Explorer, request: gr.Request) -> None:
+    """The tab closed (gradio's unload): free its session now, and gradio's copy of the tab's outputs (plots,
+    images), which gradio otherwise keeps for an hour in case the tab comes back."""
+    owner = _owner(request, None)
+    ex.pool.release(owner)
+    holder = getattr(demo, "state_holder", None)
+    if holder is not None and owner in holder:
+        holder.delete_state(owner)
+        with holder.lock:
+            holder.session_data.pop(owner, None)
+            holder.time_last_used.pop(owner, None)
+    release_memory()
 
 
 def _free_session(sess) -> None:
@@ -879,8 +975,8 @@ def _free_session(sess) -> None:
 
 
 def launch_kwargs() -> dict:
-    """Theme and CSS (Gradio 6 takes them in launch())."""
-    return dict(theme=THEME, css=CSS)
+    """Theme and CSS (Gradio 6 takes them in launch()), and no uploads (the app has no upload component)."""
+    return dict(theme=THEME, css=CSS, max_file_size=MAX_UPLOAD)
 
 
 def __getattr__(name: str):

@@ -5,11 +5,13 @@ No pickle anywhere: weights are safetensors, configs and cards are JSON.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import DiffusionConfig, ModelConfig, load_config, save_config
@@ -120,18 +122,39 @@ def write_card(folder: str | Path, card: dict) -> None:
 
 
 def read_card(folder: str | Path) -> dict:
+    """The model card (card.json) of a checkpoint folder, a JSON object."""
     path = Path(folder) / CARD
     try:
-        return json.loads(path.read_text())
+        card = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: model card is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(card, dict):
+        raise ValueError(f"{path}: a model card must be a JSON object ({{...}}), not a {type(card).__name__}; "
+                         "restore the file (git checkout) or rewrite it")
+    return card
 
 
-def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu"):
+def weight_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a safetensors file, read from its header only (no tensor data is loaded)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path}: corrupted or truncated safetensors file ({e}); "
+                         "restore it (git checkout) or retrain") from None
+
+
+def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu", max_parameters: int | None = None):
     """Load a checkpoint folder.
 
+    Everything is checked before the model is built: the config, the card, and the tensor names and shapes in the
+    weights file's header against the model the config describes (built on the meta device, which takes no memory),
+    so a broken or hostile folder costs no more than reading its header.
+
+    Args:
+        max_parameters: refuse a model with more parameters than this (None: no limit).
     Returns:
         (model in eval mode, DiffusionConfig, card dict)
     Raises:
@@ -147,25 +170,31 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu"):
     model_cfg, diffusion, _ = load_config(folder / CONFIG)
     card = read_card(folder)
     path = folder / WEIGHTS
+    shapes = weight_shapes(path)
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in SpikingUNet(model_cfg, diffusion).state_dict().items()}
+    n_params = sum(math.prod(s) for s in expected.values())
+    if max_parameters is not None and n_params > max_parameters:
+        raise ValueError(f"{folder / CONFIG} describes a model of {n_params / 1e6:.1f}M values, over this server's "
+                         f"limit of {max_parameters / 1e6:.0f}M")
+    missing_keys = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    if missing_keys or unexpected:
+        raise ValueError(f"{path}: weights do not match {folder / CONFIG}: missing {missing_keys[:5]}"
+                         f"{'...' if len(missing_keys) > 5 else ''}, unexpected {unexpected[:5]}"
+                         f"{'...' if len(unexpected) > 5 else ''}")
+    bad = [k for k in expected if expected[k] != shapes[k]]
+    if bad:
+        raise ValueError(f"{path}: tensor shapes do not match the config for {bad[:5]}")
     try:
         sd = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise ValueError(f"{path}: corrupted or truncated safetensors file ({e}); "
                          "restore it (git checkout) or retrain") from None
-    model = SpikingUNet(model_cfg, diffusion).to(device)
-    own = model.state_dict()
-    missing_keys = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    if missing_keys or unexpected:
-        raise ValueError(f"{path}: weights do not match {folder / CONFIG}: missing {missing_keys[:5]}"
-                         f"{'...' if len(missing_keys) > 5 else ''}, unexpected {unexpected[:5]}"
-                         f"{'...' if len(unexpected) > 5 else ''}")
-    bad = [k for k in own if own[k].shape != sd[k].shape]
-    if bad:
-        raise ValueError(f"{path}: tensor shapes do not match the config for {bad[:5]}")
     nonfinite = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if nonfinite:
         raise ValueError(f"{path}: non-finite values in {nonfinite[:5]}; the file is corrupted")
+    model = SpikingUNet(model_cfg, diffusion).to(device)
     model.load_state_dict(sd)
     model.eval()
     return model, diffusion, card

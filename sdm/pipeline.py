@@ -297,12 +297,14 @@ def list_checkpoints(root: str | Path | None = None) -> list[str]:
 
 
 def load_pipeline(name_or_path: str | Path, checkpoints_dir: str | Path | None = None,
-                  device: str = "cpu") -> SpikingDiffusionPipeline:
+                  device: str = "cpu", max_parameters: int | None = None) -> SpikingDiffusionPipeline:
     """Load a checkpoint by name (a folder under checkpoints/) or by folder path.
+
+    ``max_parameters``: refuse a larger model before building it (``sdm.checkpoints.load_checkpoint``).
 
     Raises:
         FileNotFoundError naming the available checkpoints for an unknown name; ValueError for a corrupt file.
     """
     folder = resolve_checkpoint(name_or_path, checkpoints_dir)
-    model, diffusion, card = load_checkpoint(folder, device=device)
+    model, diffusion, card = load_checkpoint(folder, device=device, max_parameters=max_parameters)
     return SpikingDiffusionPipeline(model, diffusion, card, name=folder.name, path=folder)

@@ -95,6 +95,12 @@ BAD = [
     ("select an unknown layer", "/select_layer", dict(layer="no.such.layer", raster_mode="step", neurons=[]), r"not a layer"),
     ("neuron out of range", "/select_layer", dict(layer=LAYER, raster_mode="step", neurons=[999]), r"[Nn]euron"),
     ("compare at a NaN scale", "/compare_scales", dict(threshold_scale=math.nan), r"[Tt]hreshold scale must be"),
+    # numbers that overflow, and inputs too long to echo back
+    ("infinite neuron", "/select_layer", dict(layer=LAYER, raster_mode="step", neurons=[math.inf]), r"integers 0\.\.63"),
+    ("10^400 neuron", "/select_layer", dict(layer=LAYER, raster_mode="step", neurons=[10 ** 400]), r"integers 0\.\.63"),
+    ("1 MB sampler", "/new_trajectory", new_args(sampler="x" * 1_000_000), r"got 'x{20,80}… \(1,000,002 characters\)"),
+    ("1 MB layer", "/select_layer", dict(layer="y" * 1_000_000, raster_mode="step", neurons=[]), r"characters\); its layers"),
+    ("quoted value keeps its quotes", "/new_trajectory", new_args(sampler="x"), r"got 'x'$"),
 ]
 
 
@@ -120,6 +126,8 @@ def test_bad_input_gets_a_clear_error_and_the_server_answers_the_next_request(se
         c.predict(api_name=endpoint, **kwargs)
     msg = str(err.value)
     assert "Internal error" not in msg and "Traceback" not in msg, msg
+    assert len(msg) < 400, f"{what}: a {len(msg)}-character message"
+    assert str(FIXTURES) not in msg, f"{what}: the message shows the server's path"
     assert re.search(pattern, msg), f"{what}: unclear message {msg!r}"
     # the same client goes on: a good request is answered
     r = start(c, seed=7, steps=3)
@@ -185,6 +193,8 @@ def test_broken_checkpoints_show_a_message_while_the_others_work(tmp_path):
     (tmp_path / "no-config" / "config.json").unlink()
     shutil.copytree(FIXTURES / "tiny-sdm", tmp_path / "garbage")
     (tmp_path / "garbage" / "model.safetensors").write_bytes(b"\x00not a safetensors file" * 100)
+    shutil.copytree(FIXTURES / "tiny-sdm", tmp_path / "listy")
+    (tmp_path / "listy" / "card.json").write_text("[1, 2, 3]")
 
     demo = app.build_demo(app.Explorer(ModelRegistry(tmp_path)))
     port = free_port()
@@ -193,12 +203,35 @@ def test_broken_checkpoints_show_a_message_while_the_others_work(tmp_path):
     try:
         c = client(f"http://127.0.0.1:{port}/")
         for name, needle in [("truncated", "corrupted or truncated"), ("garbage", "corrupted or truncated"),
-                             ("no-config", "missing config.json")]:
+                             ("no-config", "missing config.json"), ("listy", "must be a JSON object")]:
             summary = c.predict(checkpoint=name, layer=LAYER, api_name="/checkpoint_info")[0]
             assert "cannot be loaded" in summary and needle in summary, summary
+            assert str(tmp_path) not in summary, summary
             with pytest.raises(AppError, match=f"{name}.*cannot be loaded"):
                 start(c, checkpoint=name)
             r = start(c, checkpoint="good", seed=3, steps=4)
             assert info(r)["checkpoint"] == "good" and info(r)["step"] == 1
     finally:
         demo.close()
+
+
+def test_invalid_input_changes_no_state(served):
+    """Every argument is checked before anything changes: a bad neuron list neither advances the trajectory nor
+    replaces the session."""
+    from gradio_client.exceptions import AppError
+
+    c = client(served)
+    start(c, seed=5, steps=6)
+    r = c.predict(n_steps=1, threshold_scale=1.0, api_name="/step", **LAYER_ARGS)
+    before = info(r)
+    assert before["steps_done"] == 2
+    with pytest.raises(AppError, match="not recorded"):
+        c.predict(n_steps=3, threshold_scale=1.0, api_name="/step", layer=LAYER, raster_mode="step", neurons=[999])
+    with pytest.raises(AppError, match="not recorded"):
+        c.predict(**new_args(seed=777, neurons=[999]), api_name="/new_trajectory")
+    with pytest.raises(AppError, match="[Rr]aster mode"):
+        c.predict(threshold_scale=1.0, api_name="/run_to_end", layer=LAYER, raster_mode="3d", neurons=[])
+    r = c.predict(layer=LAYER, raster_mode="step", neurons=[], api_name="/select_layer")
+    r = c.predict(step=2, api_name="/scrub", **LAYER_ARGS)
+    after = info(r, app.SCRUB_KEYS)
+    assert after["seed"] == 5 and after["steps_done"] == 2 and after["sample_digest"] == before["sample_digest"]

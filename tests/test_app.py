@@ -43,9 +43,12 @@ def start(ex, seed=0, steps=STEPS, scale=1.0, grid=1, checkpoint="tiny-sdm", sam
     return view(ex.new_trajectory(checkpoint, seed, sampler, steps, scale, grid, LAYER, "step", [], None))
 
 
-def drain(gen):
+def drain(result):
+    """The last output of a streaming handler (a generator); a plain handler's output as it is."""
+    if not hasattr(result, "__next__"):
+        return result
     out = None
-    for out in gen:
+    for out in result:
         pass
     return out
 
@@ -64,9 +67,9 @@ def test_new_trajectory_then_step_advances_the_index(explorer):
     assert v["info"]["timestep"] == sess.timesteps[0]
     assert "Step 1 / 8" in v["status"] and f"t = {sess.timesteps[0]}" in v["status"]
 
-    v2 = view(explorer.step(1, 1.0, LAYER, "step", [], sess))
+    v2 = view(drain(explorer.step(1, 1.0, LAYER, "step", [], sess)))
     assert v2["info"]["step"] == 2 and v2["info"]["timestep"] == sess.timesteps[1]
-    v3 = view(explorer.step(3, 1.0, LAYER, "step", [], sess))
+    v3 = view(drain(explorer.step(3, 1.0, LAYER, "step", [], sess)))
     assert v3["info"]["step"] == 5 and "Step 5 / 8" in v3["status"]
     assert v3["timeline"].maximum == 5 and v3["timeline"].value == 5
     # x_t changed from step to step, and the images are nearest-neighbour upscaled (pixel-crisp)
@@ -79,14 +82,14 @@ def test_new_trajectory_then_step_advances_the_index(explorer):
     # stepping past the end is refused with a message
     drain(explorer.run_to_end(1.0, LAYER, "step", [], sess))
     with pytest.raises(ValueError, match="finished"):
-        explorer.step(1, 1.0, LAYER, "step", [], sess)
+        drain(explorer.step(1, 1.0, LAYER, "step", [], sess))
 
 
 def test_scrub_returns_the_recorded_step(explorer):
     v = start(explorer)
     sess = v["state"]
-    at2 = view(explorer.step(1, 1.0, LAYER, "step", [], sess))
-    explorer.step(4, 1.0, LAYER, "step", [], sess)
+    at2 = view(drain(explorer.step(1, 1.0, LAYER, "step", [], sess)))
+    drain(explorer.step(4, 1.0, LAYER, "step", [], sess))
     s = view(explorer.scrub(2, LAYER, "step", [], sess), app.SCRUB_KEYS)
     assert s["info"]["step"] == 2 and s["info"]["timestep"] == sess.timesteps[1]
     assert s["info"]["steps_done"] == 6
@@ -102,7 +105,7 @@ def test_scrub_returns_the_recorded_step(explorer):
 def test_threshold_change_alters_x0_and_the_firing_rates(explorer):
     v = start(explorer)
     sess = v["state"]
-    base = view(explorer.step(2, 1.0, LAYER, "step", [], sess))
+    base = view(drain(explorer.step(2, 1.0, LAYER, "step", [], sess)))
     t = view(explorer.set_threshold(1.08, LAYER, "step", [], sess), app.THRESHOLD_KEYS)
     assert t["info"]["previewing"] and t["info"]["threshold_scale"] == pytest.approx(1.08)
     assert t["info"]["x0_digest"] != base["info"]["x0_digest"]
@@ -122,7 +125,7 @@ def test_threshold_change_alters_x0_and_the_firing_rates(explorer):
 def test_continue_from_here_equals_a_run_that_switched_scale_at_that_step(explorer):
     v = start(explorer)
     sess = v["state"]
-    explorer.step(4, 1.0, LAYER, "step", [], sess)
+    drain(explorer.step(4, 1.0, LAYER, "step", [], sess))
     explorer.scrub(3, LAYER, "step", [], sess)
     explorer.set_threshold(1.05, LAYER, "step", [], sess)
     end = view(drain(explorer.continue_from_here(1.05, LAYER, "step", [], sess)))
@@ -144,8 +147,8 @@ def test_compare_scales_share_seed_and_noise(explorer):
     v = start(explorer)
     sess = v["state"]
     drain(explorer.run_to_end(1.0, LAYER, "step", [], sess))
-    base, scaled, md = explorer.compare_scales(1.06, sess)
-    same, same2, _ = explorer.compare_scales(1.0, sess)
+    base, scaled, md = drain(explorer.compare_scales(1.06, sess))
+    same, same2, _ = drain(explorer.compare_scales(1.0, sess))
     np.testing.assert_array_equal(same, same2)
     np.testing.assert_array_equal(base, same)
     assert not np.array_equal(base, scaled) and "1.060" in md
@@ -157,13 +160,13 @@ def test_compare_scales_share_seed_and_noise(explorer):
 
 def test_compare_with_the_ann_counterpart(explorer):
     v = start(explorer)
-    snn, ann, md = explorer.compare_ann(1.0, v["state"])
+    snn, ann, md = drain(explorer.compare_ann(1.0, v["state"]))
     assert snn.shape == ann.shape and not np.array_equal(snn, ann)
     assert "tiny-ann" in md and "SNN / ANN" in md
     a = start(explorer, checkpoint="tiny-ann")
     assert "ANN" in a["energy_md"] and "no spikes" in a["raster"].to_json()
     with pytest.raises(ValueError, match="itself an ANN"):
-        explorer.compare_ann(1.0, a["state"])
+        drain(explorer.compare_ann(1.0, a["state"]))
 
 
 def test_exports_read_back_with_every_frame(explorer, tmp_path):
@@ -199,7 +202,7 @@ def test_exports_read_back_with_every_frame(explorer, tmp_path):
 def test_views_for_every_mode_and_layer(explorer):
     v = start(explorer)
     sess = v["state"]
-    explorer.step(3, 1.0, LAYER, "step", [], sess)
+    drain(explorer.step(3, 1.0, LAYER, "step", [], sess))
     names = explorer.registry.get("tiny-sdm").layer_names()
     out = app.as_dict(explorer.select_layer(names[-1], "trajectory", [0, 5], sess), app.LAYER_KEYS)
     raster = out["raster"]
@@ -220,7 +223,7 @@ def test_bad_inputs_give_clear_errors_and_the_session_survives(explorer):
     step = app.user_errors(explorer.step)
     new = app.user_errors(explorer.new_trajectory)
     with pytest.raises(gr.Error, match="New trajectory"):
-        step(1, 1.0, LAYER, "step", [], None)
+        drain(step(1, 1.0, LAYER, "step", [], None))
     v = start(explorer)
     sess = v["state"]
     bad = [
@@ -240,10 +243,10 @@ def test_bad_inputs_give_clear_errors_and_the_session_survives(explorer):
     ]
     for fn, args, needle in bad:
         with pytest.raises(gr.Error, match="(?i)" + needle):
-            fn(*args)
+            drain(fn(*args))
     # nothing above touched the session
     assert display.info(sess)["steps_done"] == 1 and sess.settings.checkpoint == "tiny-sdm"
-    assert view(step(1, 1.0, LAYER, "step", [], sess))["info"]["step"] == 2
+    assert view(drain(step(1, 1.0, LAYER, "step", [], sess)))["info"]["step"] == 2
     # the API inputs reach the handlers as sent (gradio's own conversion would fail first with a generic
     # message): the explorer's validator names them
     for comp in (app.RawSlider(0.9, 1.1, elem_id="threshold"), app.RawNumber(elem_id="seed", minimum=0),
@@ -293,7 +296,7 @@ def test_a_converted_if_model_is_listed_and_its_neuron_views_work(tmp_path):
     assert "no TSM" in note and "converted from a 2-bit quantised ANN" in note
     v = view(ex.new_trajectory("tiny-ann2snn-t3", 0, "ddim", 4, 1.0, 1, LAYER, "step", [], None))
     sess = v["state"]
-    v = view(ex.step(2, 1.0, LAYER, "step", [], sess))
+    v = view(drain(ex.step(2, 1.0, LAYER, "step", [], sess)))
     assert v["info"]["step"] == 3 and v["info"]["mean_firing_rate"] > 0
     assert figure_points(v["raster"]) > 0 and figure_points(v["traces"]) > 0
     out = app.as_dict(ex.select_layer("out.act", "trajectory", [], sess), app.LAYER_KEYS)
@@ -306,13 +309,13 @@ def test_sessions_do_not_see_each_other(explorer):
     a = start(explorer, seed=1)["state"]
     b = start(explorer, seed=2, scale=1.04)["state"]
     for _ in range(3):
-        explorer.step(1, 1.0, LAYER, "step", [], a)
-        explorer.step(1, 1.04, LAYER, "step", [], b)
+        drain(explorer.step(1, 1.0, LAYER, "step", [], a))
+        drain(explorer.step(1, 1.04, LAYER, "step", [], b))
         explorer.set_threshold(0.95, LAYER, "step", [], b)
     solo_a = start(explorer, seed=1)["state"]
-    explorer.step(3, 1.0, LAYER, "step", [], solo_a)
+    drain(explorer.step(3, 1.0, LAYER, "step", [], solo_a))
     solo_b = start(explorer, seed=2, scale=1.04)["state"]
-    explorer.step(3, 1.04, LAYER, "step", [], solo_b)
+    drain(explorer.step(3, 1.04, LAYER, "step", [], solo_b))
     np.testing.assert_array_equal(a.x, solo_a.x)
     np.testing.assert_array_equal(b.x, solo_b.x)
     assert display.info(a)["threshold_scale"] == 1.0 and display.info(b)["threshold_scale"] == pytest.approx(0.95)

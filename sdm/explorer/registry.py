@@ -4,27 +4,33 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from ..checkpoints import ann_counterpart_names, checkpoints_dir
+from ..checkpoints import REQUIRED, ann_counterpart_names, checkpoints_dir
 from ..pipeline import SpikingDiffusionPipeline, list_checkpoints, load_pipeline
 from .validation import shown
 
 DEFAULT_CHECKPOINT = "fmnist-sdm-t4"
+MAX_PARAMETERS = 20_000_000         # a checkpoint the app serves (the shipped ones: 0.2-2.1M)
 
 
 class ModelRegistry:
     """Pipelines by checkpoint name, loaded once and shared read-only by all sessions.
 
     A checkpoint that fails to load does not break the others: ``get`` raises a ValueError that says what is
-    wrong, ``summary`` returns the message. Failed loads are retried on the next request (a checkpoint that
-    was being written may be complete by then); loaded ones are never reloaded.
+    wrong, ``summary`` returns the message. A failure is remembered with the size and modification time of the
+    folder's files: asking again costs nothing until one of them changes (a checkpoint that was being written is
+    tried again once it is complete). Loaded ones are never reloaded. A folder that is a symbolic link to a place
+    outside the checkpoints folder is not served (it could expose files the server did not mean to share).
 
     Args:
         root: the checkpoints folder (None: ``$SDM_CHECKPOINTS`` or ``checkpoints/``).
+        max_parameters: refuse a model larger than this before building it.
     """
 
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, max_parameters: int = MAX_PARAMETERS):
         self.root = Path(root) if root is not None else None
+        self.max_parameters = max_parameters
         self._pipes: dict[str, SpikingDiffusionPipeline] = {}
+        self._failures: dict[str, tuple[tuple, str]] = {}      # name -> (files' signature, message)
         self._lock = threading.Lock()
 
     @property
@@ -33,8 +39,20 @@ class ModelRegistry:
         return str(self.root if self.root is not None else checkpoints_dir())
 
     def names(self) -> list[str]:
-        """Checkpoint folders available now (sorted)."""
-        return list_checkpoints(self.root)
+        """Checkpoint folders available now (sorted), without links that lead outside the checkpoints folder."""
+        root = Path(self.where).resolve()
+        return [n for n in list_checkpoints(self.root) if (root / n).resolve().parent == root]
+
+    def _signature(self, name: str) -> tuple:
+        folder = Path(self.where) / name
+        sig = []
+        for f in REQUIRED:
+            try:
+                st = (folder / f).stat()
+                sig.append((f, st.st_size, st.st_mtime_ns))
+            except OSError:
+                sig.append((f, None, None))
+        return tuple(sig)
 
     def default_name(self) -> str | None:
         """fmnist-sdm-t4 when present, else the first spiking checkpoint that loads, else the first that loads."""
@@ -78,11 +96,18 @@ class ModelRegistry:
         with self._lock:
             if name in self._pipes:
                 return self._pipes[name]
+            signature = self._signature(name)
+            failed = self._failures.get(name)
+            if failed is not None and failed[0] == signature:
+                raise ValueError(failed[1])
             try:
-                pipe = load_pipeline(name, self.root)
+                pipe = load_pipeline(name, self.root, max_parameters=self.max_parameters)
             except Exception as e:  # noqa: BLE001 - any failure is reported, the app stays up
                 reason = str(e).replace(str(Path(self.where).resolve()) + "/", "").replace(self.where + "/", "")
-                raise ValueError(f"checkpoint {name!r} cannot be loaded: {reason}") from None
+                msg = f"checkpoint {name!r} cannot be loaded: {reason}"
+                self._failures[name] = (signature, msg)
+                raise ValueError(msg) from None
+            self._failures.pop(name, None)
             self._pipes[name] = pipe
             return pipe
 

@@ -164,6 +164,7 @@ class Session:
         # final images of whole runs, for the comparisons: settings + scale -> (x [B, C, H, W], energy per image)
         self._finals: OrderedDict[tuple, tuple[np.ndarray, dict]] = OrderedDict()
         self.export_dir: str | None = None      # this session's temporary files (exports), deleted by close()
+        self.closed_reason: str | None = None   # why close() freed it, if not at the owner's request
 
     # ------------------------------------------------------------------ facts
     @property
@@ -184,7 +185,8 @@ class Session:
 
     def require(self) -> None:
         if not self.started:
-            raise ValueError("no trajectory yet: press “New trajectory” first (API: /new_trajectory)")
+            raise ValueError(self.closed_reason or
+                             "no trajectory yet: press “New trajectory” first (API: /new_trajectory)")
 
     def nbytes(self) -> int:
         """Bytes of recorded data (records, preview, cached final images)."""
@@ -216,6 +218,7 @@ class Session:
         x = _f32(pipe.initial_noise(settings.seed, settings.grid))
         with self.lock:
             self.generation += 1
+            self.closed_reason = None
             self.pipe = pipe
             self.settings = settings
             self._sched = sched
@@ -381,9 +384,11 @@ class Session:
             self._finals.popitem(last=False)
 
     # ------------------------------------------------------------------ cleanup
-    def close(self) -> None:
-        """Free the recording and delete this session's files (gr.State's delete_callback)."""
+    def close(self, reason: str | None = None) -> None:
+        """Free the recording and delete this session's files (the tab closed, or ``reason``: say why to the
+        owner's next request). A run in progress stops at its next step (``Superseded``)."""
         with self.lock:
+            self.closed_reason = reason
             self.records = []
             self.preview_data = None
             self._finals.clear()
