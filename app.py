@@ -36,8 +36,10 @@ DEFAULTS = dict(seed=0, sampler="ddim", num_steps=50, threshold_scale=1.0, grid_
 INTERACTIVE_LIMIT = 4          # light events at once (one torch thread each): two heavy runs leave room for others
 HEAVY_LIMIT = 2                # Run to end, Continue, Compare, Export at once
 QUEUE_MAX_SIZE = 64            # waiting events, all users; beyond it gradio answers "Queue is full"
-STEP_BUDGET_S = 10.0           # one Step request computes at most this long (Step x10 of 16 images: about 4 s)
-RUN_BUDGET_S = 120.0           # one Run to end / Continue / Compare request computes at most this long
+# one Step request computes at most this long (Step x10 of 16 images: about 4 s); one Run to end / Continue / Compare
+# request at most RUN_BUDGET_S. An operator may change them: SDM_STEP_BUDGET_S, SDM_RUN_BUDGET_S.
+STEP_BUDGET_S = float(os.environ.get("SDM_STEP_BUDGET_S", "10"))
+RUN_BUDGET_S = float(os.environ.get("SDM_RUN_BUDGET_S", "120"))
 MAX_UPLOAD = "1kb"             # the app takes no uploads: gradio's upload route refuses anything larger
 STATE_TTL_S = 3600             # idle sessions are freed after an hour
 PLAY_INTERVAL_S = 0.5          # Play: one tick every half second ...

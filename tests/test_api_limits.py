@@ -3,7 +3,6 @@ light one, a closed tab's memory goes back to the system, uploads are refused. A
 from __future__ import annotations
 
 import os
-import resource
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,11 +32,6 @@ def start(c, steps=6, grid=1, seed=0):
                      grid_size=grid, api_name="/new_trajectory", **LAYER_ARGS)
 
 
-def cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def rss_mb(status: str = "/proc/self/status") -> float:
     with open(status) as f:
         for line in f:
@@ -46,10 +40,53 @@ def rss_mb(status: str = "/proc/self/status") -> float:
     raise RuntimeError("no VmRSS")
 
 
+RUN_BUDGET_S = 10.0
+
+
+class Server:
+    """``python app.py`` in its own process, as a Space runs it: its CPU time and RSS are the server's alone, and
+    the test's clients do not compete with it for the GIL."""
+
+    def __init__(self, root, **env):
+        import subprocess
+        import sys
+        from urllib.request import urlopen
+
+        port = free_port()
+        env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", SDM_CHECKPOINTS=str(root),
+                   GRADIO_ANALYTICS_ENABLED="False", **env)
+        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=os.path.dirname(app.__file__), env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{port}/"
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urlopen(self.url, timeout=2):
+                    break
+            except OSError:
+                assert self.proc.poll() is None and time.time() < deadline, "app.py did not start"
+                time.sleep(0.5)
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mb(self) -> float:
+        return rss_mb(f"/proc/{self.proc.pid}/status")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except Exception:  # noqa: BLE001
+            self.proc.kill()
+
+
 @pytest.fixture(scope="module")
-def launched(tmp_path_factory):
-    """Its own app (so that its pool and queue are this module's), with a 15 s budget per heavy request, serving
-    tiny-sdm at 2 base channels (the same 19 recorded layers, about 70 ms a step for 16 images)."""
+def server(tmp_path_factory):
+    """The app serving tiny-sdm at 2 base channels (the same 19 recorded layers, about 70 ms a step for 16 images),
+    with a 10 s budget per heavy request."""
     import sdm
     from sdm.checkpoints import save_checkpoint
 
@@ -58,31 +95,27 @@ def launched(tmp_path_factory):
     torch.manual_seed(0)
     save_checkpoint(root / "tiny-sdm", sdm.SpikingUNet(tiny.config.replace(base_channels=2, time_embed_dim=8)),
                     tiny.diffusion, {"name": "tiny-sdm", "description": "random weights, for the limits tests"})
-    ex = app.Explorer(ModelRegistry(root), run_budget_s=15.0)
-    demo = app.build_demo(ex)
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_port=port, server_name="127.0.0.1", quiet=True,
-                **app.launch_kwargs())
+    srv = Server(root, SDM_RUN_BUDGET_S=str(RUN_BUDGET_S))
     try:
-        yield f"http://127.0.0.1:{port}/", ex
+        yield srv
     finally:
-        demo.close()
+        srv.stop()
 
 
-def test_a_cancelled_request_stops_computing(launched):
-    url, _ = launched
+def test_a_cancelled_request_stops_computing(server):
+    url = server.url
     c = client(url)
     start(c, steps=1000, grid=16)
     job = c.submit(n_steps=1000, threshold_scale=1.0, api_name="/step", **LAYER_ARGS)
     time.sleep(2.0)
-    busy0 = cpu_seconds()
+    busy0 = server.cpu_seconds()
     time.sleep(1.0)
-    assert cpu_seconds() - busy0 > 0.5, "the step was not computing"
+    assert server.cpu_seconds() - busy0 > 0.5, "the step was not computing"
     job.cancel()
     time.sleep(1.0)                                  # the step in flight finishes
-    idle0 = cpu_seconds()
+    idle0 = server.cpu_seconds()
     time.sleep(2.0)
-    spent = cpu_seconds() - idle0
+    spent = server.cpu_seconds() - idle0
     assert spent < 0.4, f"{spent:.2f} CPU s in 2 s after the cancel: the request kept computing"
     # the session is usable, at the step where the cancel stopped it
     r = c.predict(n_steps=1, threshold_scale=1.0, api_name="/step", **LAYER_ARGS)
@@ -90,8 +123,8 @@ def test_a_cancelled_request_stops_computing(launched):
     c.close()
 
 
-def test_a_light_request_is_answered_within_2_s_while_two_heavy_ones_run(launched):
-    url, _ = launched
+def test_a_light_request_is_answered_within_2_s_while_two_heavy_ones_run(server):
+    url = server.url
     heavy = [client(url) for _ in range(2)]
     jobs = []
     for h in heavy:
@@ -119,89 +152,57 @@ def test_a_light_request_is_answered_within_2_s_while_two_heavy_ones_run(launche
         c.close()
 
 
-def test_a_heavy_request_is_bounded_and_says_so(launched):
-    url, ex = launched
+def test_a_heavy_request_is_bounded_and_says_so(server):
+    url = server.url
     c = client(url)
     start(c, steps=1000, grid=16)
     t0 = time.perf_counter()
     r = c.predict(threshold_scale=1.0, api_name="/run_to_end", **LAYER_ARGS)
     took = time.perf_counter() - t0
     assert not info(r)["done"] and info(r)["steps_done"] > 2
-    assert took < ex.run_budget_s + 10
+    assert took < RUN_BUDGET_S + 10
     from gradio_client.exceptions import AppError
     with pytest.raises(AppError, match="longer than one request may compute"):
         c.predict(threshold_scale=1.05, api_name="/compare_scales")
     c.close()
 
 
-def test_closed_tabs_free_their_memory(launched):
-    """``python app.py`` in its own process (its RSS is the server's alone): 30 tabs each record 20 steps of 16
-    images, then close; the server's RSS comes back to within 50 MB of where it was before them."""
-    import subprocess
-    import sys
-    from urllib.request import urlopen
+def test_closed_tabs_free_their_memory(server):
+    """30 tabs each record 20 steps of 16 images, then close; the server's RSS comes back to within 50 MB of where it
+    was before them."""
+    def session(seed):
+        c = client(server.url)
+        start(c, steps=20, grid=16, seed=seed)
+        c.predict(threshold_scale=1.0, api_name="/run_to_end", **LAYER_ARGS)
+        return c
 
-    url, ex = launched
-    root = ex.registry.root
-    port = free_port()
-    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", SDM_CHECKPOINTS=str(root),
-               GRADIO_ANALYTICS_ENABLED="False")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=app.__file__.rsplit("/", 1)[0], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = f"http://127.0.0.1:{port}/"
-
-    def server_rss() -> float:
-        return rss_mb(f"/proc/{proc.pid}/status")
-
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urlopen(server, timeout=2):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.time() < deadline, "app.py did not start"
-                time.sleep(0.5)
-
-        def session(seed):
-            c = client(server)
-            start(c, steps=20, grid=16, seed=seed)
-            c.predict(threshold_scale=1.0, api_name="/run_to_end", **LAYER_ARGS)
-            return c
-
-        session(99).close()                             # warm: the allocator, gradio's and torch's caches
-        time.sleep(3)
-        base = server_rss()
-        with ThreadPoolExecutor(4) as pool:                # four tabs at a time: both cores busy
-            held = list(pool.map(session, range(30)))
-        peak = server_rss()
-        for c in held:
-            c.close()
-        del held
-        after = base + 1e9
-        deadline = time.time() + 30
-        while after - base >= 50 and time.time() < deadline:
-            time.sleep(1)
-            after = server_rss()
-        print(f"\n30 sessions of 20 steps x 16 images: server RSS {base:.0f} -> {peak:.0f} -> {after:.0f} MB after "
-              "closing them")
-        assert peak - base > 60, "the sessions did not hold memory: the test measures nothing"
-        assert after - base < 50, (base, peak, after)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    session(99).close()                                 # warm: the allocator, gradio's and torch's caches
+    time.sleep(3)
+    base = server.rss_mb()
+    with ThreadPoolExecutor(4) as pool:                 # four tabs at a time: both cores busy
+        held = list(pool.map(session, range(30)))
+    peak = server.rss_mb()
+    for c in held:
+        c.close()
+    del held
+    after = base + 1e9
+    deadline = time.time() + 30
+    while after - base >= 50 and time.time() < deadline:
+        time.sleep(1)
+        after = server.rss_mb()
+    print(f"\n30 sessions of 20 steps x 16 images: server RSS {base:.0f} -> {peak:.0f} -> {after:.0f} MB after closing "
+          "them")
+    assert peak - base > 60, "the sessions did not hold memory: the test measures nothing"
+    assert after - base < 50, (base, peak, after)
 
 
-def test_uploads_are_refused(launched):
-    url, _ = launched
+def test_uploads_are_refused(server):
+    url = server.url
     r = httpx.post(url + "gradio_api/upload", files={"files": ("big.bin", os.urandom(64 * 1024))}, timeout=30)
     assert r.status_code >= 400, r.text[:200]
 
 
-def test_queue_is_bounded():
+def test_queue_and_groups_are_bounded():
     demo = app.build_demo(app.Explorer(ModelRegistry(FIXTURES)))
     assert demo._queue.max_size == app.QUEUE_MAX_SIZE
     limits = {fn.concurrency_id: fn.concurrency_limit for fn in demo.fns.values() if fn.concurrency_id}
@@ -209,8 +210,8 @@ def test_queue_is_bounded():
     assert any(any(t[1] == "unload" for t in fn.targets) for fn in demo.fns.values())
 
 
-def test_concurrent_cancels_leave_no_threads_computing(launched):
-    url, _ = launched
+def test_concurrent_cancels_leave_no_threads_computing(server):
+    url = server.url
     clients = [client(url) for _ in range(4)]
     jobs = []
     for c in clients:
@@ -220,9 +221,9 @@ def test_concurrent_cancels_leave_no_threads_computing(launched):
     for j in jobs:
         j.cancel()
     time.sleep(1.5)
-    idle0 = cpu_seconds()
+    idle0 = server.cpu_seconds()
     time.sleep(2.0)
-    spent = cpu_seconds() - idle0
+    spent = server.cpu_seconds() - idle0
     names = sorted(t.name for t in threading.enumerate())
     assert spent < 0.5, f"{spent:.2f} CPU s in 2 s after 4 cancels; threads: {names}"
     for c in clients:
