@@ -1,5 +1,6 @@
-"""Whole runs for the comparisons: this session's seed, sampler, steps and grid run from x_T to the end at another
-threshold scale, or with the ANN counterpart, from the same noise. Finished runs are cached in the session."""
+"""Whole runs for the comparisons: this session's seed, sampler, steps, grid and spiking time steps T run from x_T to
+the end at another threshold scale, or with the ANN counterpart, from the same noise. Finished runs are cached in the
+session."""
 from __future__ import annotations
 
 from typing import Callable
@@ -43,7 +44,7 @@ def final_image(sess: Session, threshold_scale, pipe: SpikingDiffusionPipeline |
     meter = EnergyMeter()
     out = None
     for out in pipe.steps(seed=s.seed, num_inference_steps=s.num_steps, sampler=s.sampler, threshold_scale=scale,
-                          batch_size=s.grid, meter=meter):
+                          batch_size=s.grid, meter=meter, time_steps=s.denoiser_time_steps(pipe)):
         if progress is not None:
             progress((out.index + 1) / out.num_steps, desc)
     x = _f32(out.sample)
