@@ -16,6 +16,7 @@ colour-blind-safe palette, so that they stay readable on a classroom projector.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Mapping, Sequence
 
@@ -80,30 +81,47 @@ TEMPLATE = go.layout.Template(
 )
 
 
-def _figure(title: str = "", height: int | None = None, subtitle: str = "") -> go.Figure:
+def _figure(title: str = "", height: int | None = None, subtitle: str = "", data=None, **layout) -> go.Figure:
     """A figure of the house template. ``subtitle``: a second, smaller title line (what step, which scale), so
-    that the title itself stays short enough for a narrow panel."""
-    fig = go.Figure(layout=dict(template=TEMPLATE))
-    if title:
-        fig.update_layout(title_text=title)
-    if subtitle:   # a second line under the title: the plot area moves down to leave the note above it room
-        fig.update_layout(title_subtitle=dict(text=subtitle, font=dict(size=FONT_SIZE - 4, color="#444444")),
-                          margin_t=TEMPLATE.layout.margin.t + 16)
+    that the title itself stays short enough for a narrow panel; the plot area moves down to leave room for it
+    and for a note above the plot. ``data`` (traces) and further ``layout`` keys are given at construction: plotly
+    validates every later update on its own, which is what makes building a figure slow."""
+    layout = dict(layout, template=TEMPLATE)
+    if title or subtitle:
+        layout["title"] = dict(text=title)
+    if subtitle:
+        layout["title"]["subtitle"] = dict(text=subtitle, font=dict(size=FONT_SIZE - 4, color="#444444"))
+        layout["margin"] = dict(t=TEMPLATE.layout.margin.t + 16)
     if height is not None:
-        fig.update_layout(height=int(height))
-    return fig
+        layout["height"] = int(height)
+    return go.Figure(data=data, layout=layout)
+
+
+def _note_annotation(text: str) -> dict:
+    """A small annotation in the top-right corner, just above the plot area."""
+    return dict(text=text, xref="paper", yref="paper", x=1.0, y=1.0, xanchor="right", yanchor="bottom",
+                showarrow=False, font=dict(size=FONT_SIZE - 4, color=INK))
+
+
+def _centre_annotation(text: str) -> dict:
+    return dict(text=text, xref="paper", yref="paper", x=0.5, y=0.5, xanchor="center", yanchor="middle",
+                showarrow=False, font=dict(size=FONT_SIZE + 4, color=INK), bgcolor="rgba(255,255,255,0.85)")
+
+
+def _hline(y: float, text: str) -> tuple[dict, dict]:
+    """A dashed horizontal line across the plot at ``y`` and its label (top left): a shape and an annotation."""
+    return (dict(type="line", xref="paper", x0=0, x1=1, yref="y", y0=y, y1=y,
+                 line=dict(dash="dash", color=INK, width=2)),
+            dict(text=text, xref="paper", x=0, yref="y", y=y, xanchor="left", yanchor="bottom", showarrow=False,
+                 font=dict(size=FONT_SIZE - 2, color=INK)))
 
 
 def _note(fig: go.Figure, text: str) -> None:
-    """A small annotation in the top-right corner, just above the plot area."""
-    fig.add_annotation(text=text, xref="paper", yref="paper", x=1.0, y=1.0, xanchor="right",
-                       yanchor="bottom", showarrow=False, font=dict(size=FONT_SIZE - 4, color=INK))
+    fig.add_annotation(**_note_annotation(text))
 
 
 def _centre_message(fig: go.Figure, text: str) -> None:
-    fig.add_annotation(text=text, xref="paper", yref="paper", x=0.5, y=0.5, xanchor="center",
-                       yanchor="middle", showarrow=False, font=dict(size=FONT_SIZE + 4, color=INK),
-                       bgcolor="rgba(255,255,255,0.85)")
+    fig.add_annotation(**_centre_annotation(text))
 
 
 def empty_figure(message: str, title: str = "", height: int | None = None) -> go.Figure:
@@ -298,17 +316,24 @@ def filmstrip(frames: Sequence, max_frames: int = 10, scale: int = 2, pad: int =
                         pad=pad)
 
 
+@functools.lru_cache(maxsize=4)
+def _caption_font(size: int):
+    """Pillow's built-in font at ``size`` pixels (loaded once; Pillow < 10.1 has a fixed bitmap font only)."""
+    from PIL import ImageFont
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:
+        return ImageFont.load_default()
+
+
 def _caption_row(strip: np.ndarray, texts: Sequence[str], cell: int, pad: int, height: int = 16) -> np.ndarray:
     """``strip`` with a white row under it holding one centred caption per cell (Pillow's built-in font)."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     w = strip.shape[1]
     row = Image.new("RGB", (w, height), (255, 255, 255))
     draw = ImageDraw.Draw(row)
-    try:
-        font = ImageFont.load_default(size=max(8, height - 4))
-    except TypeError:                                   # Pillow < 10.1: a fixed bitmap font
-        font = ImageFont.load_default()
+    font = _caption_font(max(8, height - 4))
     for i, text in enumerate(texts):
         left, _, right, _ = draw.textbbox((0, 0), str(text), font=font)
         x = pad + i * cell + (cell - pad - (right - left)) / 2
@@ -338,8 +363,8 @@ def _showing(n: int, m: int) -> str:
     return f"showing {n:,} of {m:,} neurons"
 
 
-def _neuron_axis(fig: go.Figure, n: int) -> None:
-    fig.update_yaxes(title_text="recorded neuron", range=[-0.5, max(n, 1) - 0.5], showgrid=False)
+def _neuron_axis(n: int) -> dict:
+    return dict(title=dict(text="recorded neuron"), range=[-0.5, max(n, 1) - 0.5], showgrid=False)
 
 
 def spike_raster(spikes, total_neurons: int, title: str = "", subtitle: str = "", note: str = "",
@@ -360,21 +385,19 @@ def spike_raster(spikes, total_neurons: int, title: str = "", subtitle: str = ""
     T, N = s.shape
     M = _check_total(total_neurons, N)
     t, n = np.nonzero(s)
-    fig = _figure(title or "Spike raster", height, subtitle)
     size = float(np.clip(300.0 / max(N, 1), 4, 16))
-    fig.add_trace(go.Scatter(
-        x=t.astype(np.int32), y=n.astype(np.int32), mode="markers", name="spikes", showlegend=False,
-        marker=dict(symbol="line-ns", size=size, color=INK, line=dict(width=2.5, color=INK)),
-        hovertemplate="τ = %{x}<br>neuron %{y}<extra></extra>",
-    ))
     k = int(t.size)
-    _note(fig, f"{_showing(N, M)} · " + (f"{k:,} spikes" if k else "no spikes") + (f" · {note}" if note else ""))
+    notes = [_note_annotation(f"{_showing(N, M)} · " + (f"{k:,} spikes" if k else "no spikes")
+                              + (f" · {note}" if note else ""))]
     if k == 0:
-        _centre_message(fig, "no spikes")
-    fig.update_xaxes(title_text=SPIKING_STEP, range=[-0.5, max(T, 1) - 0.5],
-                     dtick=1 if T <= 32 else None)
-    _neuron_axis(fig, N)
-    return fig
+        notes.append(_centre_annotation("no spikes"))
+    return _figure(
+        title or "Spike raster", height, subtitle,
+        data=[go.Scatter(x=t.astype(np.int32), y=n.astype(np.int32), mode="markers", name="spikes", showlegend=False,
+                         marker=dict(symbol="line-ns", size=size, color=INK, line=dict(width=2.5, color=INK)),
+                         hovertemplate="τ = %{x}<br>neuron %{y}<extra></extra>")],
+        annotations=notes, yaxis=_neuron_axis(N),
+        xaxis=dict(title=dict(text=SPIKING_STEP), range=[-0.5, max(T, 1) - 0.5], dtick=1 if T <= 32 else None))
 
 
 def _thin(n: int, k: int) -> np.ndarray:
@@ -466,7 +489,7 @@ def spike_raster_trajectory(spikes: Sequence, step_labels: Sequence, total_neuro
                      range=[-0.5, K * T - 0.5], showgrid=False,
                      tickmode="array", tickvals=(ticks * T + (T - 1) / 2.0).tolist(),
                      ticktext=[str(step_labels[i]) for i in ticks])
-    _neuron_axis(fig, N)
+    fig.update_yaxes(**_neuron_axis(N))
     return fig
 
 
@@ -502,15 +525,13 @@ def membrane_heatmap(v, threshold: float, title: str = "", subtitle: str = "", h
         if abs(val - thr) > 0.25 * m:
             ticks.append(val)
             ticktext.append(text)
-    fig = _figure(title or "Membrane potential", height, subtitle)
-    fig.add_trace(go.Heatmap(
-        z=a.T, x=np.arange(T), y=np.arange(N), zmin=-m, zmax=m, zmid=0.0, colorscale=DIVERGING,
-        colorbar=dict(title=dict(text="v", side="top"), tickvals=ticks, ticktext=ticktext),
-        hovertemplate="τ = %{x}<br>neuron %{y}<br>v = %{z:.3f}<extra></extra>",
-    ))
-    fig.update_xaxes(title_text=SPIKING_STEP, dtick=1 if T <= 32 else None, showgrid=False)
-    fig.update_yaxes(title_text="recorded neuron", showgrid=False)
-    return fig
+    return _figure(
+        title or "Membrane potential", height, subtitle,
+        data=[go.Heatmap(z=a.T, x=np.arange(T), y=np.arange(N), zmin=-m, zmax=m, zmid=0.0, colorscale=DIVERGING,
+                         colorbar=dict(title=dict(text="v", side="top"), tickvals=ticks, ticktext=ticktext),
+                         hovertemplate="τ = %{x}<br>neuron %{y}<br>v = %{z:.3f}<extra></extra>")],
+        xaxis=dict(title=dict(text=SPIKING_STEP), dtick=1 if T <= 32 else None, showgrid=False),
+        yaxis=dict(title=dict(text="recorded neuron"), showgrid=False))
 
 
 def membrane_traces(v, neurons: Sequence[int], threshold: float, title: str = "", spikes=None,
@@ -534,8 +555,7 @@ def membrane_traces(v, neurons: Sequence[int], threshold: float, title: str = ""
         raise ValueError(f"spikes has shape {s.shape} but v has {a.shape}")
     if reset not in ("zero", "subtract"):
         raise ValueError(f"reset must be 'zero' or 'subtract', got {reset!r}")
-    fig = _figure(title or "Membrane potential traces", height, subtitle)
-    sx, sy = [], []
+    traces, sx, sy = [], [], []
     for i, j in enumerate(neurons):
         if isinstance(j, bool) or not isinstance(j, (int, np.integer)) or not 0 <= j < N:
             raise ValueError(f"neuron index {j!r} is out of range: {N} neurons are recorded (0..{N - 1})")
@@ -548,26 +568,23 @@ def membrane_traces(v, neurons: Sequence[int], threshold: float, title: str = ""
                 sy.append(float(a[t, j]))
                 xs.append(t)
                 ys.append(0.0 if reset == "zero" else float(a[t, j]) - thr)
-        fig.add_trace(go.Scatter(
+        traces.append(go.Scatter(
             x=xs, y=ys, mode="lines+markers", name=f"neuron {int(j)}",
             line=dict(width=3, color=PALETTE[i % len(PALETTE)], dash=DASHES[(i // len(PALETTE)) % 4]),
             marker=dict(size=7),
             hovertemplate=f"neuron {int(j)}<br>τ = %{{x}}<br>v = %{{y:.3f}}<extra></extra>",
         ))
     if s is not None:
-        fig.add_trace(go.Scatter(
+        traces.append(go.Scatter(
             x=sx, y=sy, mode="markers", name="spike, then reset",
             marker=dict(symbol="star", size=16, color="#E69F00", line=dict(color=INK, width=1)),
             hovertemplate="spike at τ = %{x}<br>v = %{y:.3f}<extra></extra>",
         ))
-    fig.add_hline(y=thr, line=dict(dash="dash", color=INK, width=2),
-                  annotation_text=f"threshold θ·s = {thr:g}", annotation_position="top left",
-                  annotation_font=dict(size=FONT_SIZE - 2, color=INK))
-    if len(neurons) == 0:
-        _centre_message(fig, "select neurons to plot")
-    fig.update_xaxes(title_text=SPIKING_STEP, dtick=1 if T <= 32 else None)
-    fig.update_yaxes(title_text="membrane potential v")
-    return fig
+    line, label = _hline(thr, f"threshold θ·s = {thr:g}")
+    notes = [label] + ([_centre_annotation("select neurons to plot")] if len(neurons) == 0 else [])
+    return _figure(title or "Membrane potential traces", height, subtitle, data=traces, shapes=[line],
+                   annotations=notes, xaxis=dict(title=dict(text=SPIKING_STEP), dtick=1 if T <= 32 else None),
+                   yaxis=dict(title=dict(text="membrane potential v")))
 
 
 # ------------------------------------------------------------------------------------------ firing rate
@@ -588,37 +605,37 @@ def firing_rate_bars(rates: Mapping[str, float], title: str = "", base_rates: Ma
         return empty_figure("no spiking layers recorded", title, height)
     names = list(rates)
     vals = np.asarray([float(rates[k]) for k in names], dtype=np.float64)
-    fig = _figure(title or "Firing rate per layer", height, subtitle)
-    tops = [vals]
+    traces, tops = [], [vals]
     cat, val = ("y", "x") if horizontal else ("x", "y")
+    orientation = "h" if horizontal else "v"
     if base_rates:
         base = np.asarray([float(base_rates.get(k, np.nan)) for k in names], dtype=np.float64)
         tops.append(base)
-        fig.add_trace(go.Bar(**{cat: names, val: base}, orientation="h" if horizontal else "v", name=base_name,
+        traces.append(go.Bar(**{cat: names, val: base}, orientation=orientation, name=base_name,
                              marker=dict(color="rgba(0,0,0,0)", line=dict(color="#555555", width=2)),
                              hovertemplate=f"%{{{cat}}}<br>{base_name}: %{{{val}:.3f}}<extra></extra>"))
     colours = [PALETTE[1] if k == highlight else PALETTE[0] for k in names]
-    fig.add_trace(go.Bar(**{cat: names, val: vals}, orientation="h" if horizontal else "v", name=name,
+    traces.append(go.Bar(**{cat: names, val: vals}, orientation=orientation, name=name,
                          marker=dict(color=colours, opacity=0.85, line=dict(color=INK, width=0.5)),
                          hovertemplate=f"%{{{cat}}}<br>{name}: %{{{val}:.3f}}<extra></extra>"))
     allv = np.concatenate(tops)
     top = float(np.nanmax(allv)) if np.isfinite(allv).any() else 0.0
-    fig.update_layout(barmode="overlay", bargap=0.25, showlegend=bool(base_rates),
-                      legend=dict(orientation="h", x=1.0, xanchor="right", y=1.0, yanchor="bottom"))
-    cat_axis = dict(title_text="" if horizontal else "layer (forward order)", type="category",
+    cat_axis = dict(title=dict(text="" if horizontal else "layer (forward order)"), type="category",
                     categoryorder="array", categoryarray=names, showgrid=False)
-    val_axis = dict(title_text="firing rate", range=[0, max(top * 1.1, 1e-3)])
+    val_axis = dict(title=dict(text="firing rate"), range=[0, max(top * 1.1, 1e-3)])
     if horizontal:
-        fig.update_yaxes(autorange="reversed", tickfont=dict(size=FONT_SIZE - 6), **cat_axis)
-        fig.update_xaxes(**val_axis)
+        cat_axis.update(autorange="reversed", tickfont=dict(size=FONT_SIZE - 6))
     else:
-        fig.update_xaxes(tickangle=-45 if len(names) > 4 else 0, **cat_axis)
-        fig.update_yaxes(**val_axis)
-    return fig
+        cat_axis.update(tickangle=-45 if len(names) > 4 else 0)
+    return _figure(title or "Firing rate per layer", height, subtitle, data=traces, barmode="overlay",
+                   bargap=0.25, showlegend=bool(base_rates),
+                   legend=dict(orientation="h", x=1.0, xanchor="right", y=1.0, yanchor="bottom"),
+                   **{f"{cat}axis": cat_axis, f"{val}axis": val_axis})
 
 
-def firing_rate_course(rates: Mapping[str, Sequence[float]], steps: Sequence[int],
-                       title: str = "", highlight: str | None = None, height: int | None = None) -> go.Figure:
+def firing_rate_course(rates: Mapping[str, Sequence[float]], steps: Sequence[int], title: str = "",
+                       highlight: str | None = None, height: int | None = None, mark: float | None = None,
+                       xtitle: str = DIFFUSION_STEP) -> go.Figure:
     """Firing rate of each layer over the denoising steps, one line (legend entry) per layer.
 
     Args:
@@ -627,6 +644,7 @@ def firing_rate_course(rates: Mapping[str, Sequence[float]], steps: Sequence[int
             reversed so that generation runs from left to right.
         highlight: the name of a line drawn last (on top), thick and black: the selected layer, never hidden
             under the means.
+        mark: an x (e.g. the viewed step's t) marked with a dotted vertical line; ``xtitle`` the x axis title.
     """
     if not rates:
         return empty_figure("no spiking layers recorded", title, height)
@@ -635,20 +653,22 @@ def firing_rate_course(rates: Mapping[str, Sequence[float]], steps: Sequence[int
         if len(r) != len(xs):
             raise ValueError(f"firing_rate_course: layer {name!r} has {len(r)} rates but there are "
                              f"{len(xs)} steps")
-    fig = _figure(title or "Firing rate over denoising steps", height)
     order = [k for k in rates if k != highlight] + ([highlight] if highlight in rates else [])
+    traces = []
     for i, name in enumerate(order):
         top = name == highlight
-        fig.add_trace(go.Scatter(
+        traces.append(go.Scatter(
             x=xs, y=np.asarray(rates[name], dtype=np.float64), mode="lines", name=name,
             line=dict(width=5 if top else 2.5, color=INK if top else PALETTE[i % len(PALETTE)],
                       dash="solid" if top else DASHES[(i // len(PALETTE)) % 4]),
             hovertemplate=f"{name}<br>t = %{{x}}<br>firing rate = %{{y:.3f}}<extra></extra>",
         ))
     decreasing = xs.size > 1 and bool(np.all(np.diff(xs.astype(np.float64)) < 0))
-    fig.update_xaxes(title_text=DIFFUSION_STEP, autorange="reversed" if decreasing else True)
-    fig.update_yaxes(title_text="firing rate", rangemode="tozero")
-    return fig
+    shapes = [] if mark is None else [dict(type="line", xref="x", x0=mark, x1=mark, yref="paper", y0=0, y1=1,
+                                           line=dict(color="#888888", dash="dot", width=2))]
+    return _figure(title or "Firing rate over denoising steps", height, data=traces, shapes=shapes,
+                   xaxis=dict(title=dict(text=xtitle), autorange="reversed" if decreasing else True),
+                   yaxis=dict(title=dict(text="firing rate"), rangemode="tozero"))
 
 
 # ------------------------------------------------------------------------------------------------- TSM
