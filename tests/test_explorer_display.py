@@ -10,6 +10,16 @@ from sdm.explorer import ModelRegistry, Session, display
 LAYER = "down.0.blocks.0.conv1.act"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """As the app runs: one intra-op thread (on a busy 2-core machine, two threads fight)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def reg():
     return ModelRegistry(FIXTURES)
@@ -139,13 +149,13 @@ def test_default_layer_shows_the_threshold_effect(reg):
     pipe = reg.get("tiny-sdm")
     layer = display.default_layer(pipe)
     assert layer in pipe.layer_names() and display.default_layer(pipe) == layer
-    # it is the layer whose recorded spikes drop most from scale 0.9 to 1.1 (summed over a DDIM-4 run)
-    drops = dict.fromkeys(pipe.layer_names(), 0)
-    for out in pipe.steps(seed=0, num_inference_steps=4):
-        for scale, sign in ((0.9, 1), (1.1, -1)):
-            for n, f in pipe.denoise(out.model_input, out.timestep, scale, record=True, max_neurons=64)[1].items():
-                drops[n] += sign * int(f.spikes.sum())
-    assert drops[layer] == max(drops.values()) > 0
+    # it is the layer whose recorded spikes drop most reliably from scale 0.9 to 1.1 over a DDIM-10 run
+    drops = {n: [] for n in pipe.layer_names()}
+    for out in pipe.steps(seed=0, num_inference_steps=10):
+        c = {s: pipe.denoise(out.model_input, out.timestep, s, record=True, max_neurons=64)[1] for s in (0.9, 1.1)}
+        for n in drops:
+            drops[n].append(int(c[0.9][n].spikes.sum()) - int(c[1.1][n].spikes.sum()))
+    assert min(drops[layer]) == max(min(d) for d in drops.values()) > 0
     assert display.default_layer(reg.get("tiny-ann")) == reg.get("tiny-ann").layer_names()[0]
 
 
