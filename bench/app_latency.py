@@ -5,11 +5,14 @@
     python bench/app_latency.py --client                         # also through a launched app and gradio_client
 
 "Server time" is the handler as the app runs it: the denoiser call(s), the session bookkeeping and every output
-of the event built (images upscaled, plotly figures, status, JSON). The breakdown separates the denoiser call
-with recording from the rest. --client adds the round trip through gradio (queue, serialisation, the client
-downloading the images) on localhost, an upper bound of what a user waits for.
+of the event built (images upscaled, plotly figures, status, JSON), including the side-by-side threshold view
+(x̂₀ at scale 1.0 and at the slider's scale, their difference, the rate bars with scale 1.0 as ghost bars). The
+breakdown separates the denoiser call with recording from the rest, and times two costlier cases: Step on a
+trajectory run at another scale than 1.0 (each new step is re-run at 1.0 for the side-by-side view: a second
+denoiser call) and Step at T = 8 spiking steps. --client adds the round trip through gradio (queue, serialisation,
+the client downloading the images) on localhost, an upper bound of what a user waits for.
 
-Targets (issue): threshold change <= 150 ms for the default model; Step of the tiny model well under 100 ms.
+Targets (issue #24): threshold change <= 150 ms for the default model, with the side-by-side view.
 """
 from __future__ import annotations
 
@@ -65,7 +68,7 @@ def main(argv=None) -> int:
         return 2
     ex = app.Explorer(reg)
     pipe = reg.get(name)
-    layer = pipe.layer_names()[0]
+    layer = app.display.default_layer(pipe)          # the layer the app opens on
     n_calls = args.repeats + 3
     steps = max(args.steps, n_calls + 2)
     print(f"checkpoint {name}: {pipe.summary()}")
@@ -91,21 +94,43 @@ def main(argv=None) -> int:
         if i >= 3:
             thr_t.append(time.perf_counter() - t0)
 
-    # ---- breakdown: the denoiser call alone (as the threshold change runs it)
+    # ---- breakdown: the denoiser call alone (as the threshold change runs it), and the side-by-side outputs
     rec = sess.records[sess.view]
     x = torch.from_numpy(rec.x_t)
-    den_t = []
+    den_t, side_t = [], []
     for i, s in enumerate(scales):
         t0 = time.perf_counter()
         pipe.denoise(x, rec.timestep, s, record=pipe.config.spiking, max_neurons=sess.max_neurons)
         if i >= 3:
             den_t.append(time.perf_counter() - t0)
+    view_args = sess.check_view(layer, "step", [])
+    for i in range(n_calls):
+        t0 = time.perf_counter()
+        ex.render(sess, view_args, app.TRIO_KEYS + ("rate_bars", "threshold_md"))
+        if i >= 3:
+            side_t.append(time.perf_counter() - t0)
+
+    # ---- Step on a trajectory at scale 1.05 (+ the step re-run at 1.0) and at T = 8
+    cases = {}
+    for what, scale, T in (("Step at s = 1.05 (+ re-run at 1.0)", 1.05, None), ("Step at T = 8", 1.0, 8)):
+        other = ex.new_trajectory(name, 0, args.sampler, steps, scale, args.grid, layer, "step", [], None, T)[0]
+        ts = []
+        for i in range(n_calls):
+            t0 = time.perf_counter()
+            ex.step(1, scale, layer, "step", [], other)
+            if i >= 3:
+                ts.append(time.perf_counter() - t0)
+        cases[what] = ts
+        other.close()
 
     print()
     print(f"Step              median {median_ms(step_t):6.1f} ms  ({spread(step_t)})")
     print(f"threshold change  median {median_ms(thr_t):6.1f} ms  ({spread(thr_t)})   target <= 150 ms")
     print(f"  of which the denoiser call with recording: median {median_ms(den_t):.1f} ms; "
-          f"formatting the outputs: ~{median_ms(thr_t) - median_ms(den_t):.1f} ms")
+          f"formatting the outputs: ~{median_ms(thr_t) - median_ms(den_t):.1f} ms, of that the side-by-side "
+          f"view (3 images, rate bars with ghost bars, caption): {median_ms(side_t):.1f} ms")
+    for what, ts in cases.items():
+        print(f"{what:34s} median {median_ms(ts):6.1f} ms  ({spread(ts)})")
     print(f"session state after {sess.num_recorded} steps: {sess.nbytes() / 2 ** 20:.2f} MB")
 
     if args.client:

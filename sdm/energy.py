@@ -4,7 +4,8 @@
   accumulate per synapse it drives (its fan-out), counted exactly at the borders and strides of the conv
   it feeds: ``SOPs = sum over output positions of (spikes in the receptive field) * C_out``.
 * Analog layers cost MACs: the first conv (once per call: its input is constant over T), the time-embedding
-  MLP and its per-block projections, the 1x1 shortcut convs (T times), and the readout over T.
+  MLP and its per-block projections, the 1x1 shortcut convs (T times), and the readout over T. T is the number of
+  spiking time steps each call actually ran (``start_call(batch, T)``), which may differ from the trained one.
 * E = 0.9 pJ x SOPs + 4.6 pJ x MACs. The ANN counterpart costs 4.6 pJ x its MACs.
 """
 from __future__ import annotations
@@ -82,14 +83,17 @@ class EnergyMeter:
     def __init__(self):
         self.calls = 0
         self.images = 0
+        self._calls_at: dict[int | None, int] = {}   # calls per spiking time steps T (None: the model's own)
         self._spikes: dict[str, float] = {}
         self._sops: dict[str, float] = {}
         self._neurons: dict[str, int] = {}
         self._steps: dict[str, int] = {}   # neuron-time-steps seen: T * B per call
 
-    def start_call(self, batch: int) -> None:
+    def start_call(self, batch: int, time_steps: int | None = None) -> None:
+        """A denoiser call of ``batch`` images at ``time_steps`` spiking steps (None: the model's own T) begins."""
         self.calls += 1
         self.images = batch
+        self._calls_at[time_steps] = self._calls_at.get(time_steps, 0) + 1
 
     def on_spikes(self, layer, spikes: torch.Tensor, v, threshold) -> None:
         T, B = spikes.shape[:2]
@@ -114,7 +118,8 @@ class EnergyMeter:
             for n in self._spikes
         }
         total_sops = sum(l.sops for l in per_layer.values())
-        snn_macs = analog_macs(cfg) * self.calls
+        snn_macs = sum(analog_macs(cfg if T is None or not cfg.spiking else cfg.replace(T=T)) * n
+                       for T, n in self._calls_at.items())
         ann_macs = ann_macs_per_call(cfg) * self.calls
         return EnergyReport(
             calls=self.calls, total_sops=total_sops, snn_macs=snn_macs, ann_macs=ann_macs,

@@ -85,13 +85,24 @@ def _prepare_path(path) -> Path:
     return p
 
 
-def write_gif(frames: Sequence, path, fps: float = 10) -> str:
+def _check_hold(hold_last_s) -> float:
+    try:
+        h = float(hold_last_s)
+    except (TypeError, ValueError):
+        raise ValueError(f"hold_last_s must be a number of seconds >= 0, got {hold_last_s!r}") from None
+    if not np.isfinite(h) or h < 0:
+        raise ValueError(f"hold_last_s must be a number of seconds >= 0, got {hold_last_s!r}")
+    return h
+
+
+def write_gif(frames: Sequence, path, fps: float = 10, hold_last_s: float = 0.0) -> str:
     """Write an animated GIF that loops forever (imageio / Pillow).
 
     Args:
         frames: list of uint8 ``[H, W, 3]`` or float ``[C, H, W]`` in [0, 1], all the same size.
         path: output file (parent folders are created).
         fps: frames per second (GIF stores delays in 1/100 s, so very high rates are rounded).
+        hold_last_s: extra seconds the last frame stays before the loop starts again (its own delay grows).
 
     Note: the GIF encoder merges consecutive *identical* frames into one longer frame (playback time is
     unchanged), so such a GIF reads back with fewer frames.
@@ -100,8 +111,11 @@ def write_gif(frames: Sequence, path, fps: float = 10) -> str:
 
     fr = _frames(frames)
     f = _check_fps(fps)
+    hold = _check_hold(hold_last_s)
     p = _prepare_path(path)
-    iio.imwrite(p, np.stack(fr), extension=".gif", duration=1000.0 / f, loop=0)
+    durations = [1000.0 / f] * len(fr)
+    durations[-1] += 1000.0 * hold
+    iio.imwrite(p, np.stack(fr), extension=".gif", duration=durations, loop=0)
     return str(p)
 
 
@@ -112,7 +126,7 @@ def _pad_even(frame: np.ndarray) -> np.ndarray:
     return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
 
 
-def write_mp4(frames: Sequence, path, fps: float = 10) -> str:
+def write_mp4(frames: Sequence, path, fps: float = 10, hold_last_s: float = 0.0) -> str:
     """Write an MP4 video (OpenCV, codec 'mp4v') and check that it reads back with every frame.
 
     Args:
@@ -120,6 +134,8 @@ def write_mp4(frames: Sequence, path, fps: float = 10) -> str:
             Odd widths / heights are padded by one pixel (edge colour) to even sizes.
         path: output file, normally ``*.mp4`` (parent folders are created).
         fps: frames per second.
+        hold_last_s: the last frame is repeated for about this many extra seconds (``round(hold_last_s * fps)``
+            more frames), so that a player that loops shows the result before starting again.
 
     Raises:
         ValueError: empty frame list, bad shapes or fps.
@@ -129,6 +145,7 @@ def write_mp4(frames: Sequence, path, fps: float = 10) -> str:
 
     fr = [_pad_even(f) for f in _frames(frames)]
     f = _check_fps(fps)
+    fr += [fr[-1]] * int(round(_check_hold(hold_last_s) * f))
     p = _prepare_path(path)
     h, w = fr[0].shape[:2]
     writer = cv2.VideoWriter(str(p), cv2.VideoWriter_fourcc(*"mp4v"), f, (w, h))

@@ -13,7 +13,9 @@ All activations here are multi-step: they take ``x_seq [T, B, ...]`` and return 
   We run the recurrence ourselves instead of calling ``snn.Leaky`` because ``Leaky.forward`` stores
   ``mem``/``reset`` on the module: a shared model could then not serve two requests at once.
 * **TSM** (paper Eq. 16): ``I[n] <- I[n] * p[n]`` with one learnable scalar per layer and time step,
-  ``p`` of shape ``[T]`` initialised to 1.
+  ``p`` of shape ``[T]`` initialised to 1. Run at another number of spiking steps than it was trained for
+  (``time_steps`` of the forward call), a layer uses ``tsm_weights_at(p, T)``: the first T learned weights when T is
+  smaller, and beyond the trained steps the last learned weight, repeated.
 * **Threshold guidance** (paper Eq. 18): ``theta' = theta * threshold_scale``, where ``threshold_scale`` is
   an argument of every forward call and never stored on the module.
 """
@@ -64,6 +66,36 @@ def check_threshold_scale(threshold_scale: float) -> float:
     return s
 
 
+def tsm_weights_at(p: torch.Tensor, T: int) -> torch.Tensor:
+    """TSM weights for a run of ``T`` spiking steps, from the weights ``p [T_trained]`` learned for another T.
+
+    The rule: step n < T_trained uses its learned weight p[n]; every step beyond the trained ones repeats the last
+    learned weight p[T_trained - 1] (for T < T_trained, the first T weights). Returns ``[T]``.
+    """
+    n = p.shape[0]
+    if T <= n:
+        return p[:T]
+    return torch.cat([p, p[-1:].expand(T - n)])
+
+
+MAX_TIME_STEPS = 64
+
+
+def check_time_steps(time_steps, cfg) -> int:
+    """The spiking time steps T of one call: ``None`` gives the model's own (``cfg.time_steps``, 1 for an ANN); else a
+    whole number in [1, 64]. An ANN has no spiking time steps: it takes only None or 1."""
+    if time_steps is None:
+        return cfg.time_steps
+    ok = not isinstance(time_steps, bool) and isinstance(time_steps, (int, float)) and float(time_steps).is_integer()
+    if not ok or not 1 <= time_steps <= MAX_TIME_STEPS:
+        raise ValueError(f"time_steps must be a whole number between 1 and {MAX_TIME_STEPS} (None: the trained T = "
+                         f"{cfg.time_steps}), got {time_steps!r}")
+    if not cfg.spiking and time_steps != 1:
+        raise ValueError(f"this model is an ANN ({cfg.neuron}): it has no spiking time steps; pass time_steps=None, "
+                         f"got {time_steps!r}")
+    return int(time_steps)
+
+
 class SpikingNeuron(nn.Module):
     """Multi-step LIF/IF neuron layer with optional TSM.
 
@@ -110,7 +142,7 @@ class SpikingNeuron(nn.Module):
         T = x_seq.shape[0]
         x = x_seq.float()
         if self.tsm is not None:  # Eq. 16, TSM: the input current of step n is scaled by p[n]
-            x = x * self.tsm[:T].view(T, *([1] * (x.dim() - 1)))
+            x = x * tsm_weights_at(self.tsm, T).view(T, *([1] * (x.dim() - 1)))
         thr = self.threshold * threshold_scale
         record = monitor is not None
         if torch.is_grad_enabled() and x.requires_grad:

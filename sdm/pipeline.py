@@ -22,7 +22,7 @@ import torch
 from .checkpoints import card_dataset, list_checkpoints as _list_checkpoints, load_checkpoint, resolve_checkpoint
 from .config import DiffusionConfig, ModelConfig
 from .energy import EnergyMeter, EnergyReport
-from .neurons import check_threshold_scale
+from .neurons import check_threshold_scale, check_time_steps, tsm_weights_at
 from .probes import Probe, ProbeFrame, combine
 from .scheduling_ddim import DDIMScheduler
 from .scheduling_ddpm import DDPMScheduler
@@ -45,6 +45,7 @@ class StepOutput:
         pred_noise: predicted noise eps ``[B, C, H, W]``.
         probes: {layer name: ProbeFrame} when recording, else {}.
         threshold_scale: the threshold guidance used for this step.
+        time_steps: the spiking time steps T the denoiser ran (1 for an ANN).
     """
 
     index: int
@@ -56,6 +57,7 @@ class StepOutput:
     pred_noise: torch.Tensor
     threshold_scale: float
     probes: dict[str, ProbeFrame] = field(default_factory=dict)
+    time_steps: int = 1
 
     @property
     def is_last(self) -> bool:
@@ -111,9 +113,11 @@ class SpikingDiffusionPipeline:
     def num_parameters(self) -> int:
         return count_parameters(self.model)
 
-    def tsm_weights(self) -> dict[str, np.ndarray]:
-        """{layer: TSM weights [T]}; empty when the model has no TSM."""
-        return {k: v.cpu().numpy().copy() for k, v in self.model.tsm_weights().items()}
+    def tsm_weights(self, time_steps: int | None = None) -> dict[str, np.ndarray]:
+        """{layer: TSM weights [T]}; empty when the model has no TSM. ``time_steps``: the weights a run at that T
+        uses (``sdm.neurons.tsm_weights_at``: beyond the trained T the last learned weight repeats)."""
+        T = check_time_steps(time_steps, self.config)
+        return {k: tsm_weights_at(v, T).cpu().numpy().copy() for k, v in self.model.tsm_weights().items()}
 
     # ------------------------------------------------------------------ randomness
     def initial_noise(self, seed: int, batch_size: int = 1, offset: int = 0) -> torch.Tensor:
@@ -150,39 +154,42 @@ class SpikingDiffusionPipeline:
     # ------------------------------------------------------------------ one denoiser call
     @torch.no_grad()
     def denoise(self, sample: torch.Tensor, timestep: int, threshold_scale: float = 1.0, record: bool = False,
-                max_neurons: int = 256, probe_seed: int = 0, meter: EnergyMeter | None = None):
+                max_neurons: int = 256, probe_seed: int = 0, meter: EnergyMeter | None = None,
+                time_steps: int | None = None):
         """Run the denoiser once.
 
         Args:
             sample: x_t ``[B, C, H, W]``.
             timestep: t.
             threshold_scale: threshold guidance.
-            record: collect a ProbeFrame per spiking layer.
+            record: collect a ProbeFrame per spiking layer (its spikes and v are ``[T, B, N]`` at this call's T).
             meter: optional EnergyMeter to count spikes and SOPs.
+            time_steps: spiking time steps T of this call (None: the trained T; 1-64; an ANN takes only None).
         Returns:
             (eps ``[B, C, H, W]``, {layer: ProbeFrame})
         """
         return self._denoise(sample, timestep, check_threshold_scale(threshold_scale), record, max_neurons,
-                             probe_seed, meter)
+                             probe_seed, meter, check_time_steps(time_steps, self.config))
 
     @torch.no_grad()
     def _denoise(self, sample, timestep, threshold_scale: float, record=False, max_neurons=256, probe_seed=0,
-                 meter=None):
-        """``denoise`` with ``threshold_scale`` already checked (``steps()`` checks it once, not per step)."""
+                 meter=None, time_steps: int | None = None):
+        """``denoise`` with its arguments already checked (``steps()`` checks them once, not per step)."""
         t = torch.full((sample.shape[0],), int(timestep), dtype=torch.long, device=self.device)
         if meter is not None:
-            meter.start_call(sample.shape[0])
+            meter.start_call(sample.shape[0], time_steps)
+        kw = dict(threshold_scale=threshold_scale, time_steps=time_steps)
         if record:
             with Probe(max_neurons=max_neurons, seed=probe_seed) as probe:
-                eps = self.model(sample, t, threshold_scale=threshold_scale, monitor=combine(probe, meter))
+                eps = self.model(sample, t, monitor=combine(probe, meter), **kw)
             return eps, probe.frames
-        return self.model(sample, t, threshold_scale=threshold_scale, monitor=meter), {}
+        return self.model(sample, t, monitor=meter, **kw), {}
 
     # ------------------------------------------------------------------ the loop
     def steps(self, seed: int = 0, num_inference_steps: int = 50, sampler: str = "ddim", threshold_scale: float = 1.0,
               batch_size: int = 1, record: bool = False, eta: float = 0.0, sample: torch.Tensor | None = None,
               start_index: int = 0, max_neurons: int = 256, meter: EnergyMeter | None = None,
-              image_offset: int = 0) -> Iterator[StepOutput]:
+              image_offset: int = 0, time_steps: int | None = None) -> Iterator[StepOutput]:
         """Yield one StepOutput per reverse step.
 
         Args:
@@ -198,9 +205,12 @@ class SpikingDiffusionPipeline:
             max_neurons: neurons recorded per layer.
             meter: optional EnergyMeter.
             image_offset: index of the first image (for generating large sets in batches).
+            time_steps: spiking time steps T of every denoiser call (None: the trained T). The same weights run
+                at any T in 1-64; TSM weights beyond the trained T repeat the last learned one.
         """
         seed = _check_int("seed", seed, 0, 2 ** 63 - 1)
         threshold_scale = check_threshold_scale(threshold_scale)
+        time_steps = check_time_steps(time_steps, self.config)
         batch_size = _check_int("batch_size", batch_size, 1, MAX_BATCH)
         sched = self.make_scheduler(sampler, num_inference_steps, eta)
         n = len(sched.timesteps)
@@ -215,37 +225,42 @@ class SpikingDiffusionPipeline:
             if sample.dim() != 4 or tuple(sample.shape[1:]) != expected:
                 raise ValueError(f"sample must have shape [B, {', '.join(map(str, expected))}], got {tuple(sample.shape)}")
             x = sample.to(self.device, torch.float32)
-        yield from self._steps(sched, x, seed, threshold_scale, start_index, record, max_neurons, meter, image_offset)
+        yield from self._steps(sched, x, seed, threshold_scale, start_index, record, max_neurons, meter, image_offset,
+                               time_steps)
 
     def _steps(self, sched, x: torch.Tensor, seed: int, threshold_scale: float, start_index: int = 0,
                record: bool = False, max_neurons: int = 256, meter: EnergyMeter | None = None,
-               image_offset: int = 0) -> Iterator[StepOutput]:
+               image_offset: int = 0, time_steps: int | None = None) -> Iterator[StepOutput]:
         """The loop of ``steps()``, its arguments already checked: x_t ``[B, C, H, W]`` from step ``start_index``."""
         n = len(sched.timesteps)
         stochastic = not (isinstance(sched, DDIMScheduler) and sched.eta == 0)
+        T = self.config.time_steps if time_steps is None else time_steps
         for i in range(start_index, n):
             t = int(sched.timesteps[i])
             eps, frames = self._denoise(x, t, threshold_scale, record=record, max_neurons=max_neurons,
-                                        probe_seed=seed, meter=meter)
+                                        probe_seed=seed, meter=meter, time_steps=time_steps)
             # one step() for the whole batch; image j's noise still comes from its own generator
             # (seed, image_offset + j, i), so image j does not depend on the batch it is in
             noise = self.step_noise(seed, i, x.shape[0], image_offset) if stochastic else None
             out = sched.step(eps, t, x, variance_noise=noise)
             yield StepOutput(index=i, num_steps=n, timestep=t, model_input=x, sample=out.prev_sample,
                              pred_original_sample=out.pred_original_sample, pred_noise=eps,
-                             threshold_scale=threshold_scale, probes=frames)
+                             threshold_scale=threshold_scale, probes=frames, time_steps=T)
             x = out.prev_sample
 
     def sample(self, n: int = 16, seed: int = 0, num_inference_steps: int = 50, sampler: str = "ddim",
-               threshold_scale: float = 1.0, eta: float = 0.0, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+               threshold_scale: float = 1.0, eta: float = 0.0, batch_size: int = 64, progress: bool = False,
+               time_steps: int | None = None) -> np.ndarray:
         """Generate ``n`` images. Returns float32 numpy ``[n, C, H, W]`` in [0, 1].
 
         Image i is the one ``steps(seed=seed, image_offset=i)`` ends with, whatever ``batch_size``.
+        ``time_steps``: spiking time steps T per denoiser call (None: the trained T).
         """
         n = _check_int("n", n, 1, 1_000_000)
         batch_size = _check_int("batch_size", batch_size, 1, MAX_BATCH)
         seed = _check_int("seed", seed, 0, 2 ** 63 - 1)
         threshold_scale = check_threshold_scale(threshold_scale)
+        time_steps = check_time_steps(time_steps, self.config)
         sched = self.make_scheduler(sampler, num_inference_steps, eta)
         chunks = []
         bar = None
@@ -256,7 +271,7 @@ class SpikingDiffusionPipeline:
             b = min(batch_size, n - start)
             out = None
             for out in self._steps(sched, self.initial_noise(seed, b, start), seed, threshold_scale,
-                                   image_offset=start):
+                                   image_offset=start, time_steps=time_steps):
                 if bar is not None:
                     bar.update(b)
             chunks.append(to_unit(out.sample))
@@ -265,11 +280,13 @@ class SpikingDiffusionPipeline:
         return np.concatenate(chunks)
 
     def energy(self, seed: int = 0, threshold_scale: float = 1.0, num_inference_steps: int = 50,
-               sampler: str = "ddim", batch_size: int = 1) -> EnergyReport:
-        """Energy per generated image, measured from the spikes of a real trajectory."""
+               sampler: str = "ddim", batch_size: int = 1, time_steps: int | None = None) -> EnergyReport:
+        """Energy per generated image, measured from the spikes of a real trajectory (at ``time_steps`` spiking
+        steps per call, None: the trained T; SOPs and the analog MACs both count the T actually run)."""
         meter = EnergyMeter()
         for _ in self.steps(seed=seed, num_inference_steps=num_inference_steps, sampler=sampler,
-                            threshold_scale=threshold_scale, batch_size=batch_size, meter=meter):
+                            threshold_scale=threshold_scale, batch_size=batch_size, meter=meter,
+                            time_steps=time_steps):
             pass
         return meter.report(self.config)
 

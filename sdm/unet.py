@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .config import ModelConfig, DiffusionConfig
 from .neurons import (RunContext, SpikingNeuron, QuantClipReLU, AnalogActivation, make_activation,
-                      check_threshold_scale)
+                      check_threshold_scale, check_time_steps)
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
@@ -190,7 +190,8 @@ class SpikingUNet(nn.Module):
         denom = 1.0 - abar + abar * s2
         return (1.0 - abar).sqrt() / denom, (abar * s2).sqrt() / denom.sqrt()
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, threshold_scale: float = 1.0, monitor=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, threshold_scale: float = 1.0, monitor=None,
+                time_steps: int | None = None) -> torch.Tensor:
         """Predict the noise.
 
         Args:
@@ -198,12 +199,14 @@ class SpikingUNet(nn.Module):
             timesteps: diffusion timesteps ``[B]`` (or a scalar).
             threshold_scale: threshold guidance for this call (1.0 = off).
             monitor: optional probe / energy meter observing every spiking layer.
+            time_steps: spiking time steps T of this call (None: the trained ``cfg.T``). The same weights run for
+                any T; TSM weights follow ``sdm.neurons.tsm_weights_at`` (beyond the trained T, the last repeats).
         Returns:
             eps prediction ``[B, C, H, W]``.
         """
         threshold_scale = check_threshold_scale(threshold_scale)
         B = x.shape[0]
-        T = self.cfg.time_steps
+        T = check_time_steps(time_steps, self.cfg)
         ctx = RunContext(T=T, batch=B, threshold_scale=threshold_scale, monitor=monitor)
         if not torch.is_tensor(timesteps) or timesteps.dim() == 0:
             timesteps = torch.full((B,), int(timesteps), device=x.device)

@@ -2,7 +2,7 @@
 
 Used by ``tests/test_browser.py``, and run directly to remake the README's screenshot and GIF::
 
-    python tests/browser.py --out assets          # writes assets/screenshot.png and assets/demo.gif
+    python tests/browser.py --out assets          # writes assets/screenshot.png and assets/demo.gif (classroom view)
 
 Chromium is Debian's (``apt-get install -y chromium``: /usr/bin/chromium); Playwright never downloads one.
 """
@@ -21,7 +21,8 @@ from urllib.request import urlopen
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("SDM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-VIEWPORT = {"width": 1400, "height": 1000}
+VIEWPORT = {"width": 1400, "height": 1000}         # the full explorer's walk-through
+PROJECTOR = {"width": 1280, "height": 720}         # the classroom view must fit this without scrolling
 
 
 def free_port() -> int:
@@ -67,13 +68,13 @@ def serve_app(checkpoints: str | Path | None = None, timeout: float = 120.0):
 
 
 @contextmanager
-def browser_page():
+def browser_page(viewport: dict | None = None):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport=VIEWPORT)
+            page = browser.new_page(viewport=viewport or VIEWPORT)
             page.set_default_timeout(60_000)
             yield page
         finally:
@@ -209,33 +210,183 @@ def drive(page, url: str, shots: list | None = None) -> dict:
     page.wait_for_timeout(500)
     seen["tsm_points"] = plot_points(page, "plot-tsm")
     seen["tsm_note"] = page.inner_text("#tsm-note")
+    # 6. too many steps in the number box: one message at the box, the trajectory and its panels untouched
+    heading = status_heading(page)
+    page.fill("#num-steps input", "5000")
+    page.press("#num-steps input", "Enter")
+    wait_text(page, "#num-steps", "must be between 1 and 1000")
+    page.wait_for_timeout(1000)
+    seen["steps_message"] = page.inner_text("#num-steps")
+    seen["error_marks"] = page.evaluate("() => Array.from(document.querySelectorAll('.error')).map(e => e.className)")
+    seen["heading_after_bad_steps"] = status_heading(page)
+    seen["heading_before_bad_steps"] = heading
+    return seen
+
+
+# --------------------------------------------------------------------------------------------- the classroom view
+#: what must be on the first screen of the classroom view at 1280x720, without scrolling
+CLASSROOM_PANELS = {
+    "New": "#btn-new", "Step": "#btn-step", "Play": "#btn-play", "Run to end": "#btn-run",
+    "threshold slider": "#threshold", "T control": "#time-steps", "lesson presets": "#lesson",
+    "image": "#img-xt img", "x̂₀ at 1.0": "#img-x0-base img", "x̂₀ at s": "#img-x0 img", "difference": "#img-diff img",
+    "spike raster": "#plot-raster .js-plotly-plot", "firing-rate bars": "#plot-rate-bars .js-plotly-plot",
+}
+FORWARD_BUTTONS = ("btn-step", "btn-step10", "btn-play", "btn-run")
+
+
+def bounding_box(page, selector: str) -> dict | None:
+    loc = page.locator(selector).first
+    return loc.bounding_box() if loc.count() else None
+
+
+def inside(box: dict | None, viewport: dict) -> bool:
+    """The box is fully within the first screen (no scrolling)."""
+    return bool(box) and box["width"] > 0 and box["height"] > 0 and box["x"] >= 0 and box["y"] >= 0 and \
+        box["x"] + box["width"] <= viewport["width"] + 0.5 and box["y"] + box["height"] <= viewport["height"] + 0.5
+
+
+def plot_trace_names(page, elem_id: str) -> list[str]:
+    return page.evaluate("(id) => (document.querySelector('#' + id + ' .js-plotly-plot')._fullData || [])"
+                         ".map(t => t.name)", elem_id)
+
+
+def plot_x_range(page, elem_id: str) -> list[float]:
+    return page.evaluate("(id) => document.querySelector('#' + id + ' .js-plotly-plot')._fullLayout.xaxis.range",
+                         elem_id)
+
+
+def image_label(page, elem_id: str) -> str:
+    return page.inner_text(f"#{elem_id} [data-testid=block-label]").strip()
+
+
+def choose_radio(page, elem_id: str, text: str) -> None:
+    page.locator(f"#{elem_id} label", has_text=text).first.click()
+
+
+def wait_text(page, selector: str, text: str) -> None:
+    page.wait_for_function("([s, t]) => { const e = document.querySelector(s); return e && e.innerText.includes(t); }",
+                           arg=[selector, text])
+
+
+def drive_classroom(page, url: str, shots: list | None = None) -> dict:
+    """The classroom view at 1280x720 (``page`` at PROJECTOR size): what is on the first screen, then the teacher's
+    clicks: Step, the threshold slider (side by side with 1.0), T = 8, Run to end (the buttons switch off), and the
+    comparison's labelled images. Returns what it saw."""
+    seen: dict = {}
+
+    def snap():
+        if shots is not None:
+            page.wait_for_timeout(300)
+            shots.append(page.screenshot())
+
+    page.goto(url + "?mode=classroom", wait_until="domcontentloaded")
+    wait_ready(page)
+    page.wait_for_timeout(500)
+    vp = page.viewport_size
+    seen["classroom"] = page.evaluate("() => document.body.classList.contains('classroom')")
+    seen["scroll_height"] = page.evaluate("() => document.documentElement.scrollHeight")
+    seen["boxes"] = {name: bounding_box(page, sel) for name, sel in CLASSROOM_PANELS.items()}
+    seen["outside"] = [name for name, b in seen["boxes"].items() if not inside(b, vp)]
+    seen["explorer_hidden"] = not page.is_visible("#plot-membrane")
+    seen["raster_points_at_load"] = plot_points(page, "plot-raster")       # (b) spikes, no click needed
+    snap()
+    # one Step
+    page.click("#btn-step")
+    wait_heading(page, "Step 2 /")
+    wait_ready(page)
+    snap()
+    # (c) threshold guidance: one move of the slider, x̂₀ at s beside x̂₀ at 1.0
+    base_before, diff_before = image_src(page, "img-x0-base"), image_src(page, "img-diff")
+    set_threshold(page, 1.10)
+    wait_text(page, "#threshold-text", "s = 1.100 vs 1.0")
+    seen["threshold_text"] = page.inner_text("#threshold-text")
+    seen["diff_changed"] = wait_changed(page, lambda: image_src(page, "img-diff"), diff_before, "difference") != \
+        diff_before
+    seen["base_kept"] = image_src(page, "img-x0-base") == base_before
+    page.wait_for_function("() => (document.querySelector('#plot-rate-bars .js-plotly-plot')._fullData || [])"
+                           ".length === 2")
+    seen["rate_bar_traces"] = plot_trace_names(page, "plot-rate-bars")
+    seen["rate_bar_points"] = plot_points(page, "plot-rate-bars")
+    seen["scroll_height_preview"] = page.evaluate("() => document.documentElement.scrollHeight")
+    snap()
+    # the T control: 8 spiking steps per denoiser call, a new trajectory
+    choose_radio(page, "time-steps", "8")
+    wait_text(page, "#status", "T = 8 spiking steps")
+    wait_ready(page)
+    seen["raster_tau_range"] = plot_x_range(page, "plot-raster")
+    seen["t_radio"] = page.evaluate("() => document.querySelector('#time-steps input:checked').value")
+    snap()
+    # (a) an image denoised: Run to end; then the buttons that step forward switch off
+    page.click("#btn-run")
+    wait_heading(page, "Step 50 / 50")
+    page.wait_for_selector("#btn-run[disabled]")
+    seen["disabled_at_end"] = {b: page.is_disabled(f"#{b}") for b in FORWARD_BUTTONS}
+    seen["new_enabled_at_end"] = page.is_enabled("#btn-new")
+    seen["status_at_end"] = page.inner_text("#status")
+    seen["badges"] = page.locator(".error").count()
+    seen["scroll_height_end"] = page.evaluate("() => document.documentElement.scrollHeight")
+    snap()
+    # the comparison (full explorer): both images carry their scale
+    choose_radio(page, "mode", "Full explorer")
+    page.wait_for_function("() => !document.body.classList.contains('classroom')")
+    open_tab(page, "Compare")
+    page.click("#btn-compare-scale")
+    wait_text(page, "#img-scale-s [data-testid=block-label]", "1.100")
+    seen["compare_labels"] = (image_label(page, "img-scale-base"), image_label(page, "img-scale-s"))
+    # a lesson preset of sixteen images, back in the classroom view: each image at 64 px or more
+    choose_radio(page, "mode", "Classroom")
+    page.click("#lesson input")
+    page.get_by_role("option", name="⑥ Sixteen images at once").click()
+    wait_text(page, "#status", "16 images")
+    wait_ready(page)
+    page.wait_for_timeout(500)
+    seen["grid_item_px"] = page.evaluate(
+        """() => { const im = document.querySelector('#img-xt img');
+                   // the grid is 4 images of 28*k pixels and 5 borders of 2 pixels, drawn at the image's width
+                   return im.getBoundingClientRect().width * (im.naturalWidth - 10) / 4 / im.naturalWidth; }""")
+    seen["scroll_height_grid"] = page.evaluate("() => document.documentElement.scrollHeight")
     return seen
 
 
 def record_media(out: Path, url: str) -> tuple[Path, Path]:
-    """The README's screenshot (after the walk-through) and a GIF of it."""
+    """The README's screenshot and GIF, of the classroom view at 1280x720: load, Step x10 three times, the
+    threshold slider to 1.10 (the screenshot), then to 0.92, then Run to end."""
     import imageio.v3 as iio
     import numpy as np
 
     out.mkdir(parents=True, exist_ok=True)
     shots: list[bytes] = []
-    with browser_page() as page:
-        page.set_viewport_size({"width": 1280, "height": 1560})
-        drive(page, url, shots)
-        page.get_by_role("tab", name="Membrane traces").click()
-        page.evaluate("() => window.scrollTo(0, 0)")
-        page.click("#btn-run")
-        wait_heading(page, "Step 50 /")
+    shot = out / "screenshot.png"
+    with browser_page(PROJECTOR) as page:
+        def snap():
+            page.wait_for_timeout(400)
+            shots.append(page.screenshot())
+
+        page.goto(url + "?mode=classroom", wait_until="domcontentloaded")
         wait_ready(page)
-        page.evaluate("() => window.scrollTo(0, 0)")
+        snap()
+        for k in (11, 21, 31):
+            page.click("#btn-step10")
+            wait_heading(page, f"Step {k} /")
+            wait_ready(page)
+            snap()
+        set_threshold(page, 1.10)
+        wait_text(page, "#threshold-text", "s = 1.100 vs 1.0")
         page.wait_for_timeout(800)
-        shot = out / "screenshot.png"
         page.screenshot(path=str(shot))
         shots.append(shot.read_bytes())
-    frames = [iio.imread(s)[..., :3] for s in shots]
-    small = [f[::2, ::2] for f in frames]  # half size keeps the GIF small
+        set_threshold(page, 0.92)
+        wait_text(page, "#threshold-text", "s = 0.920 vs 1.0")
+        snap()
+        set_threshold(page, 1.0)
+        wait_text(page, "#status", "threshold scale s = 1.000")
+        page.click("#btn-run")
+        wait_heading(page, "Step 50 / 50")
+        page.wait_for_selector("#btn-run[disabled]")
+        snap()
+    frames = np.stack([iio.imread(s)[..., :3] for s in shots])     # full size: the text stays readable
     gif = out / "demo.gif"
-    iio.imwrite(gif, np.stack(small), duration=[900] * (len(small) - 1) + [2500], loop=0)
+    iio.imwrite(gif, frames, duration=[1200] * (len(frames) - 1) + [2500], loop=0)
     return shot, gif
 
 

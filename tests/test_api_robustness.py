@@ -99,7 +99,7 @@ BAD = [
     ("infinite neuron", "/select_layer", dict(layer=LAYER, raster_mode="step", neurons=[math.inf]), r"integers 0\.\.63"),
     ("10^400 neuron", "/select_layer", dict(layer=LAYER, raster_mode="step", neurons=[10 ** 400]), r"integers 0\.\.63"),
     ("1 MB sampler", "/new_trajectory", new_args(sampler="x" * 1_000_000), r"got 'x{20,80}… \(1,000,002 characters\)"),
-    ("1 MB layer", "/select_layer", dict(layer="y" * 1_000_000, raster_mode="step", neurons=[]), r"characters\); its layers"),
+    ("1 MB layer", "/select_layer", dict(layer="y" * 1_000_000, raster_mode="step", neurons=[]), r"characters\) is not a layer of tiny-sdm; its layers"),
     ("quoted value keeps its quotes", "/new_trajectory", new_args(sampler="x"), r"got 'x'$"),
 ]
 

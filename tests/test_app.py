@@ -149,6 +149,9 @@ def test_compare_scales_share_seed_and_noise(explorer):
     drain(explorer.run_to_end(1.0, LAYER, "step", [], sess))
     base, scaled, md = drain(explorer.compare_scales(1.06, sess))
     same, same2, _ = drain(explorer.compare_scales(1.0, sess))
+    # each image carries its scale as its label
+    assert base["label"] == "threshold scale s = 1.000" and scaled["label"] == "threshold scale s = 1.060"
+    base, scaled, same, same2 = (u["value"] for u in (base, scaled, same, same2))
     np.testing.assert_array_equal(same, same2)
     np.testing.assert_array_equal(base, same)
     assert not np.array_equal(base, scaled) and "1.060" in md
@@ -161,6 +164,8 @@ def test_compare_scales_share_seed_and_noise(explorer):
 def test_compare_with_the_ann_counterpart(explorer):
     v = start(explorer)
     snn, ann, md = drain(explorer.compare_ann(1.0, v["state"]))
+    assert snn["label"] == "SNN: tiny-sdm (s = 1.000)" and ann["label"] == "ANN: tiny-ann"
+    snn, ann = snn["value"], ann["value"]
     assert snn.shape == ann.shape and not np.array_equal(snn, ann)
     assert "tiny-ann" in md and "SNN / ANN" in md
     a = start(explorer, checkpoint="tiny-ann")
@@ -179,6 +184,7 @@ def test_exports_read_back_with_every_frame(explorer, tmp_path):
     gif, mp4, png, npz, md = explorer.export(sess)
     frames = iio.imread(gif, index=None)
     assert frames.shape[0] == STEPS + 1 and frames.shape[-1] == 3
+    hold = round(app.trajectory_export.HOLD_LAST_S * 10)                  # the MP4 repeats the last frame
     h, w = frames.shape[1:3]
     cap = cv2.VideoCapture(mp4)
     count, shape = 0, None
@@ -188,7 +194,7 @@ def test_exports_read_back_with_every_frame(explorer, tmp_path):
             break
         count, shape = count + 1, frame.shape
     cap.release()
-    assert count == STEPS + 1 and shape[:2] == (h + h % 2, w + w % 2)
+    assert count == STEPS + 1 + hold and shape[:2] == (h + h % 2, w + w % 2)
     assert iio.imread(png).ndim == 3
     rec, meta = load_npz(npz)
     T = sess.pipe.config.time_steps
@@ -209,7 +215,7 @@ def test_views_for_every_mode_and_layer(explorer):
     assert "showing 64 of" in raster.to_json()
     boundaries = [t for t in raster.data if t.name == "step boundaries"][0]
     assert np.isfinite(np.asarray(boundaries.x, dtype=float)).sum() == 2 * 3       # 3 separators between 4 steps
-    assert [t.name for t in out["traces"].data] == ["neuron 0", "neuron 5"]
+    assert [t.name for t in out["traces"].data] == ["neuron 0", "neuron 5", "spike, then reset"]
     assert figure_points(out["tsm_curve"]) == 4
     with pytest.raises(ValueError, match="not recorded"):
         explorer.select_layer(names[0], "step", [99], sess)
@@ -217,6 +223,93 @@ def test_views_for_every_mode_and_layer(explorer):
         explorer.select_layer("nope", "step", [], sess)
     info = explorer.checkpoint_info("tiny-sdm-vanilla", LAYER)
     assert "no TSM" in info[4] and "no TSM" in info[2].to_json()
+
+
+def test_the_side_by_side_threshold_view(explorer):
+    v = start(explorer)
+    sess = v["state"]
+    white = v["img_diff"]
+    assert (white == 255).all() and np.array_equal(v["img_x0_base"], v["img_x0"])        # s = 1.0: no difference
+    assert "Move the **threshold slider**" in v["threshold_md"]
+    t = view(explorer.set_threshold(1.08, LAYER, "step", [], sess), app.THRESHOLD_KEYS)
+    np.testing.assert_array_equal(t["img_x0_base"], v["img_x0_base"])                     # scale 1.0 stays
+    assert not np.array_equal(t["img_x0"], v["img_x0"]) and (t["img_diff"] != 255).any()
+    effect = display.threshold_effect(sess, LAYER)
+    assert f"{effect['base_spikes']:,.0f} at s = 1.0 → {effect['spikes']:,.0f} at s = 1.080" in t["threshold_md"]
+    # the rate bars: scale 1.0 as hollow ghost bars behind the slider's scale, the spike change in numbers
+    ghost, solid = t["rate_bars"].data
+    assert ghost.name == "s = 1.0" and solid.name == "s = 1.080"
+    assert list(ghost.x) == [sess.records[-1].rates[n] for n in sess.num_neurons]
+    assert "spikes/image" in t["rate_bars"].layout.title.subtitle.text
+    assert f"{effect['layer_base_spikes']:,} at s = 1.0" in t["raster"].to_json()
+    # a step recorded at another scale is compared with the same step re-run at 1.0
+    s = view(explorer.new_trajectory("tiny-sdm", 0, "ddim", STEPS, 1.05, 1, LAYER, "step", [], None))
+    np.testing.assert_array_equal(s["img_x0_base"], v["img_x0_base"])
+    assert "s = 1.050 vs 1.0" in s["threshold_md"] and s["info"]["recorded_scale"] == 1.05
+
+
+def test_spiking_time_steps_through_the_app(explorer):
+    v8 = view(explorer.new_trajectory("tiny-sdm", 0, "ddim", STEPS, 1.0, 1, LAYER, "step", [], None, 8))
+    v4 = start(explorer)
+    assert v8["info"]["time_steps"] == 8 and v4["info"]["time_steps"] == 4
+    assert "T = 8 spiking steps τ" in v8["status"]
+    assert list(v8["raster"].layout.xaxis.range) == [-0.5, 7.5]
+    assert v8["info"]["x0_digest"] != v4["info"]["x0_digest"]
+    assert v8["info"]["energy"]["sops"] > v4["info"]["energy"]["sops"]
+    heat, curve, note = explorer.tsm_view(LAYER, v8["state"])
+    assert np.asarray(heat.data[0].z).shape[1] == 8 and "runs T = 8" in note
+    assert any(t.name == "repeated (beyond the trained T)" for t in curve.data)
+    radio = explorer.controls(v8["state"])[app.CONTROL_KEYS.index("time_steps")]
+    assert radio.value == 8 and ("4 (trained)", 4) in radio.choices and radio.interactive
+    with pytest.raises(ValueError, match="spiking time steps T must be one of"):
+        explorer.new_trajectory("tiny-sdm", 0, "ddim", STEPS, 1.0, 1, LAYER, "step", [], None, 3)
+
+
+def test_controls_follow_the_session(explorer):
+    assert all(u == gr.skip() for u in explorer.controls(None))
+    sess = start(explorer)["state"]
+
+    def interactive(state):
+        return dict(zip(app.CONTROL_KEYS, (u.interactive for u in explorer.controls(state))))
+
+    assert all(interactive(sess).values())
+    drain(explorer.run_to_end(1.0, LAYER, "step", [], sess))
+    done = interactive(sess)
+    # finished: the buttons that step forward are off, the others (continue, compare, export) stay on
+    assert [k for k, on in done.items() if not on] == list(app.FORWARD_KEYS)
+    assert "Finished" in app.status_markdown(sess)
+    ann = start(explorer, checkpoint="tiny-ann")["state"]
+    slider = explorer.controls(ann)[app.CONTROL_KEYS.index("threshold")]
+    assert not slider.interactive and "an ANN has no thresholds" in slider.info
+    assert not interactive(ann)["time_steps"]
+    # switching checkpoints sets T to the new one's own (the ANN's "none" is not carried over)
+    radio = explorer.trained_time_steps("tiny-sdm")
+    assert radio.value == 4 and ("4 (trained)", 4) in radio.choices
+
+
+def test_lesson_presets_and_the_ui_validator(explorer):
+    presets = app.lesson_presets(explorer.registry, "tiny-sdm")
+    labels = [label for label, _ in presets]
+    assert any("T = 8" in label for label in labels) and any("ANN" in label for label in labels)
+    t8 = next(label for label in labels if "T = 8" in label)
+    assert explorer.lesson(t8) == ("tiny-sdm", 0, "ddim", 50, 1.0, 1, 8)
+    assert explorer.lesson(labels[0])[-1] == 4                                   # the checkpoint's own T
+    with pytest.raises(ValueError, match="lesson preset"):
+        explorer.lesson("no such lesson")
+    ok = app.settings_validator("tiny-sdm", 0, "ddim", 50, 1.0, 1, LAYER, "step", [], None, 4)
+    assert all(r["is_valid"] for r in ok)
+    bad = app.settings_validator("tiny-sdm", -1, "ddim", 5000, 1.0, 1, LAYER, "step", [], None, 4)
+    assert [r["is_valid"] for r in bad] == [True, False, True, False] + [True] * 7
+    assert "Seed must be" in bad[1]["message"] and "Number of steps must be between 1 and 1000" in bad[3]["message"]
+
+
+def test_friendly_layer_names_everywhere(explorer):
+    v = start(explorer)
+    label = app.display.layer_label(LAYER)
+    for key in ("raster", "membrane", "traces"):
+        assert label in v[key].layout.title.text and LAYER in v[key].layout.title.subtitle.text
+    assert label in list(v["rate_bars"].data[-1].y)
+    assert (label, LAYER) in app.layer_choices([LAYER])
 
 
 def test_bad_inputs_give_clear_errors_and_the_session_survives(explorer):
@@ -417,3 +510,8 @@ def test_gradio_client_new_trajectory_step_threshold_export(served):
         client.predict(threshold_scale="abc", api_name="/set_threshold")
     r = client.predict(api_name="/run_to_end")
     assert info(r)["done"] and info(r)["steps_done"] == 6
+    # the spiking time steps are a new parameter with a default (the checkpoint's own T)
+    r = client.predict(checkpoint="tiny-sdm", seed=5, sampler="ddim", num_steps=6, threshold_scale=1.0,
+                       grid_size=1, time_steps=8, api_name="/new_trajectory")
+    assert info(r)["time_steps"] == 8
+    assert "time_steps" in [p["parameter_name"] for p in api["/new_trajectory"]["parameters"]]

@@ -118,3 +118,27 @@ def test_an_ann_session_records_no_probes():
     assert not sess.spiking and sess.records[0].spikes == {} and sess.records[0].rates == {}
     assert sess.check_view(None).layer == pipe.layer_names()[0]
     torch.testing.assert_close(torch.from_numpy(sess.x), pipe.steps(num_inference_steps=3).__next__().sample)
+
+
+def test_spiking_time_steps_are_a_setting_of_the_trajectory(pipe):
+    sess = started(pipe, steps=4, time_steps=8)
+    sess.advance(1, 1.0)
+    assert sess.settings.time_steps == 8
+    assert all(a.shape == (8, 64) for r in sess.records for a in r.spikes.values())
+    four = started(pipe, steps=4)
+    four.advance(1, 1.0)
+    assert four.settings.time_steps == 4 and not np.array_equal(sess.x, four.x)
+    # the trajectory is the pipeline's own at T = 8, and the previews run at T = 8 too
+    outs = list(pipe.steps(seed=3, num_inference_steps=4, time_steps=8))
+    np.testing.assert_array_equal(sess.x, outs[1].sample.numpy())
+    assert all(a.shape == (8, 64) for a in sess.preview(1.05).spikes.values())
+    # energy counts the spiking steps actually run: about twice the SOPs of T = 4
+    ratio = sum(r.sops for r in sess.records) / sum(r.sops for r in four.records)
+    assert 1.5 < ratio < 2.5
+    assert estimate_state_bytes(pipe, 100, 1, time_steps=8) > estimate_state_bytes(pipe, 100, 1)
+    for bad in (3, 0, 16, "8", 2.5):
+        with pytest.raises(ValueError, match="spiking time steps T must be one of 1, 2, 4, 8"):
+            started(pipe, time_steps=bad)
+    ann = Session()
+    ann.start(ModelRegistry(FIXTURES).get("tiny-ann"), "tiny-ann", num_steps=2, time_steps=8)
+    assert ann.settings.time_steps == 1                                  # an ANN has no spiking steps

@@ -32,3 +32,25 @@ def test_files_read_back_and_close_deletes_them():
     assert sorted(p.name for p in Path(folder).iterdir()) == sorted(Path(p).name for p in again.values())
     sess.close()
     assert not os.path.exists(folder)
+
+
+def test_gif_and_mp4_hold_the_final_frame_before_they_loop(tmp_path):
+    import cv2
+    from PIL import Image
+
+    sess = Session()
+    sess.start(ModelRegistry(FIXTURES).get("tiny-sdm"), "tiny-sdm", seed=4, num_steps=3)
+    paths = trajectory_export.export(sess, out_dir=tmp_path, fps=10.0)
+    with Image.open(paths["gif"]) as im:
+        durations = []
+        for i in range(im.n_frames):
+            im.seek(i)
+            durations.append(im.info["duration"])
+    assert len(durations) == 2                                          # x_t of the step, then the sample
+    assert durations[0] == 100 and durations[-1] == 100 + 1000 * trajectory_export.HOLD_LAST_S
+    cap = cv2.VideoCapture(paths["mp4"])
+    count = 0
+    while cap.read()[0]:
+        count += 1
+    cap.release()
+    assert count == 2 + round(trajectory_export.HOLD_LAST_S * 10)        # the last frame repeated for 1.5 s

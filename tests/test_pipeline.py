@@ -136,3 +136,40 @@ def test_threshold_scale_is_checked_once_per_call(tiny_pipe, monkeypatch):
             tiny_pipe.sample(n=1, num_inference_steps=1, threshold_scale=bad)
         with pytest.raises(ValueError, match="threshold_scale"):
             tiny_pipe.denoise(tiny_pipe.initial_noise(0), 500, threshold_scale=bad)
+
+
+def test_time_steps_override_at_the_pipeline(tiny_pipe):
+    L = tiny_pipe.layer_names()[0]
+    ref = list(tiny_pipe.steps(seed=0, num_inference_steps=3, record=True))
+    same = list(tiny_pipe.steps(seed=0, num_inference_steps=3, record=True, time_steps=tiny_pipe.config.T))
+    eight = list(tiny_pipe.steps(seed=0, num_inference_steps=3, record=True, time_steps=8))
+    # the trained T gives bitwise the run without an override
+    assert torch.equal(same[-1].sample, ref[-1].sample)
+    assert all(np.array_equal(a.probes[n].spikes, b.probes[n].spikes) for a, b in zip(ref, same) for n in a.probes)
+    # T = 8: the probes hold 8 spiking steps, the spikes and the image change
+    assert ref[0].probes[L].spikes.shape[0] == 4 and eight[0].probes[L].spikes.shape[0] == 8
+    assert eight[0].probes[L].v.shape[0] == 8 and eight[0].time_steps == 8 and ref[0].time_steps == 4
+    assert not torch.equal(eight[-1].sample, ref[-1].sample)
+    eps8, frames = tiny_pipe.denoise(ref[0].model_input, ref[0].timestep, record=True, time_steps=8)
+    assert torch.equal(eps8, eight[0].pred_noise) and frames[L].spikes.shape[0] == 8
+    assert tiny_pipe.sample(n=1, seed=0, num_inference_steps=3, time_steps=8).shape == (1, 1, 28, 28)
+    # TSM weights at a T: the rule, beyond the trained T the last learned weight repeats
+    w4, w8 = tiny_pipe.tsm_weights()[L], tiny_pipe.tsm_weights(8)[L]
+    assert w8.shape == (8,) and np.array_equal(w8[:4], w4) and (w8[4:] == w4[-1]).all()
+    for bad in (0, 65, 2.5, "8"):
+        with pytest.raises(ValueError, match="time_steps"):
+            list(tiny_pipe.steps(num_inference_steps=2, time_steps=bad))
+
+
+def test_energy_counts_the_spiking_steps_run(tiny_pipe):
+    from sdm.energy import analog_macs
+    four = tiny_pipe.energy(seed=0, num_inference_steps=3)
+    same = tiny_pipe.energy(seed=0, num_inference_steps=3, time_steps=4)
+    eight = tiny_pipe.energy(seed=0, num_inference_steps=3, time_steps=8)
+    one = tiny_pipe.energy(seed=0, num_inference_steps=3, time_steps=1)
+    assert same.total_sops == four.total_sops and same.energy_mj == four.energy_mj
+    cfg = tiny_pipe.config
+    assert eight.snn_macs == 3 * analog_macs(cfg.replace(T=8)) > four.snn_macs == 3 * analog_macs(cfg)
+    assert one.total_sops < four.total_sops < eight.total_sops
+    assert eight.energy_mj > four.energy_mj > one.energy_mj
+    assert eight.ann_macs == four.ann_macs                                # the ANN has no spiking steps

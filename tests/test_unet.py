@@ -140,3 +140,35 @@ def test_tsm_weights_are_made_on_the_models_device():
     assert devices == {"meta"}
     assert len(model.tsm_weights()) == len(list(model.neurons()))
 
+
+
+def test_time_steps_override():
+    from sdm.neurons import tsm_weights_at
+    model = SpikingUNet(ModelConfig(**SMALL, tsm=True)).eval()
+    torch.nn.init.normal_(model.out.conv.weight, std=0.1)
+    for m in model.neurons():
+        m.tsm.data = torch.tensor([0.9, 1.1, 1.2, 1.3])
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([3, 600])
+    with torch.no_grad():
+        assert torch.equal(model(x, t, time_steps=4), model(x, t))        # the trained T: bit-identical
+        eight, one = model(x, t, time_steps=8), model(x, t, time_steps=1)
+    assert eight.shape == one.shape == x.shape
+    assert not torch.equal(eight, model(x, t)) and not torch.equal(one, model(x, t))
+    # the TSM rule: the first T weights, then the last learned one repeated
+    p = torch.tensor([0.9, 1.1, 1.2, 1.3])
+    assert tsm_weights_at(p, 2).tolist() == pytest.approx([0.9, 1.1])
+    assert tsm_weights_at(p, 6).tolist() == pytest.approx([0.9, 1.1, 1.2, 1.3, 1.3, 1.3])
+    # T = 8 equals a model trained for T = 8 whose TSM weights follow the rule
+    model8 = SpikingUNet(ModelConfig(**SMALL, tsm=True, T=8)).eval()
+    model8.load_state_dict({k: (tsm_weights_at(v, 8) if k.endswith(".tsm") else v)
+                            for k, v in model.state_dict().items()})
+    with torch.no_grad():
+        assert torch.equal(model8(x, t), eight)
+    for bad in (0, 65, 2.5, "4", True):
+        with pytest.raises(ValueError, match="time_steps must be a whole number between 1 and 64"):
+            model(x, t, time_steps=bad)
+    ann = SpikingUNet(ModelConfig(**SMALL, neuron="ann")).eval()
+    with torch.no_grad():
+        assert torch.equal(ann(x, t, time_steps=1), ann(x, t))
+    with pytest.raises(ValueError, match="ANN"):
+        ann(x, t, time_steps=4)

@@ -137,7 +137,14 @@ def test_membrane_heatmap_neurons_by_time():
     hm = fig.data[0]
     assert np.asarray(hm.z).shape == (10, 4)
     assert hm.zmin <= -2.0 and hm.zmax >= 2.0
-    assert "2" in fig.data[0].colorbar.title.text
+    cb = hm.colorbar
+    # the threshold is a bold tick of the colour bar; the ticks too close to it (here +max = θ·s) are left out
+    assert cb.title.text == "v" and list(cb.tickvals) == [2.0, -2.0, 0.0] and cb.ticktext[0] == "<b>θ·s = 2</b>"
+    ticks = np.array(viz.membrane_heatmap(np.array([[0.0], [3.0]]), threshold=1.0).data[0].colorbar.tickvals)
+    assert sorted(ticks.tolist()) == [-3.0, 0.0, 1.0, 3.0]
+    close = viz.membrane_heatmap(np.array([[0.0], [1.1]]), threshold=1.0).data[0].colorbar
+    assert 1.1 not in list(close.tickvals) and 1.0 in list(close.tickvals)
+    assert fig.layout.xaxis.title.text == "spiking step τ"
 
 
 # ------------------------------------------------------------------------------------ rates, TSM, etc.
@@ -175,3 +182,75 @@ def test_energy_and_empty_figure():
     assert "4.00" in fig.layout.title.text
     e = viz.empty_figure("nothing yet")
     assert _texts(e) == ["nothing yet"] and len(e.data) == 0
+
+
+def test_diff_to_rgb_is_white_at_zero_and_saturates():
+    d = np.array([[[[0.0, 0.25, 0.5, 2.0, -0.5]]]])                        # [1, 1, 1, 5]
+    rgb = viz.diff_to_rgb(d, 0.5)
+    assert rgb.shape == (1, 3, 1, 5) and rgb.min() >= 0 and rgb.max() <= 1
+    np.testing.assert_allclose(rgb[0, :, 0, 0], [1, 1, 1])
+    np.testing.assert_allclose(rgb[0, :, 0, 2], np.array([0xD5, 0x5E, 0x00]) / 255, atol=1e-6)   # +limit: orange
+    np.testing.assert_allclose(rgb[0, :, 0, 3], rgb[0, :, 0, 2])                                  # saturated
+    np.testing.assert_allclose(rgb[0, :, 0, 4], np.array([0x00, 0x72, 0xB2]) / 255, atol=1e-6)   # -limit: blue
+    np.testing.assert_allclose(rgb[0, :, 0, 1], (1 + rgb[0, :, 0, 2]) / 2, atol=1e-6)            # half way
+    with pytest.raises(ValueError):
+        viz.diff_to_rgb(d, 0)
+
+
+def test_filmstrip_captions_and_empty_cells():
+    frames = [np.full((1, 2, 2), 0.0), np.full((1, 2, 2), 1.0), None]
+    plain = viz.filmstrip(frames, scale=2, pad=2)
+    assert plain.shape == (2 * 2 + 4, 3 * (4 + 2) + 2, 3)
+    assert (plain[2:6, -6:-2] == round(0.93 * 255)).all()                 # the missing frame: a gray cell
+    cap = viz.filmstrip(frames, scale=2, pad=2, captions=["a", "b", "c"])
+    assert cap.shape[0] > plain.shape[0] and np.array_equal(cap[:plain.shape[0]], plain)
+    assert (cap[plain.shape[0]:] < 128).any()                             # some dark caption pixels
+    with pytest.raises(ValueError, match="captions"):
+        viz.filmstrip(frames, captions=["a"])
+    with pytest.raises(ValueError, match="None"):
+        viz.filmstrip([None, None])
+
+
+def test_membrane_traces_mark_spikes_and_resets():
+    v = np.array([[0.5, 0.2], [1.2, 0.4], [0.7, 0.6]], dtype=np.float16)   # neuron 0 spikes at τ = 1
+    s = v > 1.0
+    fig = viz.membrane_traces(v, [0, 1], threshold=1.0, spikes=s)
+    n0 = _trace(fig, "neuron 0")
+    assert list(n0.x) == [0, 1, 1, 2] and list(n0.y) == pytest.approx([0.5, 1.2, 0.0, 0.7], abs=1e-3)  # drop to 0
+    assert list(_trace(fig, "neuron 1").x) == [0, 1, 2]
+    marks = _trace(fig, "spike, then reset")
+    assert list(marks.x) == [1] and list(marks.y) == pytest.approx([1.2], abs=1e-3)
+    sub = viz.membrane_traces(v, [0], threshold=1.0, spikes=s, reset="subtract")
+    assert list(_trace(sub, "neuron 0").y) == pytest.approx([0.5, 1.2, 0.2, 0.7], abs=1e-3)  # v - θ·s
+    assert fig.layout.xaxis.title.text == "spiking step τ"
+    with pytest.raises(ValueError, match="shape"):
+        viz.membrane_traces(v, [0], threshold=1.0, spikes=s[:2])
+
+
+def test_rate_bars_with_ghost_bars_and_a_highlight():
+    rates, base = {"a": 0.1, "b": 0.3}, {"a": 0.2, "b": 0.25}
+    fig = viz.firing_rate_bars(rates, base_rates=base, name="s = 1.05", base_name="s = 1.0", highlight="b",
+                               horizontal=True)
+    ghost, solid = fig.data
+    assert ghost.name == "s = 1.0" and list(ghost.x) == [0.2, 0.25] and ghost.marker.color == "rgba(0,0,0,0)"
+    assert solid.name == "s = 1.05" and list(solid.x) == [0.1, 0.3] and list(solid.y) == ["a", "b"]
+    assert solid.marker.color[1] != solid.marker.color[0] and fig.layout.barmode == "overlay"
+    assert fig.layout.xaxis.range[1] >= 0.3
+
+
+def test_rate_course_draws_the_highlight_last():
+    course = viz.firing_rate_course({"sel": [0.1, 0.2], "mean": [0.3, 0.2]}, steps=[999, 0], highlight="sel")
+    assert [d.name for d in course.data] == ["mean", "sel"]
+    assert course.data[1].line.width > course.data[0].line.width
+    assert course.layout.xaxis.title.text == "diffusion step t"
+
+
+def test_tsm_plots_mark_the_steps_beyond_the_trained_T():
+    w = np.array([1.0, 1.2, 0.8, 0.8, 0.8])
+    curve = viz.tsm_curve(w, "x", trained=3)
+    assert list(curve.data[0].y) == [1.0, 1.2, 0.8]
+    rep = _trace(curve, "repeated (beyond the trained T)")
+    assert list(rep.x) == [2, 3, 4] and rep.marker.symbol == "circle-open"
+    heat = viz.tsm_heatmap({"a": w}, trained=3)
+    assert any(s.x0 == 2.5 for s in heat.layout.shapes)
+    assert not viz.tsm_heatmap({"a": w}, trained=5).layout.shapes

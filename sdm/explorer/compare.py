@@ -1,5 +1,6 @@
-"""Whole runs for the comparisons: this session's seed, sampler, steps and grid run from x_T to the end at another
-threshold scale, or with the ANN counterpart, from the same noise. Finished runs are cached in the session.
+"""Whole runs for the comparisons: this session's seed, sampler, steps, grid and spiking time steps T run from x_T to
+the end at another threshold scale, or with the ANN counterpart, from the same noise. Finished runs are cached in the
+session.
 
 Each comparison exists twice: ``compare_scales(...)`` returns the result, ``compare_scales_steps(...)`` is a
 generator that yields after every denoising step and returns the same result (the app iterates it, so that a
@@ -50,7 +51,7 @@ def final_image_steps(sess: Session, threshold_scale, pipe: SpikingDiffusionPipe
     out = None
     lo, hi = span
     for out in pipe.steps(seed=s.seed, num_inference_steps=s.num_steps, sampler=s.sampler, threshold_scale=scale,
-                          batch_size=s.grid, meter=meter):
+                          batch_size=s.grid, meter=meter, time_steps=s.denoiser_time_steps(pipe)):
         yield lo + (hi - lo) * (out.index + 1) / out.num_steps, desc
     x = _f32(out.sample)
     rep = meter.report(pipe.config)

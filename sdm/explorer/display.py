@@ -1,38 +1,69 @@
 """What the explorer's panels show, computed from a ``Session`` as plain data (numpy arrays, dicts, numbers): the
-viewed step's images, probes and firing rates, the course of the rates over the trajectory, the filmstrip, the energy
-against the ANN counterpart, the neurons to trace, the checkpoint's notes, and layer names for plot axes. Only reads
-the session: the caller holds ``sess.lock`` around a group of calls for a consistent snapshot.
+viewed step's images, probes and firing rates, the threshold-guidance comparison (scale 1.0 against the slider's),
+the course of the rates over the trajectory, the filmstrip, the energy against the ANN counterpart, the neurons to
+trace, the checkpoint's notes, and the layer names every label uses. Only reads the session: the caller holds
+``sess.lock`` around a group of calls for a consistent snapshot.
+
+Vocabulary of every label: the *diffusion step t* (the timestep the denoiser is asked about, 999 ... 0) and the
+*spiking step τ* (one of the T time steps of a single denoiser call).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import html
 import math
 
 import numpy as np
+import torch
 
 from .. import viz
 from ..pipeline import SpikingDiffusionPipeline
 from .session import Session
+from .validation import MAX_NEURONS
 
-__all__ = ["EPS_DISPLAY_RANGE", "short_layer_name", "layer_stage", "view_images", "probe", "rates",
-           "mean_firing_rate", "trajectory_spikes", "rate_course", "energy", "filmstrip_frames", "auto_neurons",
-           "traced_neurons", "info", "tsm_note", "ann_note"]
+__all__ = ["EPS_DISPLAY_RANGE", "DIFF_DISPLAY_RANGE", "layer_label", "layer_stage", "default_layer", "view_images",
+           "threshold_effect", "probe", "rates", "mean_firing_rate", "spike_counts", "trajectory_spikes",
+           "rate_course", "energy", "filmstrip_frames", "auto_neurons", "traced_neurons", "info", "tsm_note",
+           "ann_note"]
 
 EPS_DISPLAY_RANGE = 3.0             # eps is shown mapped from [-3, 3] to black..white
+DIFF_DISPLAY_RANGE = 0.5            # x̂₀(s) - x̂₀(1.0) is shown mapped from [-0.5, 0.5] (model space) to blue..red
+DEFAULT_LAYER_STEPS = 10            # DDIM steps of the run that picks the default layer
+
+_PARTS = {"down": "Down", "up": "Up", "mid": "Middle", "out": "Output"}
 
 
-def short_layer_name(name: str) -> str:
-    """'down.0.blocks.1.conv2.act' -> 'down0.b1.conv2' (for crowded plot axes)."""
-    parts = [p for p in name.split(".") if p not in ("act", "blocks")]
-    out: list[str] = []
-    for p in parts:
-        if p.isdigit() and out and not out[-1][-1].isdigit() and out[-1] in ("down", "up", "mid"):
-            out[-1] += p
-        elif p.isdigit() and out:
-            out.append("b" + p)
-        else:
-            out.append(p)
-    return ".".join(out) or name
+def layer_label(name: str, code: bool = False) -> str:
+    """The one name of a layer in every label: 'down.0.blocks.1.conv2.act' -> 'Down 1 · block 2 · conv 2',
+    'mid.0.conv1.act' -> 'Middle · block 1 · conv 1', 'up.1.upsample.act' -> 'Up 2 · upsample', 'out.act' ->
+    'Output' (levels and blocks counted from 1, in forward order). ``code=True`` appends the code name, small
+    (HTML, for plot titles and markdown)."""
+    parts = [p for p in name.split(".") if p not in ("act", "")]
+    if not parts or parts[0] not in _PARTS:
+        label = name
+    else:
+        out = [_PARTS[parts[0]]]
+        rest = parts[1:]
+        if parts[0] in ("down", "up") and rest and rest[0].isdigit():
+            out[0] += f" {int(rest[0]) + 1}"
+            rest = rest[1:]
+        elif parts[0] == "mid" and rest and rest[0].isdigit():
+            out.append(f"block {int(rest[0]) + 1}")
+            rest = rest[1:]
+        i = 0
+        while i < len(rest):
+            p = rest[i]
+            if p == "blocks" and i + 1 < len(rest) and rest[i + 1].isdigit():
+                out.append(f"block {int(rest[i + 1]) + 1}")
+                i += 2
+                continue
+            out.append(f"conv {p[4:]}" if p.startswith("conv") and p[4:].isdigit() else p)
+            i += 1
+        label = " · ".join(out)
+    if code:
+        label += f" <span style='font-size:0.7em;color:#666'>{html.escape(name)}</span>"
+    return label
 
 
 def layer_stage(name: str) -> str:
@@ -51,6 +82,27 @@ def _shown_record(sess: Session, index: int):
     return pv if (pv is not None and pv.index == index) else sess.records[index]
 
 
+@functools.lru_cache(maxsize=32)
+def default_layer(pipe: SpikingDiffusionPipeline) -> str | None:
+    """The layer the neuron plots open on: the one where threshold guidance changes the raster most reliably.
+    Measured once per loaded model on the 10 inputs x_t of a seed-0 DDIM-10 trajectory: the drop of the recorded
+    neurons' spikes from scale 0.9 to 1.1 at each input; the layer whose smallest drop is largest (ties: the
+    largest total drop). The first layer for an ANN, None without layers."""
+    names = pipe.layer_names()
+    if not names or not pipe.config.spiking:
+        return names[0] if names else None
+    drops = {n: [] for n in names}
+    with torch.no_grad():
+        for out in pipe.steps(seed=0, num_inference_steps=DEFAULT_LAYER_STEPS):
+            counts = {}
+            for scale in (0.9, 1.1):
+                _, frames = pipe.denoise(out.model_input, out.timestep, scale, record=True, max_neurons=MAX_NEURONS)
+                counts[scale] = {n: int(f.spikes.sum()) for n, f in frames.items()}
+            for n in names:
+                drops[n].append(counts[0.9][n] - counts[1.1][n])
+    return max(names, key=lambda n: (min(drops[n]), sum(drops[n])))
+
+
 def view_images(sess: Session) -> dict[str, np.ndarray]:
     """x_t, x̂₀, ε̂ of the viewed step (the preview's x̂₀ / ε̂ when previewing): float32 [B, C, H, W] in [0, 1];
     ε̂ is mapped from [-3, 3]."""
@@ -58,6 +110,37 @@ def view_images(sess: Session) -> dict[str, np.ndarray]:
     src = pv or rec
     return {"x_t": viz.to_display(rec.x_t), "x0": viz.to_display(src.x0.astype(np.float32)),
             "eps": viz.to_display(src.eps.astype(np.float32) / EPS_DISPLAY_RANGE)}
+
+
+def spike_counts(sess: Session, rec) -> dict[str, float]:
+    """Spikes per image of every spiking layer (all its neurons, all T spiking steps) in a record or preview."""
+    T = sess.settings.time_steps
+    return {n: r * sess.num_neurons.get(n, 0) * T for n, r in rec.rates.items()}
+
+
+def threshold_effect(sess: Session, layer: str | None = None) -> dict | None:
+    """Threshold guidance at a glance: the viewed step at scale 1.0 against the step as shown (at the slider's scale
+    when previewing). None until the scale-1.0 run exists (``Session.ensure_base``).
+
+    Returns {"base_scale": 1.0, "scale", "base_x0", "x0" (display [B, C, H, W] in [0, 1]), "diff" (x̂₀(s) - x̂₀(1.0),
+    model space, float32 [B, C, H, W]), "mean_abs_diff", "base_rates", "rates" ({layer: rate}), "base_spikes",
+    "spikes" (spikes per image, all layers), "layer", "layer_base_spikes", "layer_spikes" (recorded neurons of
+    ``layer`` in the raster, image 0; None for an ANN), "spiking"}."""
+    rec, pv = sess.current()
+    shown = pv or rec
+    base = sess.base_record()
+    if base is None:
+        return None
+    x0, b0 = shown.x0.astype(np.float32), base.x0.astype(np.float32)
+    base_counts, counts = spike_counts(sess, base), spike_counts(sess, shown)
+    layer_spikes = layer_base = None
+    if layer and layer in shown.spikes and layer in base.spikes:
+        layer_spikes, layer_base = int(shown.spikes[layer].sum()), int(base.spikes[layer].sum())
+    return {"base_scale": 1.0, "scale": shown.scale, "base_x0": viz.to_display(b0), "x0": viz.to_display(x0),
+            "diff": x0 - b0, "mean_abs_diff": float(np.abs(x0 - b0).mean()), "base_rates": dict(base.rates),
+            "rates": dict(shown.rates), "base_spikes": float(sum(base_counts.values())),
+            "spikes": float(sum(counts.values())), "layer": layer, "layer_base_spikes": layer_base,
+            "layer_spikes": layer_spikes, "spiking": sess.spiking}
 
 
 def probe(sess: Session, layer: str) -> dict | None:
@@ -97,7 +180,7 @@ def trajectory_spikes(sess: Session, layer: str) -> tuple[list[np.ndarray], list
 
 def rate_course(sess: Session, layer: str | None = None) -> tuple[dict[str, list[float]], list[int]]:
     """Firing rate over the recorded steps: the neuron-weighted mean of each part of the UNet (down, mid, up, out)
-    and of the selected layer. Returns ({line name: rates}, timesteps)."""
+    and, last (drawn on top), the selected layer. Returns ({line name: rates}, diffusion steps t)."""
     sess.require()
     if not sess.spiking or not sess.records:
         return {}, []
@@ -105,10 +188,10 @@ def rate_course(sess: Session, layer: str | None = None) -> tuple[dict[str, list
     for name in sess.layers:
         if name in sess.num_neurons:
             stages.setdefault(layer_stage(name), []).append(name)
-    selected = f"{short_layer_name(layer)} (selected)" if layer and layer in sess.num_neurons else None
-    lines: dict[str, list[float]] = {selected: []} if selected else {}
-    for st in stages:
-        lines[f"{st} (mean)"] = []
+    selected = f"{layer_label(layer)} (selected)" if layer and layer in sess.num_neurons else None
+    lines: dict[str, list[float]] = {f"{st} (mean)": [] for st in stages}
+    if selected:
+        lines[selected] = []
     weights = {st: np.array([sess.num_neurons[n] for n in names], dtype=np.float64) for st, names in stages.items()}
     for r in sess.records:
         step_rates = _shown_record(sess, r.index).rates
@@ -134,9 +217,12 @@ def energy(sess: Session) -> dict:
             "spiking": sess.spiking}
 
 
-def filmstrip_frames(sess: Session, max_frames: int = 10) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-    """Image 0 along the trajectory so far: (x_t frames, x̂₀ frames, labels), at most ``max_frames`` evenly spaced
-    ones, the current sample last. Frames are display [C, H, W]."""
+def filmstrip_frames(sess: Session, max_frames: int = 10) -> tuple[list[np.ndarray], list[np.ndarray | None],
+                                                                    list[str]]:
+    """Image 0 along the trajectory so far: (x_t frames, x̂₀ frames, captions), at most ``max_frames`` evenly spaced
+    columns, the current sample last. Frames are display [C, H, W]. Captions name the step and its diffusion step t
+    ("step 3 · t=939"). The last column is the sample after the newest step: the generated image ("final", in both
+    rows) once the trajectory is finished, else the next x_t ("next x_t"), which has no x̂₀ yet (None)."""
     sess.require()
     n = len(sess.records)
     xs, x0s, labels = [], [], []
@@ -145,11 +231,11 @@ def filmstrip_frames(sess: Session, max_frames: int = 10) -> tuple[list[np.ndarr
             r = sess.records[i]
             xs.append(viz.to_display(r.x_t[0]))
             x0s.append(viz.to_display(r.x0[0].astype(np.float32)))
-            labels.append(f"t={r.timestep}")
+            labels.append(f"step {i + 1} · t={r.timestep}")
         else:
             xs.append(viz.to_display(sess.x[0]))
-            x0s.append(viz.to_display(sess.x[0]))
-            labels.append("final" if sess.is_done else "next")
+            x0s.append(viz.to_display(sess.x[0]) if sess.is_done else None)
+            labels.append("final" if sess.is_done else "next x_t")
     return xs, x0s, labels
 
 
@@ -178,6 +264,7 @@ def info(sess: Session) -> dict:
     return {
         "checkpoint": s.checkpoint, "seed": s.seed, "sampler": s.sampler, "num_steps": s.num_steps,
         "grid_size": s.grid, "steps_done": len(sess.records), "done": sess.is_done,
+        "time_steps": s.time_steps, "trained_time_steps": sess.pipe.config.time_steps,
         "step": sess.view + 1, "timestep": rec.timestep, "recorded_scale": rec.scale,
         "threshold_scale": pv.scale if pv else rec.scale, "previewing": pv is not None,
         "x0_mean": float((pv or rec).x0.astype(np.float32).mean()), "x0_digest": _digest((pv or rec).x0),
@@ -188,11 +275,21 @@ def info(sess: Session) -> dict:
     }
 
 
-def tsm_note(pipe: SpikingDiffusionPipeline) -> str:
-    """What the TSM panel says of a checkpoint (markdown)."""
+TSM_RULE = ("Run at more spiking steps than it was trained for, each layer repeats its last learned weight p[T−1] "
+            "for the steps beyond; at fewer, it uses the first T weights.")
+
+
+def tsm_note(pipe: SpikingDiffusionPipeline, time_steps: int | None = None) -> str:
+    """What the TSM panel says of a checkpoint run at ``time_steps`` spiking steps τ (None: the trained T)
+    (markdown)."""
     c = pipe.config
     if not c.spiking:
         return "**This checkpoint is an ANN: it has no spiking time steps and no TSM.**"
+    T = c.T if time_steps is None else int(time_steps)
+    if c.tsm and T != c.T:
+        how = (f"the steps τ ≥ {c.T} repeat the last learned weight (hollow markers)" if T > c.T
+               else f"only the first {T} learned weights are used")
+        return f"TSM is on, learned for T = {c.T} spiking steps; this trajectory runs T = {T}: {how}."
     conv = pipe.card.get("conversion") if isinstance(pipe.card, dict) else None
     if not c.tsm and isinstance(conv, dict):
         return (f"**This model has no TSM**: it was converted from a {conv.get('bits', '?')}-bit quantised ANN "
@@ -201,8 +298,8 @@ def tsm_note(pipe: SpikingDiffusionPipeline) -> str:
     if not c.tsm:
         return (f"**This model has no TSM** (vanilla SDM): every one of its T = {c.T} time steps gets the same "
                 "input current.")
-    return (f"TSM is on: each layer learned one weight per time step (T = {c.T}) that scales its input current. "
-            "Weights above 1 make that time step more likely to spike.")
+    return (f"TSM is on: each layer learned one weight per spiking step τ (T = {c.T}) that scales its input "
+            f"current. Weights above 1 make that step more likely to spike. {TSM_RULE}")
 
 
 def ann_note(checkpoint: str, pipe: SpikingDiffusionPipeline, ann: str | None) -> str:

@@ -9,6 +9,7 @@ preview at another threshold scale and continue from. Gradio-free: ``app.py`` ke
     sess.advance(10, threshold_scale=1.0)           # Step x10
     sess.scrub(3)                                   # view step 3 (1-based, as in the UI)
     sess.preview(1.05)                              # what step 3 predicts with the threshold scaled by 1.05
+    sess.ensure_base()                              # ... and with scale 1.0, for the side-by-side view
     sess.continue_from_view(1.05)                   # re-run step 3 with 1.05 (drops steps 3..)
     while not sess.is_done: sess.advance(1, 1.05)   # and carry on from there
 
@@ -37,7 +38,8 @@ import torch
 from ..energy import EnergyMeter
 from ..pipeline import SpikingDiffusionPipeline
 from .validation import (MAX_NEURONS, check_grid, check_layer, check_neurons, check_num_steps, check_number,
-                         check_raster_mode, check_sampler, check_scale, check_seed, check_step_count)
+                         check_raster_mode, check_sampler, check_scale, check_seed, check_step_count,
+                         check_time_steps)
 
 __all__ = ["MAX_STATE_BYTES", "MAX_CACHED_FINALS", "Session", "StepRecord", "Preview", "Settings", "View",
            "Superseded", "estimate_state_bytes"]
@@ -59,13 +61,15 @@ class View(NamedTuple):
 
 
 def estimate_state_bytes(pipe: SpikingDiffusionPipeline, num_steps: int, grid: int,
-                         max_neurons: int = MAX_NEURONS) -> int:
-    """Upper bound of what a fully recorded trajectory keeps: images of every step plus the probes of image 0."""
+                         max_neurons: int = MAX_NEURONS, time_steps: int | None = None) -> int:
+    """Upper bound of what a fully recorded trajectory keeps: images of every step plus the probes of image 0
+    (``time_steps``: the spiking time steps T it runs, None: the trained T)."""
     c = pipe.config
     pixels = grid * c.image_channels * c.image_size * c.image_size
     per_step = pixels * (4 + 2 + 2) + 512
     if c.spiking:
-        per_step += len(pipe.layer_names()) * (c.time_steps * max_neurons * 3 + 160)
+        T = c.time_steps if time_steps is None else int(time_steps)
+        per_step += len(pipe.layer_names()) * (T * max_neurons * 3 + 160)
     return num_steps * per_step + pixels * 4
 
 
@@ -97,7 +101,8 @@ class StepRecord:
 
 @dataclass
 class Preview:
-    """The viewed step re-run with another threshold scale (nothing recorded changes)."""
+    """The viewed step re-run with another threshold scale (nothing recorded changes): a threshold preview, or the
+    step at scale 1.0 for the side-by-side view (``Session.ensure_base``)."""
 
     index: int
     scale: float
@@ -116,6 +121,11 @@ class Settings:
     sampler: str
     num_steps: int
     grid: int
+    time_steps: int = 1             # spiking time steps T of every denoiser call (1 for an ANN)
+
+    def denoiser_time_steps(self, pipe: SpikingDiffusionPipeline) -> int | None:
+        """What to pass as the pipeline's ``time_steps``: this T for a spiking model, None for an ANN."""
+        return self.time_steps if pipe.config.spiking else None
 
 
 def _f16(t: torch.Tensor) -> np.ndarray:
@@ -157,6 +167,7 @@ class Session:
         self.x: np.ndarray | None = None
         self.view = 0
         self.preview_data: Preview | None = None
+        self.base_data: tuple[int, Preview] | None = None     # (generation, the viewed step at scale 1.0)
         self.neuron_index: dict[str, np.ndarray] = {}
         self.num_neurons: dict[str, int] = {}
         self.layers: list[str] = []
@@ -189,27 +200,30 @@ class Session:
                              "no trajectory yet: press “New trajectory” first (API: /new_trajectory)")
 
     def nbytes(self) -> int:
-        """Bytes of recorded data (records, preview, cached final images)."""
+        """Bytes of recorded data (records, preview and scale-1.0 re-run, cached final images)."""
         n = sum(r.nbytes for r in self.records)
         if self.x is not None:
             n += self.x.nbytes
-        if self.preview_data is not None:
-            p = self.preview_data
-            n += p.x0.nbytes + p.eps.nbytes
-            n += sum(a.nbytes for a in p.spikes.values()) + sum(a.nbytes for a in p.v.values())
+        for p in (self.preview_data, self.base_data[1] if self.base_data else None):
+            if p is not None:
+                n += p.x0.nbytes + p.eps.nbytes
+                n += sum(a.nbytes for a in p.spikes.values()) + sum(a.nbytes for a in p.v.values())
         return n + sum(x.nbytes for x, _ in self._finals.values())
 
     # ------------------------------------------------------------------ start / step
     def start(self, pipe: SpikingDiffusionPipeline, checkpoint: str, seed=0, sampler="ddim", num_steps=50,
-              grid=1, threshold_scale=1.0) -> None:
+              grid=1, threshold_scale=1.0, time_steps=None) -> None:
         """Reset to a new trajectory: draw x_T (from the seed) and take the first step.
 
-        Raises ValueError for bad settings, or when the recording would exceed the memory budget.
+        ``time_steps``: spiking time steps T of every denoiser call of this trajectory (None: the trained T; see
+        ``validation.check_time_steps``). Raises ValueError for bad settings, or when the recording would exceed
+        the memory budget.
         """
+        c = pipe.config
         settings = Settings(checkpoint, check_seed(seed), check_sampler(sampler), check_num_steps(num_steps),
-                            check_grid(grid))
+                            check_grid(grid), check_time_steps(time_steps, c.T, c.spiking))
         scale = check_scale(threshold_scale)
-        need = estimate_state_bytes(pipe, settings.num_steps, settings.grid, self.max_neurons)
+        need = estimate_state_bytes(pipe, settings.num_steps, settings.grid, self.max_neurons, settings.time_steps)
         if need > self.max_bytes:
             raise ValueError(f"recording {settings.num_steps} steps of {settings.grid} image(s) would keep about "
                              f"{need / 2 ** 20:.0f} MB (limit {self.max_bytes / 2 ** 20:.0f} MB per session): "
@@ -227,6 +241,7 @@ class Session:
             self.x = x
             self.view = 0
             self.preview_data = None
+            self.base_data = None
             self.neuron_index, self.num_neurons = {}, {}
             self.layers = pipe.layer_names()
             try:
@@ -264,7 +279,7 @@ class Session:
         gen = self.pipe.steps(seed=s.seed, num_inference_steps=s.num_steps, sampler=s.sampler,
                               threshold_scale=scale, batch_size=s.grid, record=cfg.spiking,
                               sample=torch.from_numpy(self.x), start_index=k, max_neurons=self.max_neurons,
-                              meter=meter)
+                              meter=meter, time_steps=s.denoiser_time_steps(self.pipe))
         done = 0
         prev = (0.0, 0.0, 0.0)
         try:
@@ -309,6 +324,17 @@ class Session:
             self.preview_data = None
             return self.records[self.view]
 
+    def _rerun(self, rec: StepRecord, scale: float) -> Preview:
+        """The denoiser of recorded step ``rec`` re-run at another threshold scale (lock held)."""
+        x = torch.from_numpy(rec.x_t)
+        eps, frames = self.pipe.denoise(x, rec.timestep, scale, record=self.spiking, max_neurons=self.max_neurons,
+                                        probe_seed=self.settings.seed,
+                                        time_steps=self.settings.denoiser_time_steps(self.pipe))
+        g = self.pipe.step_noise_generator(self.settings.seed, rec.index, 0)
+        x0 = self._sched.step(eps, rec.timestep, x, generator=g).pred_original_sample
+        spikes, v, rates, thr = _probe_dicts(frames)
+        return Preview(rec.index, scale, _f16(x0), _f16(eps), spikes, v, rates, thr)
+
     def preview(self, threshold_scale) -> Preview | None:
         """Re-run the denoiser of the viewed step with another threshold scale (Eq. 18) and keep the result as
         a preview: x̂₀, ε̂ and the probes change, the recorded trajectory does not. Returns None (and clears the
@@ -320,14 +346,32 @@ class Session:
             if abs(scale - rec.scale) < 1e-9:
                 self.preview_data = None
                 return None
-            x = torch.from_numpy(rec.x_t)
-            eps, frames = self.pipe.denoise(x, rec.timestep, scale, record=self.spiking,
-                                            max_neurons=self.max_neurons, probe_seed=self.settings.seed)
-            g = self.pipe.step_noise_generator(self.settings.seed, rec.index, 0)
-            x0 = self._sched.step(eps, rec.timestep, x, generator=g).pred_original_sample
-            spikes, v, rates, thr = _probe_dicts(frames)
-            self.preview_data = Preview(rec.index, scale, _f16(x0), _f16(eps), spikes, v, rates, thr)
+            self.preview_data = self._rerun(rec, scale)
             return self.preview_data
+
+    def base_record(self) -> StepRecord | Preview | None:
+        """The viewed step at threshold scale 1.0 (no guidance), for the side-by-side view: the record itself when
+        it ran at 1.0, the preview when it is at 1.0, the one ``ensure_base`` computed, else None. Only reads."""
+        rec, pv = self.current()
+        if rec.scale == 1.0 or not self.spiking:     # an ANN has no thresholds: every scale gives the same step
+            return rec
+        if pv is not None and pv.scale == 1.0:
+            return pv
+        if self.base_data is not None and self.base_data[0] == self.generation and \
+                self.base_data[1].index == rec.index:
+            return self.base_data[1]
+        return None
+
+    def ensure_base(self) -> StepRecord | Preview:
+        """``base_record``, computing it first (one denoiser call at scale 1.0, kept until the view moves on) when
+        the viewed step ran at another scale."""
+        with self.lock:
+            self.require()
+            base = self.base_record()
+            if base is None:
+                base = self._rerun(self.records[self.view], 1.0)
+                self.base_data = (self.generation, base)
+            return base
 
     def continue_from_view(self, threshold_scale) -> int:
         """Drop the steps from the viewed one on and re-run the viewed step with this threshold scale; further
@@ -369,7 +413,8 @@ class Session:
     def final_key(self, threshold_scale: float, checkpoint: str | None = None) -> tuple:
         """The cache key of this session's whole run at one scale (and checkpoint: the ANN counterpart)."""
         s = self.settings
-        return (checkpoint or s.checkpoint, s.seed, s.sampler, s.num_steps, s.grid, round(threshold_scale, 6))
+        return (checkpoint or s.checkpoint, s.seed, s.sampler, s.num_steps, s.grid, s.time_steps,
+                round(threshold_scale, 6))
 
     def cached_final(self, key: tuple) -> tuple[np.ndarray, dict] | None:
         hit = self._finals.get(key)
@@ -391,6 +436,7 @@ class Session:
             self.closed_reason = reason
             self.records = []
             self.preview_data = None
+            self.base_data = None
             self._finals.clear()
             self.x = None
             self.settings = None

@@ -14,6 +14,7 @@ from .. import viz
 from .session import Session
 
 MAX_EXPORT_FRAMES = 200             # GIF / MP4 frames (evenly spaced, first and last always in)
+HOLD_LAST_S = 1.5                   # the final frame stays this long before the GIF / MP4 loops
 
 
 def export_frames(sess: Session, max_frames: int = MAX_EXPORT_FRAMES, target_px: int = 256) -> list[np.ndarray]:
@@ -32,7 +33,8 @@ def export_frames(sess: Session, max_frames: int = MAX_EXPORT_FRAMES, target_px:
 
 def export(sess: Session, out_dir: str | Path | None = None, fps: float = 10.0,
            progress: Callable[[float, str], None] | None = None) -> dict[str, str]:
-    """Write the trajectory as GIF and MP4, the current sample as PNG, and the recording as NPZ.
+    """Write the trajectory as GIF and MP4 (the last frame held for ``HOLD_LAST_S`` before they loop), the current
+    sample as PNG, and the recording as NPZ.
 
     Args:
         out_dir: folder for the files (None: the session's own temporary folder, emptied on each export and
@@ -62,10 +64,10 @@ def export(sess: Session, out_dir: str | Path | None = None, fps: float = 10.0,
     paths = {}
     if progress:
         progress(0.1, "GIF")
-    paths["gif"] = _export.write_gif(frames, out / f"{stem}.gif", fps=fps)
+    paths["gif"] = _export.write_gif(frames, out / f"{stem}.gif", fps=fps, hold_last_s=HOLD_LAST_S)
     if progress:
         progress(0.4, "MP4")
-    paths["mp4"] = _export.write_mp4(frames, out / f"{stem}.mp4", fps=fps)
+    paths["mp4"] = _export.write_mp4(frames, out / f"{stem}.mp4", fps=fps, hold_last_s=HOLD_LAST_S)
     if progress:
         progress(0.7, "PNG and NPZ")
     paths["png"] = _export.write_png(final, out / f"{stem}.png")
@@ -98,8 +100,8 @@ def npz_payload(sess: Session) -> tuple[dict[str, np.ndarray], dict]:
     cfg = sess.pipe.config
     meta = {
         "checkpoint": s.checkpoint, "seed": s.seed, "sampler": s.sampler, "num_steps": s.num_steps,
-        "grid_size": s.grid, "steps_recorded": len(recs), "T": cfg.time_steps, "neuron": cfg.neuron,
-        "tsm": cfg.tsm, "layers": layers, "num_neurons": {n: sess.num_neurons[n] for n in layers},
+        "grid_size": s.grid, "steps_recorded": len(recs), "T": s.time_steps, "trained_T": cfg.time_steps,
+        "neuron": cfg.neuron, "tsm": cfg.tsm, "layers": layers, "num_neurons": {n: sess.num_neurons[n] for n in layers},
         "recorded_image": 0, "max_neurons": sess.max_neurons,
         "base_threshold": {n: recs[0].thresholds[n] / recs[0].scale for n in layers} if recs and layers else {},
         "shapes": {"spikes": "[steps, T, neurons] bool", "v": "[steps, T, neurons] float16, threshold units",

@@ -14,8 +14,9 @@ from ..pipeline import SAMPLERS
 
 __all__ = [
     "SAMPLERS", "GRID_SIZES", "SCALE_MIN", "SCALE_MAX", "SCALE_STEP", "MAX_STEPS", "MAX_SEED", "MAX_NEURONS",
-    "RASTER_MODES", "shown", "check_number", "check_seed", "check_num_steps", "check_step_count", "check_scale",
-    "check_grid", "check_sampler", "check_layer", "check_raster_mode", "check_neurons",
+    "RASTER_MODES", "TIME_STEPS", "STEP_PRESETS", "shown", "check_number", "check_seed", "check_num_steps",
+    "check_step_count", "check_scale", "check_grid", "check_sampler", "check_layer", "check_raster_mode",
+    "check_neurons", "time_step_choices", "check_time_steps",
 ]
 
 GRID_SIZES = (1, 4, 16)
@@ -24,6 +25,8 @@ MAX_STEPS = 1000
 MAX_SEED = 2 ** 31 - 1
 MAX_NEURONS = 64                    # neurons recorded per layer (of image 0)
 RASTER_MODES = ("step", "trajectory")
+TIME_STEPS = (1, 2, 4, 8)           # spiking time steps T offered at inference (plus the model's own)
+STEP_PRESETS = (10, 20, 50, 100)    # DDIM steps of the classroom presets (paper Table 6: spiking models best near 50)
 MAX_SHOWN = 80                      # characters of a rejected value echoed back in a message
 
 
@@ -151,3 +154,25 @@ def check_neurons(neurons, n: int) -> list[int]:
             raise ValueError(f"neuron {shown(j)} is not recorded: this layer records neurons 0..{n - 1}")
         out.append(i)
     return list(dict.fromkeys(out))
+
+
+def time_step_choices(trained: int) -> list[int]:
+    """The spiking time steps T offered for a model trained at ``trained``: 1, 2, 4, 8 and its own T."""
+    return sorted(set(TIME_STEPS) | {int(trained)})
+
+
+def check_time_steps(time_steps, trained: int, spiking: bool = True) -> int:
+    """Spiking time steps T of a trajectory: one of ``time_step_choices(trained)``; None or '' give ``trained``.
+    An ANN (``spiking=False``) has none: any accepted value gives 1."""
+    if time_steps is None or time_steps == "":
+        return int(trained) if spiking else 1
+    choices = time_step_choices(trained)
+    try:
+        ok = isinstance(time_steps, numbers.Real) and not isinstance(time_steps, bool) \
+            and math.isfinite(float(time_steps)) and float(time_steps) in choices
+    except (OverflowError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"spiking time steps T must be one of {', '.join(map(str, choices))} (trained: {trained}), "
+                         f"got {shown(time_steps)}")
+    return int(time_steps) if spiking else 1
