@@ -46,9 +46,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def served():
-    """The app on the fixtures, launched in this process; yields its URL."""
+    """The app on the fixtures, launched in this process, with one torch thread per request as app.main() sets
+    (two threads per request on two cores thrash under concurrent requests); yields its URL."""
     app = import_app()
     from sdm.explorer import ModelRegistry
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
 
     demo = app.build_demo(app.Explorer(ModelRegistry(FIXTURES)))
     port = free_port()
@@ -58,3 +62,4 @@ def served():
         yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
+        torch.set_num_threads(threads)
