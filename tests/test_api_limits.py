@@ -15,12 +15,13 @@ from conftest import FIXTURES, free_port, import_app
 from sdm.explorer import ModelRegistry
 
 app = import_app()
+pytestmark = pytest.mark.serial      # latency and CPU time of a server: nothing else may run meanwhile
 LAYER_ARGS = dict(layer="down.0.blocks.0.conv1.act", raster_mode="step", neurons=[])
 
 
 def client(url):
     from gradio_client import Client
-    return Client(url, verbose=False)
+    return Client(url, verbose=False, download_files=False)     # the images stay on the server: not measured here
 
 
 def info(result, keys=app.VIEW_KEYS) -> dict:
@@ -40,7 +41,7 @@ def rss_mb(status: str = "/proc/self/status") -> float:
     raise RuntimeError("no VmRSS")
 
 
-RUN_BUDGET_S = 10.0
+RUN_BUDGET_S = 7.0
 
 
 class Server:
@@ -86,7 +87,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The app serving tiny-sdm at 2 base channels (the same 19 recorded layers, about 70 ms a step for 16 images),
-    with a 10 s budget per heavy request."""
+    with a 7 s budget per heavy request."""
     import sdm
     from sdm.checkpoints import save_checkpoint
 
@@ -189,7 +190,7 @@ def test_closed_tabs_free_their_memory(server):
     del held
     after = base + 1e9
     deadline = time.time() + 30
-    while after - base >= 50 and time.time() < deadline:
+    while after - base >= min(50, (peak - base) / 3) and time.time() < deadline:
         time.sleep(1)
         after = server.rss_mb()
     print(f"\n30 sessions of 12 steps x 16 images: server RSS {base:.0f} -> {peak:.0f} -> {after:.0f} MB after closing "
@@ -220,7 +221,7 @@ def test_concurrent_cancels_leave_no_threads_computing(server):
     for c in clients:
         start(c, steps=1000, grid=16)
         jobs.append(c.submit(n_steps=1000, threshold_scale=1.0, api_name="/step", **LAYER_ARGS))
-    time.sleep(3.0)
+    time.sleep(2.0)
     for j in jobs:
         j.cancel()
     time.sleep(1.5)
@@ -229,5 +230,5 @@ def test_concurrent_cancels_leave_no_threads_computing(server):
     spent = server.cpu_seconds() - idle0
     names = sorted(t.name for t in threading.enumerate())
     assert spent < 0.5, f"{spent:.2f} CPU s in 2 s after 4 cancels; threads: {names}"
-    for c in clients:
-        c.close()
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda c: c.close(), clients))

@@ -21,9 +21,11 @@ LAYER = "down.0.blocks.0.conv1.act"
 LAYER_ARGS = dict(layer=LAYER, raster_mode="step", neurons=[])
 
 
-def client(url):
+def client(url, files: bool = True):
+    """A gradio_client; ``files=False`` leaves output files (images, exports) on the server instead of downloading
+    them after every call."""
     from gradio_client import Client
-    return Client(url, verbose=False)
+    return Client(url, verbose=False, download_files=files)
 
 
 def info(result, keys=app.VIEW_KEYS) -> dict:
@@ -117,7 +119,7 @@ def test_bad_input_gets_a_clear_error_and_the_server_answers_the_next_request(se
     # httpx refuses to encode NaN and inf; a raw JSON client need not: send them as the literal tokens
     monkeypatch.setattr(httpx._content, "json_dumps", lambda obj, **kw: json.dumps(obj, **{**kw, "allow_nan": True}))
 
-    c = client(served)
+    c = client(served, files=False)
     if not endpoint.startswith("fresh:"):
         start(c, steps=6)
         c.predict(n_steps=1, threshold_scale=1.0, api_name="/step", **LAYER_ARGS)
@@ -220,7 +222,7 @@ def test_invalid_input_changes_no_state(served):
     replaces the session."""
     from gradio_client.exceptions import AppError
 
-    c = client(served)
+    c = client(served, files=False)
     start(c, seed=5, steps=6)
     r = c.predict(n_steps=1, threshold_scale=1.0, api_name="/step", **LAYER_ARGS)
     before = info(r)
