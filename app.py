@@ -1215,6 +1215,7 @@ def build_demo(explorer: Explorer | None = None) -> gr.Blocks:
         demo.unload(forget_tab)
     atexit.register(ex.pool.close_all)       # the sessions' exported files go with the server
     demo.queue(default_concurrency_limit=INTERACTIVE_LIMIT, max_size=QUEUE_MAX_SIZE)
+    _say_busy(demo)
     return demo
 
 
@@ -1230,6 +1231,23 @@ def _forget_tab(demo: gr.Blocks, ex: Explorer, request: gr.Request) -> None:
             holder.session_data.pop(owner, None)
             holder.time_last_used.pop(owner, None)
     release_memory()
+
+
+BUSY = ("The server is busy: {n} requests are waiting, the most it queues. Please try again in a minute.")
+
+
+def _say_busy(demo: gr.Blocks) -> None:
+    """A full queue answers with BUSY instead of gradio's "Queue is full. Max size is 64 and size is 64."."""
+    queue = demo._queue
+    push = queue.push
+
+    async def push_or_busy(*args, **kwargs):
+        ok, msg, status = await push(*args, **kwargs)
+        if status == "queue_full":
+            msg = BUSY.format(n=queue.max_size)
+        return ok, msg, status
+
+    queue.push = push_or_busy
 
 
 def _free_session(sess) -> None:

@@ -212,6 +212,13 @@ def test_queue_and_groups_are_bounded():
     limits = {fn.concurrency_id: fn.concurrency_limit for fn in demo.fns.values() if fn.concurrency_id}
     assert limits["interactive"] == app.INTERACTIVE_LIMIT and limits["heavy"] == app.HEAVY_LIMIT
     assert any(any(t[1] == "unload" for t in fn.targets) for fn in demo.fns.values())
+    # a full queue says so in words a user acts on
+    import asyncio
+    from types import SimpleNamespace
+
+    demo._queue.max_size = 0
+    ok, msg, status = asyncio.run(demo._queue.push(body=SimpleNamespace(fn_index=0), request=None, username=None))
+    assert not ok and status == "queue_full" and msg.startswith("The server is busy") and "try again" in msg
 
 
 def test_concurrent_cancels_leave_no_threads_computing(server):
