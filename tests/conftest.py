@@ -19,6 +19,15 @@ def tiny_pipe():
     return sdm.load_pipeline("tiny-sdm", FIXTURES)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """As app.main() does: one intra-op thread per request (on a busy 2-core machine, two threads fight)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -21,13 +21,7 @@ STEPS = 8
 LAYER = "down.0.blocks.0.conv1.act"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """As app.main() does: one intra-op thread per request (and no thread fights on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,7 @@ from sdm.explorer import ModelRegistry, Session, display
 LAYER = "down.0.blocks.0.conv1.act"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """As the app runs: one intra-op thread (on a busy 2-core machine, two threads fight)."""
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
