@@ -30,6 +30,7 @@ import gradio as gr
 from sdm import viz
 from sdm.explorer import ModelRegistry, Session, Superseded, View, compare, display, trajectory_export
 from sdm.explorer.pool import SessionPool, release_memory
+from sdm.explorer.zerogpu import on_gpu
 from sdm.explorer.validation import (MAX_NEURONS, MAX_SEED, MAX_STEPS, SCALE_MAX, SCALE_MIN, SCALE_STEP,
                                      STEP_PRESETS, check_num_steps, check_scale, check_seed, check_step_count,
                                      shown, time_step_choices)
@@ -1176,11 +1177,11 @@ def build_demo(explorer: Explorer | None = None) -> gr.Blocks:
         timeline.input(user_errors(ex.scrub), [timeline] + view_in + [state], outs(SCRUB_KEYS), api_name="scrub",
                        api_description="View recorded step `step` (1-based).", show_progress="hidden",
                        show_progress_on=[status], trigger_mode="always_last", **interactive)
-        follow(run_btn.click(user_errors(ex.run_to_end), [threshold] + view_in + [state], outs(VIEW_KEYS),
+        follow(run_btn.click(on_gpu(user_errors(ex.run_to_end)), [threshold] + view_in + [state], outs(VIEW_KEYS),
                              api_name="run_to_end",
                              api_description="Step to the end with this threshold scale (streams while running).",
                              **view_kw, **heavy))
-        follow(continue_btn.click(user_errors(ex.continue_from_here), [threshold] + view_in + [state],
+        follow(continue_btn.click(on_gpu(user_errors(ex.continue_from_here)), [threshold] + view_in + [state],
                                   outs(VIEW_KEYS), api_name="continue_from_here",
                                   api_description="Re-run the viewed step with this threshold scale and carry on to "
                                                   "the end.", **view_kw, **heavy))
@@ -1195,13 +1196,13 @@ def build_demo(explorer: Explorer | None = None) -> gr.Blocks:
                        api_visibility="private", queue=False)
         follow(timer.tick(user_errors(ex.play_tick), [threshold] + view_in + [playing, state], outs(PLAY_KEYS),
                           api_visibility="private", show_progress="hidden", **interactive))
-        compare_scale_btn.click(user_errors(ex.compare_scales), [threshold, state], outs(COMPARE_SCALE_KEYS),
+        compare_scale_btn.click(on_gpu(user_errors(ex.compare_scales)), [threshold, state], outs(COMPARE_SCALE_KEYS),
                                 api_name="compare_scales", **heavy,
                                 api_description="Final images at threshold scale 1.0 and at this scale, same noise.")
-        compare_ann_btn.click(user_errors(ex.compare_ann), [threshold, state], outs(COMPARE_ANN_KEYS),
+        compare_ann_btn.click(on_gpu(user_errors(ex.compare_ann)), [threshold, state], outs(COMPARE_ANN_KEYS),
                               api_name="compare_ann", **heavy,
                               api_description="Final images of the SNN and its ANN counterpart, same noise.")
-        export_btn.click(user_errors(ex.export), [state], outs(EXPORT_KEYS), api_name="export", **heavy,
+        export_btn.click(on_gpu(user_errors(ex.export)), [state], outs(EXPORT_KEYS), api_name="export", **heavy,
                          api_description="The trajectory as GIF and MP4, the current sample as PNG, the recording "
                                          "as NPZ.")
         follow(demo.load(user_errors(ex.on_load), new_in, [checkpoint] + outs(MODEL_KEYS) + outs(VIEW_KEYS),

@@ -98,7 +98,12 @@ class SpikingDiffusionPipeline:
         self.card = card or {}
         self.name = name
         self.path = path
-        self.device = next(self.model.parameters()).device
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are now (read at each call: on ZeroGPU they are on the CPU outside ``spaces.GPU``
+        functions and on CUDA inside them)."""
+        return next(self.model.parameters()).device
 
     # ------------------------------------------------------------------ facts
     @property

@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tsm-lr", type=float, default=None,
                    help="peak learning rate of the TSM weights (default: --lr); the schedule scales it like --lr")
     p.add_argument("--init-from", help="start from this checkpoint's weights (name or folder)")
+    p.add_argument("--clip-percentile", type=float, default=95.0,
+                   help="with --init-from an ANN and --neuron qann: set each layer's clip alpha to this percentile "
+                        "of the positive inputs the ANN's layer receives on noisy training images (0: keep alpha "
+                        "at its default 6.0)")
     # optimisation
     p.add_argument("--steps", type=int, default=10000, help="total optimizer steps (a resumed run continues to it)")
     p.add_argument("--batch-size", type=int, default=64, help="per process")
@@ -355,6 +359,53 @@ def rebuild_model(model: SpikingUNet, neuron: str | None = None, T: int | None =
     return new, ", ".join(notes)
 
 
+@torch.no_grad()
+def calibrate_clips(ann: SpikingUNet, qann: SpikingUNet, images: torch.Tensor, percentile: float, seed: int = 0,
+                    n: int = 256, sample: int = 1_000_000) -> dict[str, float]:
+    """Set each clip alpha of the quantised ANN ``qann`` (rebuilt from the float ANN ``ann``: the same layer names)
+    to ``percentile`` (0-100) of the positive inputs ``ann``'s activation of the same name receives, on ``n``
+    training images noised at uniform random diffusion steps (at most ``sample`` values per layer, drawn at random).
+    Returns {layer: alpha}."""
+    if not 0 < percentile <= 100:
+        raise SystemExit(f"--clip-percentile must be in (0, 100], got {percentile}")
+    device = next(ann.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    x0 = images[torch.randint(0, len(images), (n,), generator=g)].to(device)
+    t = torch.randint(0, ann.diffusion.num_train_timesteps, (n,), generator=g).to(device)
+    xt = DDPMScheduler(ann.diffusion).add_noise(x0, torch.randn(x0.shape, generator=g).to(device), t)
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(module, inputs):
+            v = inputs[0].detach().float().flatten()
+            v = v[v > 0]
+            if v.numel() > sample:
+                v = v[torch.randperm(v.numel(), generator=g)[:sample].to(v.device)]
+            seen[name] = torch.cat([seen[name], v]) if name in seen else v
+        return hook
+
+    hooks = [m.register_forward_pre_hook(keep(name)) for name, m in ann.activations()]
+    was_training = ann.training
+    try:
+        ann.eval()
+        for i in range(0, n, 64):
+            ann(xt[i:i + 64], t[i:i + 64])
+    finally:
+        ann.train(was_training)
+        for h in hooks:
+            h.remove()
+    clips = {}
+    for name, module in qann.activations():
+        v = seen.get(name)
+        if v is None or v.numel() == 0:
+            continue
+        if v.numel() > sample:
+            v = v[torch.randperm(v.numel(), generator=g)[:sample].to(v.device)]
+        clips[name] = max(float(torch.quantile(v, percentile / 100.0)), 1e-3)
+        module.alpha.data.fill_(clips[name])
+    return clips
+
+
 def lineage(card: dict) -> dict:
     """What a checkpoint's card says of the training behind its weights, kept in the card of a run started from it
     (``--init-from``) under ``training.init_from``: chained, so a TSM stage's card still names the base run."""
@@ -448,11 +499,16 @@ def build_model(args, data, device: torch.device) -> tuple[SpikingUNet, Diffusio
         model, diffusion, src_card = load_checkpoint(src, device)
         start.base = lineage(src_card)
         start.init = f"initialised from {src.name}"
+        source = model
         model, rebuilt = rebuild_model(model, neuron=args.neuron, T=args.T, bits=args.bits,
                                        precondition=args.precondition,
                                        dynamics=model_options_against(args, model.cfg, src, resume=False))
         if rebuilt:
             start.init += f", {rebuilt}"
+        if model.cfg.neuron == "qann" and source.cfg.neuron == "ann" and args.clip_percentile:
+            clips = calibrate_clips(source, model, data.images, args.clip_percentile, seed=args.seed)
+            start.init += (f", clips alpha calibrated to the {args.clip_percentile:g}th percentile of the ANN's "
+                           f"activation inputs ({min(clips.values()):.2f}-{max(clips.values()):.2f})")
         if args.tsm:
             model.enable_tsm()
             start.init += " then TSM enabled (p = 1)"

@@ -1,6 +1,7 @@
 """The loaded models, shared read-only by every session: a checkpoint is loaded once, on first use."""
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -10,6 +11,28 @@ from .validation import shown
 
 DEFAULT_CHECKPOINT = "fmnist-sdm-t4"
 MAX_PARAMETERS = 20_000_000         # a checkpoint the app serves (the shipped ones: 0.2-2.1M)
+
+
+def default_device() -> str:
+    """``$SDM_DEVICE`` if set, else "cuda" when torch sees a GPU, else "cpu"."""
+    import torch
+
+    return os.environ.get("SDM_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_device(device: str) -> str:
+    """``device`` if torch can run on it here; a ValueError naming the fix otherwise."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"SDM_DEVICE={device!r} is not a torch device ({e}); use cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"SDM_DEVICE={device!r}, but torch sees no CUDA device here: unset it or use cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"SDM_DEVICE={device!r}: only cpu and cuda are supported")
+    return str(dev)
 
 
 class ModelRegistry:
@@ -24,11 +47,15 @@ class ModelRegistry:
     Args:
         root: the checkpoints folder (None: ``$SDM_CHECKPOINTS`` or ``checkpoints/``).
         max_parameters: refuse a model larger than this before building it.
+        device: where the denoisers run (None: ``default_device()``, i.e. ``$SDM_DEVICE``, else CUDA when
+            available, else the CPU).
     """
 
-    def __init__(self, root: str | Path | None = None, max_parameters: int = MAX_PARAMETERS):
+    def __init__(self, root: str | Path | None = None, max_parameters: int = MAX_PARAMETERS,
+                 device: str | None = None):
         self.root = Path(root) if root is not None else None
         self.max_parameters = max_parameters
+        self.device = check_device(device if device is not None else default_device())
         self._pipes: dict[str, SpikingDiffusionPipeline] = {}
         self._failures: dict[str, tuple[tuple, str]] = {}      # name -> (files' signature, message)
         self._lock = threading.Lock()
@@ -101,7 +128,7 @@ class ModelRegistry:
             if failed is not None and failed[0] == signature:
                 raise ValueError(failed[1])
             try:
-                pipe = load_pipeline(name, self.root, max_parameters=self.max_parameters)
+                pipe = load_pipeline(name, self.root, max_parameters=self.max_parameters, device=self.device)
             except Exception as e:  # noqa: BLE001 - any failure is reported, the app stays up
                 reason = str(e).replace(str(Path(self.where).resolve()) + "/", "").replace(self.where + "/", "")
                 msg = f"checkpoint {name!r} cannot be loaded: {reason}"
