@@ -1,11 +1,10 @@
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+from harness import FIXTURES, free_port, serve_demo  # noqa: F401  (free_port: for the tests that import it from here)
 
 
 @pytest.fixture(scope="session")
@@ -47,12 +46,6 @@ def import_app():
     return app
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def served():
     """The app on the fixtures, launched in this process, with one torch thread per request as app.main() sets
@@ -64,11 +57,8 @@ def served():
     torch.set_num_threads(1)
 
     demo = app.build_demo(app.Explorer(ModelRegistry(FIXTURES)))
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_port=port, server_name="127.0.0.1", quiet=True,
-                **app.launch_kwargs())
     try:
-        yield f"http://127.0.0.1:{port}/"
+        with serve_demo(demo, **app.launch_kwargs()) as url:
+            yield url
     finally:
-        demo.close()
         torch.set_num_threads(threads)
