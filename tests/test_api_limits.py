@@ -9,105 +9,33 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import torch
 
-from conftest import FIXTURES, free_port, import_app
+from conftest import FIXTURES, import_app
+from harness import LAYER_ARGS, launch_app, start, start_heavy, write_tiny_checkpoint
 from sdm.explorer import ModelRegistry
 
 app = import_app()
 pytestmark = pytest.mark.serial      # latency and CPU time of a server: nothing else may run meanwhile
-LAYER_ARGS = dict(layer="down.0.blocks.0.conv1.act", raster_mode="step", neurons=[])
-
-
-def client(url):
-    from gradio_client import Client
-    return Client(url, verbose=False, download_files=False)     # the images stay on the server: not measured here
+RUN_BUDGET_S = 7.0
 
 
 def info(result, keys=app.VIEW_KEYS) -> dict:
     return result[keys.index("info") - 1]
 
 
-def start(c, steps=6, grid=1, seed=0):
-    return c.predict(checkpoint="tiny-sdm", seed=seed, sampler="ddim", num_steps=steps, threshold_scale=1.0,
-                     grid_size=grid, api_name="/new_trajectory", **LAYER_ARGS)
-
-
-def rss_mb(status: str = "/proc/self/status") -> float:
-    with open(status) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-RUN_BUDGET_S = 7.0
-
-
-class Server:
-    """``python app.py`` in its own process, as a Space runs it: its CPU time and RSS are the server's alone, and
-    the test's clients do not compete with it for the GIL."""
-
-    def __init__(self, root, **env):
-        import subprocess
-        import sys
-        from urllib.request import urlopen
-
-        port = free_port()
-        env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", SDM_CHECKPOINTS=str(root),
-                   GRADIO_ANALYTICS_ENABLED="False", **env)
-        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=os.path.dirname(app.__file__), env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.url = f"http://127.0.0.1:{port}/"
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urlopen(self.url, timeout=2):
-                    break
-            except OSError:
-                assert self.proc.poll() is None and time.time() < deadline, "app.py did not start"
-                time.sleep(0.5)
-
-    def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def rss_mb(self) -> float:
-        return rss_mb(f"/proc/{self.proc.pid}/status")
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except Exception:  # noqa: BLE001
-            self.proc.kill()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The app serving tiny-sdm at 2 base channels (the same 19 recorded layers, about 70 ms a step for 16 images),
-    with a 7 s budget per heavy request."""
-    import sdm
-    from sdm.checkpoints import save_checkpoint
-
+    """``python app.py`` in its own process, as a Space runs it, serving tiny-sdm at 2 base channels (the same 19
+    recorded layers, about 70 ms a step for 16 images), with a 7 s budget per heavy request."""
     root = tmp_path_factory.mktemp("ckpts")
-    tiny = sdm.load_pipeline("tiny-sdm", FIXTURES)
-    torch.manual_seed(0)
-    save_checkpoint(root / "tiny-sdm", sdm.SpikingUNet(tiny.config.replace(base_channels=2, time_embed_dim=8)),
-                    tiny.diffusion, {"name": "tiny-sdm", "description": "random weights, for the limits tests"})
-    srv = Server(root, SDM_RUN_BUDGET_S=str(RUN_BUDGET_S))
-    try:
+    write_tiny_checkpoint(root, "random weights, for the limits tests")
+    with launch_app(root, SDM_RUN_BUDGET_S=str(RUN_BUDGET_S)) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_a_cancelled_request_stops_computing(server):
-    url = server.url
-    c = client(url)
-    start(c, steps=1000, grid=16)
-    job = c.submit(n_steps=1000, threshold_scale=1.0, api_name="/step", **LAYER_ARGS)
+    c = server.client()
+    job = start_heavy(c)
     time.sleep(2.0)
     busy0 = server.cpu_seconds()
     time.sleep(1.0)
@@ -125,14 +53,10 @@ def test_a_cancelled_request_stops_computing(server):
 
 
 def test_a_light_request_is_answered_within_2_s_while_two_heavy_ones_run(server):
-    url = server.url
-    heavy = [client(url) for _ in range(2)]
-    jobs = []
-    for h in heavy:
-        start(h, steps=1000, grid=16)
-        jobs.append(h.submit(threshold_scale=1.0, api_name="/run_to_end", **LAYER_ARGS))
+    heavy = [server.client() for _ in range(2)]
+    jobs = [start_heavy(h, "/run_to_end") for h in heavy]
     time.sleep(1.5)
-    light = client(url)
+    light = server.client()
     waits = []
     for i in range(4):
         t0 = time.perf_counter()
@@ -156,8 +80,7 @@ def test_a_light_request_is_answered_within_2_s_while_two_heavy_ones_run(server)
 
 
 def test_a_heavy_request_is_bounded_and_says_so(server):
-    url = server.url
-    c = client(url)
+    c = server.client()
     start(c, steps=1000, grid=16)
     t0 = time.perf_counter()
     r = c.predict(threshold_scale=1.0, api_name="/run_to_end", **LAYER_ARGS)
@@ -174,7 +97,7 @@ def test_closed_tabs_free_their_memory(server):
     """30 tabs each record 12 steps of 16 images, then close; the server's RSS comes back to within 50 MB of where it
     was before them."""
     def session(seed):
-        c = client(server.url)
+        c = server.client()
         start(c, steps=12, grid=16, seed=seed)
         c.predict(threshold_scale=1.0, api_name="/run_to_end", **LAYER_ARGS)
         return c
@@ -201,8 +124,7 @@ def test_closed_tabs_free_their_memory(server):
 
 
 def test_uploads_are_refused(server):
-    url = server.url
-    r = httpx.post(url + "gradio_api/upload", files={"files": ("big.bin", os.urandom(64 * 1024))}, timeout=30)
+    r = httpx.post(server.url + "gradio_api/upload", files={"files": ("big.bin", os.urandom(64 * 1024))}, timeout=30)
     assert r.status_code >= 400, r.text[:200]
 
 
@@ -222,12 +144,8 @@ def test_queue_and_groups_are_bounded():
 
 
 def test_concurrent_cancels_leave_no_threads_computing(server):
-    url = server.url
-    clients = [client(url) for _ in range(4)]
-    jobs = []
-    for c in clients:
-        start(c, steps=1000, grid=16)
-        jobs.append(c.submit(n_steps=1000, threshold_scale=1.0, api_name="/step", **LAYER_ARGS))
+    clients = [server.client() for _ in range(4)]
+    jobs = [start_heavy(c) for c in clients]
     time.sleep(2.0)
     for j in jobs:
         j.cancel()
