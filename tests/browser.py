@@ -10,61 +10,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.request import urlopen
 
-ROOT = Path(__file__).resolve().parents[1]
+from harness import launch_app
+
 CHROMIUM = os.environ.get("SDM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 VIEWPORT = {"width": 1400, "height": 1000}         # the full explorer's walk-through
 PROJECTOR = {"width": 1280, "height": 720}         # the classroom view must fit this without scrolling
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serve_app(checkpoints: str | Path | None = None, timeout: float = 120.0):
-    """Start ``python app.py`` on a free port; yield its URL; stop it afterwards."""
-    port = free_port()
-    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1",
-               GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
-    if checkpoints is not None:
-        env["SDM_CHECKPOINTS"] = str(checkpoints)
-    log = open(os.devnull, "w") if os.environ.get("SDM_QUIET_APP", "1") == "1" else None
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        t0 = time.time()
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"app.py exited with code {proc.returncode} before serving")
-            try:
-                with urlopen(url, timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() - t0 > timeout:
-                raise TimeoutError(f"app.py did not answer on {url} within {timeout:.0f} s")
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        if log is not None:
-            log.close()
 
 
 @contextmanager
@@ -395,8 +351,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="assets", help="folder for screenshot.png and demo.gif")
     p.add_argument("--checkpoints", default=None, help="checkpoints folder (default: the app's own)")
     args = p.parse_args(argv)
-    with serve_app(args.checkpoints) as url:
-        shot, gif = record_media(Path(args.out), url)
+    with launch_app(args.checkpoints) as app:
+        shot, gif = record_media(Path(args.out), app.url)
     print(f"wrote {shot} and {gif} ({gif.stat().st_size / 1e6:.1f} MB)")
     return 0
 

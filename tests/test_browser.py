@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import browser
+from harness import launch_app
 
 missing = []
 if importlib.util.find_spec("playwright") is None:
@@ -26,8 +27,8 @@ pytestmark = pytest.mark.skipif(bool(missing), reason="missing " + "; ".join(mis
 def test_classroom_walkthrough_in_chromium(tmp_path):
     import imageio.v3 as iio
 
-    with browser.serve_app() as url, browser.browser_page() as page:
-        seen = browser.drive(page, url)
+    with launch_app() as app, browser.browser_page() as page:
+        seen = browser.drive(page, app.url)
         shot = tmp_path / "app.png"
         page.screenshot(path=str(shot), full_page=True)
 
@@ -50,8 +51,8 @@ def test_classroom_walkthrough_in_chromium(tmp_path):
 
 
 def test_classroom_view_fits_a_projector_screen(tmp_path):
-    with browser.serve_app() as url, browser.browser_page(browser.PROJECTOR) as page:
-        seen = browser.drive_classroom(page, url)
+    with launch_app() as app, browser.browser_page(browser.PROJECTOR) as page:
+        seen = browser.drive_classroom(page, app.url)
 
     # ?mode=classroom opens the classroom view: one screen, the full explorer's panels hidden
     assert seen["classroom"] and seen["explorer_hidden"]
