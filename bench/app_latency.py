@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import socket
 import statistics
 import sys
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+from harness import serve_demo  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -142,13 +143,8 @@ def main(argv=None) -> int:
     if args.client:
         from gradio_client import Client
 
-        demo = app.build_demo(app.Explorer(reg))
-        with socket.socket() as so:
-            so.bind(("127.0.0.1", 0))
-            port = so.getsockname()[1]
-        demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-        try:
-            client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        with serve_demo(app.build_demo(app.Explorer(reg))) as url:        # in this process, on the same registry
+            client = Client(url, verbose=False)
             client.predict(checkpoint=name, seed=0, sampler=args.sampler, num_steps=steps, threshold_scale=1.0,
                            grid_size=args.grid, layer=layer, api_name="/new_trajectory")
             cs, ct = [], []
@@ -166,8 +162,6 @@ def main(argv=None) -> int:
             print(f"through gradio_client (localhost round trip, images downloaded):")
             print(f"  /step           median {median_ms(cs):6.1f} ms  ({spread(cs)})")
             print(f"  /set_threshold  median {median_ms(ct):6.1f} ms  ({spread(ct)})")
-        finally:
-            demo.close()
     return 0
 
 

@@ -15,108 +15,38 @@ at 2 base channels: about 70 ms a step for 16 images, so that the scenarios take
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.request import urlopen
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-LAYER_ARGS = dict(layer="down.0.blocks.0.conv1.act", raster_mode="step", neurons=[])
+sys.path.insert(0, str(ROOT / "tests"))
+from harness import LAYER_ARGS, LaunchedApp, launch_app, start, start_heavy, write_tiny_checkpoint  # noqa: E402
 
 
-def make_checkpoint(root: Path) -> None:
-    import torch
-    import sdm
-    from sdm.checkpoints import save_checkpoint
-
-    tiny = sdm.load_pipeline("tiny-sdm", ROOT / "tests" / "fixtures")
-    torch.manual_seed(0)
-    save_checkpoint(root / "tiny-sdm", sdm.SpikingUNet(tiny.config.replace(base_channels=2, time_embed_dim=8)),
-                    tiny.diffusion, {"name": "tiny-sdm", "description": "random weights, for bench/fair_sharing.py"})
-
-
-class Server:
-    def __init__(self, repo: Path, checkpoints: Path, port: int):
-        env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1",
-                   SDM_CHECKPOINTS=str(checkpoints), GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(repo))
-        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=repo, env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        self.url = f"http://127.0.0.1:{port}/"
-        t0 = time.time()
-        while True:
-            try:
-                with urlopen(self.url, timeout=2):
-                    return
-            except OSError:
-                if self.proc.poll() is not None or time.time() - t0 > 180:
-                    raise RuntimeError("app.py did not start")
-                time.sleep(0.5)
-
-    def cpu(self) -> float:
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def status(self, key: str) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-        raise KeyError(key)
-
-    def rss_mb(self) -> float:
-        return self.status("VmRSS") / 1024
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-def client(url):
-    from gradio_client import Client
-    return Client(url, verbose=False, download_files=False)
-
-
-def start(c, steps, grid, seed=0):
-    c.predict(checkpoint="tiny-sdm", seed=seed, sampler="ddim", num_steps=steps, threshold_scale=1.0,
-              grid_size=grid, api_name="/new_trajectory", **LAYER_ARGS)
-
-
-def cancel_scenario(srv: Server) -> None:
-    clients = [client(srv.url) for _ in range(4)]
-    jobs = []
-    for c in clients:
-        start(c, 1000, 16)
-        jobs.append(c.submit(n_steps=1000, threshold_scale=1.0, api_name="/step", **LAYER_ARGS))
+def cancel_scenario(srv: LaunchedApp) -> None:
+    clients = [srv.client() for _ in range(4)]
+    jobs = [start_heavy(c) for c in clients]
     time.sleep(3)
     for j in jobs:
         j.cancel()
     time.sleep(1)
-    t0 = srv.cpu()
+    t0 = srv.cpu_seconds()
     time.sleep(3)
-    print(f"1. after 4 cancelled /step n_steps=1000 (grid 16): {srv.cpu() - t0:.2f} CPU s in the next 3 s; "
-          f"{srv.status('Threads')} threads; RSS {srv.rss_mb():.0f} MB")
+    print(f"1. after 4 cancelled /step n_steps=1000 (grid 16): {srv.cpu_seconds() - t0:.2f} CPU s in the next 3 s; "
+          f"{srv.threads()} threads; RSS {srv.rss_mb():.0f} MB")
     for c in clients:
         c.close()
 
 
-def light_scenario(srv: Server, timeout: float = 20.0) -> None:
-    heavy = [client(srv.url) for _ in range(2)]
-    jobs = []
-    for h in heavy:
-        start(h, 1000, 16)
-        jobs.append(h.submit(n_steps=1000, threshold_scale=1.0, api_name="/step", **LAYER_ARGS))
+def light_scenario(srv: LaunchedApp, timeout: float = 20.0) -> None:
+    heavy = [srv.client() for _ in range(2)]
+    jobs = [start_heavy(h) for h in heavy]
     time.sleep(1.5)
-    light = client(srv.url)
+    light = srv.client()
     waits = []
     for i in range(4):
         t0 = time.perf_counter()
@@ -138,9 +68,9 @@ def light_scenario(srv: Server, timeout: float = 20.0) -> None:
         c.close()
 
 
-def memory_scenario(srv: Server) -> None:
+def memory_scenario(srv: LaunchedApp) -> None:
     def session(seed):
-        c = client(srv.url)
+        c = srv.client()
         start(c, 20, 16, seed)
         c.predict(threshold_scale=1.0, api_name="/run_to_end", **LAYER_ARGS)
         return c
@@ -164,13 +94,11 @@ def main(argv=None) -> int:
     p.add_argument("--port", type=int, default=7911)
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        make_checkpoint(Path(tmp))
+        write_tiny_checkpoint(Path(tmp), "random weights, for bench/fair_sharing.py")
+        repo = args.repo.resolve()
         for scenario in (cancel_scenario, light_scenario, memory_scenario):
-            srv = Server(args.repo.resolve(), Path(tmp), args.port)
-            try:
+            with launch_app(tmp, repo=repo, port=args.port, timeout=180, PYTHONPATH=str(repo)) as srv:
                 scenario(srv)
-            finally:
-                srv.stop()
     return 0
 
 
