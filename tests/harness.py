@@ -59,6 +59,12 @@ class LaunchedApp:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def cpu_seconds_in(self, seconds: float) -> float:
+        """CPU seconds the server spends in the next ``seconds`` of wall time (sleeps meanwhile)."""
+        start = self.cpu_seconds()
+        time.sleep(seconds)
+        return self.cpu_seconds() - start
+
     def proc_status(self, key: str) -> int:
         """A field of /proc/PID/status as its integer (kB for ``VmRSS``, a count for ``Threads``)."""
         with open(f"/proc/{self.pid}/status") as f:
