@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import FIXTURES, free_port, serve_demo  # noqa: F401  (free_port: for the tests that import it from here)
+from harness import FIXTURES, serve_demo
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, free_port, import_app
+from conftest import FIXTURES, import_app
+from harness import serve_demo
 
 app = import_app()
 LAYER = "down.0.blocks.0.conv1.act"
@@ -199,11 +200,8 @@ def test_broken_checkpoints_show_a_message_while_the_others_work(tmp_path):
     (tmp_path / "listy" / "card.json").write_text("[1, 2, 3]")
 
     demo = app.build_demo(app.Explorer(ModelRegistry(tmp_path)))
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_port=port, server_name="127.0.0.1", quiet=True,
-                **app.launch_kwargs())
-    try:
-        c = client(f"http://127.0.0.1:{port}/")
+    with serve_demo(demo, **app.launch_kwargs()) as url:
+        c = client(url)
         for name, needle in [("truncated", "corrupted or truncated"), ("garbage", "corrupted or truncated"),
                              ("no-config", "missing config.json"), ("listy", "must be a JSON object")]:
             summary = c.predict(checkpoint=name, layer=LAYER, api_name="/checkpoint_info")[0]
@@ -213,8 +211,6 @@ def test_broken_checkpoints_show_a_message_while_the_others_work(tmp_path):
                 start(c, checkpoint=name)
             r = start(c, checkpoint="good", seed=3, steps=4)
             assert info(r)["checkpoint"] == "good" and info(r)["step"] == 1
-    finally:
-        demo.close()
 
 
 def test_invalid_input_changes_no_state(served):
