@@ -126,7 +126,7 @@ def comparison_table(rows: list[tuple[str, dict | None, object]]) -> str:
 def write_evaluation(folder: str | Path, metrics: dict, images: np.ndarray, report: str) -> None:
     """Store metrics in ``folder``'s card.json (re-read first), a samples.png grid and the README.md card."""
     from .export import write_png
-    from .viz import image_grid
+    from .imaging import image_grid
 
     folder = Path(folder)
     k = min(GRID_SIDE * GRID_SIDE, len(images))
