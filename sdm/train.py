@@ -7,10 +7,9 @@
 The output folder is a checkpoint (EMA weights + config + card) rewritten every --save-every steps, plus
 ``train_state/`` (raw weights, optimizer, step; not meant for git) from which ``--resume`` continues. Resuming a
 folder without train_state/ (e.g. committed weights only) restarts the optimizer from those weights.
-
-This module is the command line and the loop; ``--init-from``'s rebuilding is :mod:`sdm.rebuild`, train_state/ and
-the resume state :mod:`sdm.train_state`, the model card :mod:`sdm.train_card`.
 """
+# This module is the command line and the loop (its docstring is --help); --init-from's rebuilding is sdm.rebuild,
+# train_state/ and the resume state sdm.train_state, the model card sdm.train_card.
 from __future__ import annotations
 
 import argparse
