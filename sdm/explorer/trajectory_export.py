@@ -59,7 +59,7 @@ def export(sess: Session, out_dir: str | Path | None = None, fps: float = 10.0,
         frames = export_frames(sess)
         ncol = int(math.ceil(math.sqrt(s.grid)))
         final = imaging.image_grid(imaging.to_display(sess.x), nrow=ncol, pad=2,
-                               scale=max(1, 512 // (ncol * sess.pipe.config.image_size)))
+                                   scale=max(1, 512 // (ncol * sess.pipe.config.image_size)))
         records, meta = npz_payload(sess)
     paths = {}
     if progress:
