@@ -27,7 +27,7 @@ import time
 import numpy as np
 import gradio as gr
 
-from sdm import viz
+from sdm import imaging, viz
 from sdm.explorer import ModelRegistry, Session, Superseded, View, compare, display, trajectory_export
 from sdm.explorer.pool import SessionPool, release_memory
 from sdm.explorer.zerogpu import on_gpu
@@ -175,14 +175,14 @@ def grid_image(images01: np.ndarray, target_px: int = IMAGE_PX) -> np.ndarray:
     b, _, h, w = images01.shape
     ncol = int(math.ceil(math.sqrt(b)))
     scale = max(1, int(round(target_px / (ncol * max(h, w)))))
-    return viz.image_grid(images01, nrow=ncol, pad=2 if b > 1 else 0, scale=scale, pad_value=1.0)
+    return imaging.image_grid(images01, nrow=ncol, pad=2 if b > 1 else 0, scale=scale, pad_value=1.0)
 
 
 def filmstrip_image(sess: Session) -> np.ndarray:
     """x_t (top row) over x̂₀ (bottom row, captioned with the step and its diffusion step t)."""
     xs, x0s, labels = display.filmstrip_frames(sess, max_frames=10)
-    top = viz.filmstrip(xs, max_frames=10, scale=4, pad=3)
-    bottom = viz.filmstrip(x0s, max_frames=10, scale=4, pad=3, captions=labels)
+    top = imaging.filmstrip(xs, max_frames=10, scale=4, pad=3)
+    bottom = imaging.filmstrip(x0s, max_frames=10, scale=4, pad=3, captions=labels)
     sep = np.full((4, top.shape[1], 3), 160, dtype=np.uint8)
     return np.concatenate([top, sep, bottom], axis=0)
 
@@ -375,7 +375,7 @@ def _trio(sess: Session) -> dict:
     effect = display.threshold_effect(sess)
     if effect is None:                   # the scale-1.0 run is missing (a streamed update): leave them alone
         return {}
-    diff = viz.diff_to_rgb(effect["diff"], display.DIFF_DISPLAY_RANGE)
+    diff = imaging.diff_to_rgb(effect["diff"], display.DIFF_DISPLAY_RANGE)
     return {"img_x0_base": grid_image(effect["base_x0"], SMALL_PX), "img_x0": grid_image(effect["x0"], SMALL_PX),
             "img_diff": grid_image(diff, SMALL_PX)}
 
@@ -746,8 +746,8 @@ class Explorer:
               f"Mean |difference| = {r['mean_abs_diff']:.3f} (pixel range 0-2).\n\nEnergy per image: scale 1.000 → "
               f"{eb['energy_mj']:.4g} mJ ({eb['sops']:.3g} SOPs); scale {r['scale']:.3f} → {es['energy_mj']:.4g} mJ "
               f"({es['sops']:.3g} SOPs).")
-        yield (gr.update(value=grid_image(viz.to_display(r["base"])), label="threshold scale s = 1.000"),
-               gr.update(value=grid_image(viz.to_display(r["scaled"])), label=f"threshold scale s = {r['scale']:.3f}"),
+        yield (gr.update(value=grid_image(imaging.to_display(r["base"])), label="threshold scale s = 1.000"),
+               gr.update(value=grid_image(imaging.to_display(r["scaled"])), label=f"threshold scale s = {r['scale']:.3f}"),
                md)
 
     def compare_ann(self, threshold_scale, state, request: gr.Request = None, progress=gr.Progress()):
@@ -760,9 +760,9 @@ class Explorer:
               f"vs **{r['ann_name']}**, seed {sess.settings.seed}, same x_T and noise.\n\nEnergy per image: SNN "
               f"{es['energy_mj']:.4g} mJ ({es['sops']:.3g} SOPs) · ANN {ea['energy_mj']:.4g} mJ → SNN / ANN = "
               f"**{r['energy_ratio']:.2f}**")
-        yield (gr.update(value=grid_image(viz.to_display(r["snn"])),
+        yield (gr.update(value=grid_image(imaging.to_display(r["snn"])),
                          label=f"SNN: {sess.settings.checkpoint} (s = {r['scale']:.3f})"),
-               gr.update(value=grid_image(viz.to_display(r["ann"])), label=f"ANN: {r['ann_name']}"), md)
+               gr.update(value=grid_image(imaging.to_display(r["ann"])), label=f"ANN: {r['ann_name']}"), md)
 
     def export(self, state, request: gr.Request = None, progress=gr.Progress()) -> tuple:
         """Write the trajectory as GIF and MP4, the current sample as PNG and the recording as NPZ (at most 200

@@ -16,7 +16,8 @@ The same classifier's predictions on the samples give class coverage (the share 
 of the samples) and the mean confidence (mean max-softmax). Results go into the checkpoint's card.json, its
 README.md and a samples.png grid, unless --no-write.
 
-This module is the command line and its reports; the measurements themselves live in :mod:`sdm.metrics`.
+This module is the command line and its reports; the feature classifier lives in :mod:`sdm.classifier`, the
+metrics in :mod:`sdm.metrics`, and sampling a checkpoint to measure it in :mod:`sdm.measure`.
 """
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ import torch
 
 from .checkpoints import ann_counterpart_names, read_card, write_card
 from .data import canonical_data_name, load_dataset
-from .metrics import (Evaluator, calibrate, classifiers_dir, dataset_of, evaluate_pipeline, make_evaluator,
-                      save_classifier, train_classifier)
+from .classifier import classifiers_dir, save_classifier, train_classifier
+from .measure import dataset_of, evaluate_pipeline
+from .metrics import Evaluator, calibrate, make_evaluator
 
 SWEEP_SCALES = (0.90, 0.95, 0.98, 0.99, 0.995, 0.997, 0.999, 1.0, 1.001, 1.003, 1.005, 1.01, 1.02, 1.05, 1.10)
 GRID_SIDE = 10              # samples.png is a GRID_SIDE x GRID_SIDE grid
@@ -126,7 +128,7 @@ def comparison_table(rows: list[tuple[str, dict | None, object]]) -> str:
 def write_evaluation(folder: str | Path, metrics: dict, images: np.ndarray, report: str) -> None:
     """Store metrics in ``folder``'s card.json (re-read first), a samples.png grid and the README.md card."""
     from .export import write_png
-    from .viz import image_grid
+    from .imaging import image_grid
 
     folder = Path(folder)
     k = min(GRID_SIDE * GRID_SIDE, len(images))

@@ -1,7 +1,7 @@
 """Write what the explorer shows to files: GIF / MP4 animations, PNG images, and NPZ recordings.
 
-Frames and images may be given as uint8 ``[H, W, 3]`` (what :mod:`sdm.viz` returns) or as float
-``[C, H, W]`` in [0, 1] (C = 1 or 3; display space, see ``sdm.viz.to_display``). Every writer returns the
+Frames and images may be given as uint8 ``[H, W, 3]`` (what :mod:`sdm.imaging` returns) or as float
+``[C, H, W]`` in [0, 1] (C = 1 or 3; display space, see ``sdm.imaging.to_display``). Every writer returns the
 path it wrote, as a string. NPZ files never contain pickles.
 """
 from __future__ import annotations

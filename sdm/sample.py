@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .pipeline import load_pipeline, to_unit
-from . import viz
+from . import imaging
 from .export import write_gif, write_png
 
 
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
             frames = []
             with tqdm(total=args.steps, desc="denoising", unit="step", file=sys.stderr) as bar:
                 for step in pipe.steps(batch_size=args.n, **kwargs):
-                    frames.append(viz.image_grid(to_unit(step.sample), scale=args.scale))
+                    frames.append(imaging.image_grid(to_unit(step.sample), scale=args.scale))
                     bar.update(1)
             write_gif(frames, out, fps=args.fps)
         else:
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
             if suffix == ".npy":
                 np.save(out, images.astype(np.float32))
             else:
-                write_png(viz.image_grid(images, scale=args.scale), out)
+                write_png(imaging.image_grid(images, scale=args.scale), out)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

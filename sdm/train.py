@@ -8,6 +8,8 @@ The output folder is a checkpoint (EMA weights + config + card) rewritten every 
 ``train_state/`` (raw weights, optimizer, step; not meant for git) from which ``--resume`` continues. Resuming a
 folder without train_state/ (e.g. committed weights only) restarts the optimizer from those weights.
 """
+# This module is the command line and the loop (its docstring is --help); --init-from's rebuilding is sdm.rebuild,
+# train_state/ and the resume state sdm.train_state, the model card sdm.train_card.
 from __future__ import annotations
 
 import argparse
@@ -15,24 +17,25 @@ import csv
 import json
 import math
 import os
-import platform
 import shlex
 import signal
 import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 from .checkpoints import card_dataset, load_checkpoint, resolve_checkpoint, save_checkpoint, read_card
 from .config import DiffusionConfig, ModelConfig
 from .data import canonical_data_name, load_dataset
+from .rebuild import DYNAMICS, STRUCTURE, calibrate_clips, rebuild_model
 from .scheduling_ddpm import DDPMScheduler
+from .train_card import lineage, machine_description, make_card
+from .train_state import ResumeState, load_optimizer_state, resume_state, save_train_state
 from .unet import SpikingUNet, count_parameters
 
 
@@ -162,12 +165,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-# model options that set the shapes of the weights: fixed once a model is trained
-STRUCTURE = ("base_channels", "channel_mult", "num_res_blocks", "time_embed_dim")
-# model options that only change how the same weights run: --init-from may change them (then fine-tunes)
-DYNAMICS = ("beta", "threshold", "reset", "sigma_data")
-
-
 def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
@@ -227,12 +224,6 @@ def model_config_from_args(args, data) -> ModelConfig:
         raise SystemExit(f"model options: {e}") from None
 
 
-def machine_description(device: torch.device, world: int) -> str:
-    if device.type == "cuda":
-        return f"{world}x {torch.cuda.get_device_name(device)}"
-    return f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, {world} process(es)"
-
-
 def lr_at(step: int, args, fresh_from: int | None = None) -> float:
     """Linear warmup, then cosine decay to --min-lr at --steps. ``fresh_from``: the step at which a fresh
     optimizer took over (a resume from committed weights); the warmup is then repeated from there."""
@@ -243,41 +234,6 @@ def lr_at(step: int, args, fresh_from: int | None = None) -> float:
     if fresh_from is not None and step - fresh_from < args.warmup:
         lr *= (step - fresh_from + 1) / args.warmup
     return lr
-
-
-def _flat_optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = opt.state_dict()
-    tensors, meta = {}, {"param_groups": sd["param_groups"], "state": {}}
-    for pid, st in sd["state"].items():
-        meta["state"][str(pid)] = {}
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{pid}.{k}"] = v.contiguous()
-            else:
-                meta["state"][str(pid)][k] = v
-    return tensors, meta
-
-
-def _load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
-    state = {}
-    for pid, rest in meta["state"].items():
-        st = dict(rest)
-        for key, v in tensors.items():
-            p, k = key.split(".", 1)
-            if p == pid:
-                st[k] = v
-        state[int(pid)] = st
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def save_train_state(folder: Path, model, ema: dict, opt, step: int, wall: float, args) -> None:
-    st = folder / "train_state"
-    st.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(st / "model_raw.safetensors"))
-    tensors, meta = _flat_optimizer_state(opt)
-    save_file({k: v.cpu() for k, v in tensors.items()}, str(st / "optimizer.safetensors"))
-    (st / "state.json").write_text(json.dumps({"step": step, "wall_time_s": wall, "optimizer": meta,
-                                               "rng": torch.get_rng_state().tolist()}))
 
 
 class EMA:
@@ -300,118 +256,6 @@ class EMA:
 
     def state_dict(self, like: dict) -> dict:
         return {k: self.shadow[k].to(like[k].dtype) for k in like}
-
-
-def rebuild_model(model: SpikingUNet, neuron: str | None = None, T: int | None = None,
-                  bits: int | None = None, precondition: bool = False,
-                  dynamics: dict | None = None) -> tuple[SpikingUNet, str]:
-    """``model``'s weights in a model of another neuron kind, T or bit width (same architecture otherwise): the ANN
-    counterpart's weights as the start of a spiking model, a model trained at T=2 fine-tuned at T=4, or a quantised
-    ANN re-quantised to more bits (its clips alpha are kept). ``precondition=True`` switches the analog skip
-    readout on (``ModelConfig.precondition``), which adds no weights; ``dynamics`` sets options that change how the
-    weights run, not their shapes (``DYNAMICS``: e.g. ``{"reset": "subtract"}``). Every tensor whose name and shape
-    match is copied; the rest (a quantised ANN's clips alpha, TSM weights of another T) keep their fresh init. Returns the
-    model (``model`` itself when nothing changes) and a note for the card ("" then)."""
-    cfg = model.cfg
-    changes, what = {}, []
-    if neuron is not None and neuron != cfg.neuron:
-        changes["neuron"] = neuron
-        what.append(f"neuron {cfg.neuron} -> {neuron}")
-    if T is not None and T != cfg.T:
-        if T < 1:
-            raise SystemExit(f"--T must be >= 1, got {T}")
-        changes["T"] = T
-        what.append(f"T {cfg.T} -> {T}")
-    if bits is not None and bits != cfg.bits:
-        target = changes.get("neuron", cfg.neuron)
-        if target != "qann":
-            raise SystemExit(f"--bits {bits} with --init-from: only a quantised ANN (neuron 'qann') can change its "
-                             f"bits, this one is {target!r}")
-        if bits < 1:
-            raise SystemExit(f"--bits must be >= 1, got {bits}")
-        changes["bits"] = bits
-    if precondition and not cfg.precondition:
-        changes["precondition"] = True
-        what.append("preconditioning on")
-    for key, value in (dynamics or {}).items():
-        if key not in DYNAMICS:
-            raise ValueError(f"{key!r} is not one of {DYNAMICS}")
-        if value != getattr(cfg, key):
-            changes[key] = value
-            what.append(f"{key} {getattr(cfg, key)} -> {value}")
-    if not changes:
-        return model, ""
-    try:
-        new_cfg = cfg.replace(**changes)
-    except ValueError as e:
-        raise SystemExit(f"model options: {e}") from None
-    new = SpikingUNet(new_cfg, model.diffusion).to(next(model.parameters()).device)
-    target_sd, source_sd = new.state_dict(), model.state_dict()
-    copied = {k: v for k, v in source_sd.items() if k in target_sd and target_sd[k].shape == v.shape}
-    new.load_state_dict(copied, strict=False)
-    notes = []
-    if what:
-        fresh = sorted(k for k in target_sd if k not in copied)
-        notes.append("rebuilt with " + ", ".join(what) + f" ({len(copied)} of {len(target_sd)} tensors copied"
-                     + (f"; fresh: {', '.join(fresh[:4])}{' ...' if len(fresh) > 4 else ''})" if fresh else ")"))
-    if "bits" in changes:
-        notes.append(f"re-quantised from {cfg.bits} to {bits} bits")
-    return new, ", ".join(notes)
-
-
-@torch.no_grad()
-def calibrate_clips(ann: SpikingUNet, qann: SpikingUNet, images: torch.Tensor, percentile: float, seed: int = 0,
-                    n: int = 256, sample: int = 1_000_000) -> dict[str, float]:
-    """Set each clip alpha of the quantised ANN ``qann`` (rebuilt from the float ANN ``ann``: the same layer names)
-    to ``percentile`` (0-100) of the positive inputs ``ann``'s activation of the same name receives, on ``n``
-    training images noised at uniform random diffusion steps (at most ``sample`` values per layer, drawn at random).
-    Returns {layer: alpha}."""
-    if not 0 < percentile <= 100:
-        raise SystemExit(f"--clip-percentile must be in (0, 100], got {percentile}")
-    device = next(ann.parameters()).device
-    g = torch.Generator().manual_seed(seed)
-    x0 = images[torch.randint(0, len(images), (n,), generator=g)].to(device)
-    t = torch.randint(0, ann.diffusion.num_train_timesteps, (n,), generator=g).to(device)
-    xt = DDPMScheduler(ann.diffusion).add_noise(x0, torch.randn(x0.shape, generator=g).to(device), t)
-    seen: dict[str, torch.Tensor] = {}
-
-    def keep(name):
-        def hook(module, inputs):
-            v = inputs[0].detach().float().flatten()
-            v = v[v > 0]
-            if v.numel() > sample:
-                v = v[torch.randperm(v.numel(), generator=g)[:sample].to(v.device)]
-            seen[name] = torch.cat([seen[name], v]) if name in seen else v
-        return hook
-
-    hooks = [m.register_forward_pre_hook(keep(name)) for name, m in ann.activations()]
-    was_training = ann.training
-    try:
-        ann.eval()
-        for i in range(0, n, 64):
-            ann(xt[i:i + 64], t[i:i + 64])
-    finally:
-        ann.train(was_training)
-        for h in hooks:
-            h.remove()
-    clips = {}
-    for name, module in qann.activations():
-        v = seen.get(name)
-        if v is None or v.numel() == 0:
-            continue
-        if v.numel() > sample:
-            v = v[torch.randperm(v.numel(), generator=g)[:sample].to(v.device)]
-        clips[name] = max(float(torch.quantile(v, percentile / 100.0)), 1e-3)
-        module.alpha.data.fill_(clips[name])
-    return clips
-
-
-def lineage(card: dict) -> dict:
-    """What a checkpoint's card says of the training behind its weights, kept in the card of a run started from it
-    (``--init-from``) under ``training.init_from``: chained, so a TSM stage's card still names the base run."""
-    tr = card.get("training") or {}
-    keys = ("command", "steps", "wall_time_s", "total_steps", "total_wall_time_s", "init", "init_from", "history")
-    return {"name": card.get("name"), **{k: tr[k] for k in keys if k in tr}}
 
 
 def resolve_data_arg(data: str | None, resume_dir: Path | None) -> str:
@@ -445,21 +289,7 @@ def train_step(model, opt, xt, t, target, autocast, grad_clip: float, params) ->
     return loss.detach()
 
 
-@dataclass
-class Start:
-    """Where a run starts, besides its model (``build_model``)."""
-
-    step: int = 0                  # optimizer steps already behind the weights (a resumed run)
-    wall_before: float = 0.0       # their wall time in seconds
-    init: str | None = None        # the card's note on where the weights came from
-    base: dict | None = None       # the training the --init-from weights had before this run (their card's lineage)
-    fresh_from: int | None = None  # the step where a fresh optimizer took over from committed weights
-    history: list = field(default_factory=list)  # the earlier runs of a resumed checkpoint (its card's history)
-    ema: dict | None = None        # the EMA weights a resumed run continues
-    optimizer: dict | None = None  # train_state/'s optimizer metadata, when a resumed run has it
-
-
-def build_model(args, data, device: torch.device) -> tuple[SpikingUNet, DiffusionConfig, Start]:
+def build_model(args, data, device: torch.device) -> tuple[SpikingUNet, DiffusionConfig, ResumeState]:
     """The model to train, in training mode on ``device``: resumed from ``--out`` (``--resume``), started from
     ``--init-from``'s weights (rebuilt with the options given), or fresh from the options.
 
@@ -470,7 +300,7 @@ def build_model(args, data, device: torch.device) -> tuple[SpikingUNet, Diffusio
         (model, its noise schedule, where the run starts).
     """
     out = Path(args.out)
-    start = Start()
+    start = ResumeState()
     if args.resume and (out / "config.json").exists():
         model, diffusion, card = load_checkpoint(out, device)
         cfg = model.cfg
@@ -481,37 +311,9 @@ def build_model(args, data, device: torch.device) -> tuple[SpikingUNet, Diffusio
                 spelled = flag if asked is True else f"{flag} {asked}"
                 raise SystemExit(f"--resume {out}: the checkpoint has {flag} {have}, not {asked}. Drop {flag} to "
                                  f"continue it, or use --init-from {out} {spelled} with a new --out.")
-        start.ema = {k: v.clone() for k, v in model.state_dict().items()}
-        st = out / "train_state"
-        tr = card.get("training", {})
-        if (st / "state.json").exists():
-            meta = json.loads((st / "state.json").read_text())
-            model.load_state_dict(load_file(str(st / "model_raw.safetensors"), device=str(device)))
-            start.step, start.wall_before, start.optimizer = meta["step"], meta["wall_time_s"], meta["optimizer"]
-        else:
-            start.step, start.wall_before = int(tr.get("steps", 0)), float(tr.get("wall_time_s", 0.0))
-            start.init = "resumed from committed EMA weights with a fresh optimizer"
-            start.fresh_from = start.step
-        start.history = tr.get("history", [])
-        start.base = tr.get("init_from")
+        start = resume_state(out, model, card, device)
     elif args.init_from:
-        src = resolve_checkpoint(args.init_from)
-        model, diffusion, src_card = load_checkpoint(src, device)
-        start.base = lineage(src_card)
-        start.init = f"initialised from {src.name}"
-        source = model
-        model, rebuilt = rebuild_model(model, neuron=args.neuron, T=args.T, bits=args.bits,
-                                       precondition=args.precondition,
-                                       dynamics=model_options_against(args, model.cfg, src, resume=False))
-        if rebuilt:
-            start.init += f", {rebuilt}"
-        if model.cfg.neuron == "qann" and source.cfg.neuron == "ann" and args.clip_percentile:
-            clips = calibrate_clips(source, model, data.images, args.clip_percentile, seed=args.seed)
-            start.init += (f", clips alpha calibrated to the {args.clip_percentile:g}th percentile of the ANN's "
-                           f"activation inputs ({min(clips.values()):.2f}-{max(clips.values()):.2f})")
-        if args.tsm:
-            model.enable_tsm()
-            start.init += " then TSM enabled (p = 1)"
+        model, diffusion, start = _init_from(args, data, device)
     else:
         diffusion = DiffusionConfig()
         model = SpikingUNet(model_config_from_args(args, data), diffusion).to(device)
@@ -520,6 +322,30 @@ def build_model(args, data, device: torch.device) -> tuple[SpikingUNet, Diffusio
         raise SystemExit(f"the model expects {cfg.image_channels}x{cfg.image_size}x{cfg.image_size} images, "
                          f"the data set {args.data} has {tuple(data.images.shape[1:])}")
     return model.train(), diffusion, start
+
+
+def _init_from(args, data, device: torch.device) -> tuple[SpikingUNet, DiffusionConfig, ResumeState]:
+    """``--init-from``'s weights rebuilt with the options given (``rebuild_model``), a quantised ANN's clips
+    calibrated from its float ANN, TSM enabled with ``--tsm``; the start notes where they came from."""
+    src = resolve_checkpoint(args.init_from)
+    model, diffusion, src_card = load_checkpoint(src, device)
+    start = ResumeState()
+    start.base = lineage(src_card)
+    start.init = f"initialised from {src.name}"
+    source = model
+    model, rebuilt = rebuild_model(model, neuron=args.neuron, T=args.T, bits=args.bits,
+                                   precondition=args.precondition,
+                                   dynamics=model_options_against(args, model.cfg, src, resume=False))
+    if rebuilt:
+        start.init += f", {rebuilt}"
+    if model.cfg.neuron == "qann" and source.cfg.neuron == "ann" and args.clip_percentile:
+        clips = calibrate_clips(source, model, data.images, args.clip_percentile, seed=args.seed)
+        start.init += (f", clips alpha calibrated to the {args.clip_percentile:g}th percentile of the ANN's "
+                       f"activation inputs ({min(clips.values()):.2f}-{max(clips.values()):.2f})")
+    if args.tsm:
+        model.enable_tsm()
+        start.init += " then TSM enabled (p = 1)"
+    return model, diffusion, start
 
 
 def make_optimizer(model: SpikingUNet, args) -> torch.optim.AdamW:
@@ -533,44 +359,11 @@ def make_optimizer(model: SpikingUNet, args) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
 
 
-def make_card(args, cfg: ModelConfig, n_params: int, start: Start, *, command: str, machine: str, world: int,
-              step: int, run_wall_s: float, loss_ema: float | None, final: bool, old: dict) -> dict:
-    """The model card (card.json) of a save at ``step``, ``run_wall_s`` seconds into this run.
+# ====================================================================== the run
 
-    Args:
-        old: the card the checkpoint folder holds now ({} if none); a resumed run keeps its metrics, marked stale.
-        final: the run's last save (the card says "complete" if it also reached --steps).
-    """
-    wall = start.wall_before + run_wall_s
-    run = {"command": command, "from_step": start.step, "to_step": step, "wall_time_s": round(run_wall_s, 1),
-           "machine": machine}
-    card = {
-        "name": args.name or Path(args.out).name,
-        "model": {"dataset": args.data, "architecture": "spiking UNet (SDDPM pre-spike res blocks)" if cfg.spiking
-                  else "ANN UNet (same convolutions, SiLU)", "parameters": n_params, "neuron": cfg.neuron,
-                  "T": cfg.time_steps, "tsm": cfg.tsm, "image_size": cfg.image_size,
-                  "precondition": cfg.precondition},
-        "training": {"command": command, "steps": step, "batch_size": args.batch_size * world,
-                     "wall_time_s": round(wall, 1), "machine": machine,
-                     "bf16": args.bf16, "lr": args.lr, "tsm_lr": args.tsm_lr, "ema_decay": args.ema_decay,
-                     "final_loss_ema": round(loss_ema, 5) if loss_ema is not None else None,
-                     "init": start.init, "history": start.history + [run], "complete": final and step >= args.steps},
-    }
-    base = start.base
-    if base:  # the whole budget behind these weights, not only this run's
-        card["training"].update(init_from=base, total_steps=int(base.get("total_steps", base.get("steps", 0))) + step,
-                                total_wall_time_s=round(float(base.get("total_wall_time_s",
-                                                                       base.get("wall_time_s", 0.0))) + wall, 1))
-    if old.get("metrics") and args.resume:  # evaluated earlier: keep it, marked as stale
-        card["metrics_stale"] = {**old["metrics"], "note": f"measured at step {old.get('training', {}).get('steps')}"}
-    elif old.get("metrics_stale") and args.resume:  # the saves after the first keep it too
-        card["metrics_stale"] = old["metrics_stale"]
-    return card
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    command = "python -m sdm.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+def init_processes(args) -> tuple[torch.device, int, int, bool]:
+    """This process's device (CUDA when present, at its LOCAL_RANK) and, under torchrun, the process group; then
+    --threads and the seed of this rank. Returns (device, rank, world size, distributed)."""
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank, world = 0, 1
     if torch.cuda.is_available():
@@ -586,112 +379,183 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed + rank)
+    return device, rank, world, distributed
 
-    out = Path(args.out)
-    args.data = resolve_data_arg(args.data, out if args.resume else None)
-    data = load_dataset(args.data, "train", args.data_dir)
-    model, diffusion, start = build_model(args, data, device)
-    cfg = model.cfg
-    sched = DDPMScheduler(diffusion)
-    ema = EMA(model, args.ema_decay)
-    if start.ema is not None:
-        ema.shadow = {k: v.float().clone() for k, v in start.ema.items()}
-    opt = make_optimizer(model, args)
-    if start.optimizer is not None:
-        _load_optimizer_state(opt, load_file(str(out / "train_state" / "optimizer.safetensors")), start.optimizer)
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
-    step = start.step
 
-    n_params = count_parameters(model)
-    log_path = out / "train_log.csv"
-    if rank == 0:
+@dataclass
+class TrainingRun:
+    """One training run as the loop sees it: options, processes, model and optimizer, set up by ``main``."""
+
+    args: argparse.Namespace
+    command: str
+    device: torch.device
+    rank: int
+    world: int
+    distributed: bool
+    model: SpikingUNet
+    diffusion: DiffusionConfig
+    start: ResumeState
+    ema: EMA
+    opt: torch.optim.Optimizer
+    n_params: int
+    t_start: float = 0.0  # when the loop began (time.time())
+
+    @property
+    def out(self) -> Path:
+        return Path(self.args.out)
+
+
+class _Progress:
+    """Rank 0's record of a run: train_log.csv (a row every --log-every steps), the progress bar, images/s."""
+
+    def __init__(self, run: TrainingRun, data):
+        args, cfg, out = run.args, run.model.cfg, run.out
         out.mkdir(parents=True, exist_ok=True)
+        log_path = out / "train_log.csv"
         new_log = not log_path.exists() or not args.resume
-        log_file = open(log_path, "w" if new_log else "a", newline="")
-        log = csv.writer(log_file)
+        self.file = open(log_path, "w" if new_log else "a", newline="")
+        self.log = csv.writer(self.file)
         if new_log:
-            log.writerow(["step", "loss", "lr", "images_per_s", "wall_time_s"])
-        print(f"{cfg.neuron} UNet, {n_params / 1e6:.3f}M parameters, T={cfg.time_steps}, data {args.data} "
-              f"{tuple(data.images.shape)}, {machine_description(device, world)}, from step {step}"
-              + (f" ({start.init})" if start.init else ""), file=sys.stderr)
+            self.log.writerow(["step", "loss", "lr", "images_per_s", "wall_time_s"])
+        print(f"{cfg.neuron} UNet, {run.n_params / 1e6:.3f}M parameters, T={cfg.time_steps}, data {args.data} "
+              f"{tuple(data.images.shape)}, {machine_description(run.device, run.world)}, from step {run.start.step}"
+              + (f" ({run.start.init})" if run.start.init else ""), file=sys.stderr)
+        self.run, self.bar = run, None
 
-    def save(final: bool):
-        if rank != 0:
-            return
-        run_wall = time.time() - t_start
-        card = make_card(args, cfg, n_params, start, command=command, machine=machine_description(device, world),
-                         world=world, step=step, run_wall_s=run_wall, loss_ema=loss_ema, final=final,
-                         old=read_card(out) if (out / "card.json").exists() else {})
-        requests["saving"] = True
-        try:
-            save_checkpoint(out, model, diffusion, card, state_dict=ema.state_dict(model.state_dict()))
-            save_train_state(out, model, ema, opt, step, start.wall_before + run_wall, args)
-        finally:
-            requests["saving"] = False
+    def begin(self, step: int) -> None:
+        if not self.run.args.no_progress:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=self.run.args.steps, initial=step, desc="training", unit="step", dynamic_ncols=True)
+        self.last_t, self.last_step = time.time(), step
 
-    t_start = time.time()
+    def update(self, step: int, loss_ema: float | None) -> None:
+        run, args = self.run, self.run.args
+        if step % args.log_every == 0 or step == args.steps:
+            now = time.time()
+            ips = (step - self.last_step) * args.batch_size * run.world / max(now - self.last_t, 1e-9)
+            self.last_t, self.last_step = now, step
+            self.log.writerow([step, f"{loss_ema:.5f}", f"{run.opt.param_groups[0]['lr']:.2e}", f"{ips:.1f}",
+                               f"{run.start.wall_before + now - run.t_start:.1f}"])
+            self.file.flush()
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{loss_ema:.4f}", img_s=f"{ips:.0f}")
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.file.close()
+
+
+def _batch(run: TrainingRun, images: torch.Tensor, sched: DDPMScheduler, gen: torch.Generator):
+    """A training batch on the run's device: (x_t, t, the noise added), images drawn with ``gen``."""
+    args, device = run.args, run.device
+    idx = torch.randint(0, len(images), (args.batch_size,), generator=gen)
+    x0 = images[idx].to(device, non_blocking=True)
+    if args.hflip:
+        flip = torch.rand(x0.shape[0], generator=gen) < 0.5
+        x0 = torch.where(flip[:, None, None, None].to(device), x0.flip(-1), x0)
+    t = torch.randint(0, run.diffusion.num_train_timesteps, (x0.shape[0],), generator=gen).to(device)
+    noise = torch.randn(x0.shape, generator=gen).to(device)
+    return sched.add_noise(x0, noise, t), t, noise
+
+
+def _stop_wanted(run: TrainingRun, requests: dict) -> bool:
+    """Whether --max-minutes or a signal asks to stop; under DDP, whether any rank does, so that all stop together."""
+    args = run.args
+    wants = bool((args.max_minutes and time.time() - run.t_start > args.max_minutes * 60) or requests["signal"])
+    if run.distributed:
+        flag = torch.tensor([float(wants)], device=run.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        wants = bool(flag.item())
+    return wants
+
+
+def _save(run: TrainingRun, step: int, loss_ema: float | None, requests: dict, final: bool) -> None:
+    """Rank 0 writes the checkpoint (EMA weights, config, card) and train_state/; a signal never cuts it short."""
+    if run.rank != 0:
+        return
+    out = run.out
+    run_wall = time.time() - run.t_start
+    card = make_card(run.args, run.model.cfg, run.n_params, run.start, command=run.command,
+                     machine=machine_description(run.device, run.world), world=run.world, step=step,
+                     run_wall_s=run_wall, loss_ema=loss_ema, final=final,
+                     old=read_card(out) if (out / "card.json").exists() else {})
+    requests["saving"] = True
+    try:
+        save_checkpoint(out, run.model, run.diffusion, card, state_dict=run.ema.state_dict(run.model.state_dict()))
+        save_train_state(out, run.model, run.opt, step, run.start.wall_before + run_wall)
+    finally:
+        requests["saving"] = False
+
+
+def train_loop(run: TrainingRun, ddp_model, images: torch.Tensor,
+               progress: _Progress | None) -> tuple[int, float, str | None]:
+    """Train from the run's start to --steps (or --stop-at, --max-minutes, a signal), saving every --save-every
+    steps and at the end. Returns (the last step, its loss EMA, the signal that stopped the run or None)."""
+    args, model, opt = run.args, run.model, run.opt
+    sched = DDPMScheduler(run.diffusion)
+    step = run.start.step
+    run.t_start = time.time()
     loss_ema, loss_avg = None, None
-    gen = torch.Generator().manual_seed(args.seed * 1000 + rank + step)
-    N = len(data.images)
-    images = data.images
-    bar = None
-    if rank == 0 and not args.no_progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=args.steps, initial=step, desc="training", unit="step", dynamic_ncols=True)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
-    last_t, last_step = time.time(), step
+    gen = torch.Generator().manual_seed(args.seed * 1000 + run.rank + step)
+    if progress is not None:
+        progress.begin(step)
+    autocast = torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=args.bf16)
     stop = False
     with stop_requests() as requests:
         while step < args.steps and not stop:
-            idx = torch.randint(0, N, (args.batch_size,), generator=gen)
-            x0 = images[idx].to(device, non_blocking=True)
-            if args.hflip:
-                flip = torch.rand(x0.shape[0], generator=gen) < 0.5
-                x0 = torch.where(flip[:, None, None, None].to(device), x0.flip(-1), x0)
-            t = torch.randint(0, diffusion.num_train_timesteps, (x0.shape[0],), generator=gen).to(device)
-            noise = torch.randn(x0.shape, generator=gen).to(device)
-            xt = sched.add_noise(x0, noise, t)
+            xt, t, noise = _batch(run, images, sched, gen)
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, args, start.fresh_from) * g.get("lr_scale", 1.0)
+                g["lr"] = lr_at(step, args, run.start.fresh_from) * g.get("lr_scale", 1.0)
             loss = train_step(ddp_model, opt, xt, t, noise, autocast, args.grad_clip, model.parameters())
-            ema.update(model, step)
+            run.ema.update(model, step)
             step += 1
             loss_avg = loss if loss_avg is None else 0.98 * loss_avg + 0.02 * loss  # stays on the device
             stop = bool(args.stop_at and step >= args.stop_at)
-            if not distributed or step % args.log_every == 0:  # every rank looks at the same steps: they stop together
-                wants = bool((args.max_minutes and time.time() - t_start > args.max_minutes * 60) or requests["signal"])
-                if distributed:
-                    flag = torch.tensor([float(wants)], device=device)
-                    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-                    wants = bool(flag.item())
+            # every rank looks at the same steps: they stop together
+            if not run.distributed or step % args.log_every == 0:
+                wants = _stop_wanted(run, requests)
                 stop = stop or wants
             saving = step % args.save_every == 0 and step < args.steps and not stop
             if step % args.log_every == 0 or step == args.steps or saving or stop:
                 loss_ema = loss_avg.item()
                 if not math.isfinite(loss_ema):
                     raise SystemExit(f"loss became {loss_ema} by step {step}; lower --lr or check the data")
-            if rank == 0:
-                if step % args.log_every == 0 or step == args.steps:
-                    now = time.time()
-                    ips = (step - last_step) * args.batch_size * world / max(now - last_t, 1e-9)
-                    last_t, last_step = now, step
-                    log.writerow([step, f"{loss_ema:.5f}", f"{opt.param_groups[0]['lr']:.2e}", f"{ips:.1f}",
-                                  f"{start.wall_before + now - t_start:.1f}"])
-                    log_file.flush()
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{loss_ema:.4f}", img_s=f"{ips:.0f}")
-                if bar is not None:
-                    bar.update(1)
+            if progress is not None:
+                progress.update(step, loss_ema)
             if saving:
-                save(final=False)
-        save(final=True)
-    if rank == 0:
-        if bar is not None:
-            bar.close()
-        log_file.close()
-        print(f"saved {out} at step {step} (loss {loss_ema:.4f}, {time.time() - t_start:.0f} s this run)", file=sys.stderr)
+                _save(run, step, loss_ema, requests, final=False)
+        _save(run, step, loss_ema, requests, final=True)
+    return step, loss_ema, requests["signal"]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    command = "python -m sdm.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    device, rank, world, distributed = init_processes(args)
+    out = Path(args.out)
+    args.data = resolve_data_arg(args.data, out if args.resume else None)
+    data = load_dataset(args.data, "train", args.data_dir)
+    model, diffusion, start = build_model(args, data, device)
+    ema = EMA(model, args.ema_decay)
+    if start.ema is not None:
+        ema.shadow = {k: v.float().clone() for k, v in start.ema.items()}
+    opt = make_optimizer(model, args)
+    if start.optimizer is not None:
+        load_optimizer_state(opt, out, start.optimizer)
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    run = TrainingRun(args, command, device, rank, world, distributed, model, diffusion, start, ema, opt,
+               n_params=count_parameters(model))
+    progress = _Progress(run, data) if rank == 0 else None
+    step, loss_ema, stopped_by = train_loop(run, ddp_model, data.images, progress)
+    if progress is not None:
+        progress.close()
+        print(f"saved {out} at step {step} (loss {loss_ema:.4f}, {time.time() - run.t_start:.0f} s this run)",
+              file=sys.stderr)
         if step < args.steps:
-            print(f"stopped early ({requests['signal'] or 'time or --stop-at'}): continue to step {args.steps} "
+            print(f"stopped early ({stopped_by or 'time or --stop-at'}): continue to step {args.steps} "
                   f"with the same command plus --resume", file=sys.stderr)
     if distributed:
         torch.distributed.destroy_process_group()

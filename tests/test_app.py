@@ -152,7 +152,7 @@ def test_compare_scales_share_seed_and_noise(explorer):
     r = compare.compare_scales(sess, 1.06)
     np.testing.assert_array_equal(r["base"], sess.x)                          # the trajectory just run at 1.0
     fresh = explorer.registry.get("tiny-sdm").sample(n=1, seed=0, num_inference_steps=STEPS, threshold_scale=1.06)
-    np.testing.assert_allclose(app.viz.to_display(r["scaled"]), fresh, atol=1e-6)
+    np.testing.assert_allclose(app.imaging.to_display(r["scaled"]), fresh, atol=1e-6)
 
 
 def test_compare_with_the_ann_counterpart(explorer):

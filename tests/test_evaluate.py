@@ -1,7 +1,7 @@
 """sdm.evaluate, the command line: exit codes, JSON and table output, and the card it writes.
 
-The measurements themselves are tested in test_metrics.py; its tiny classifier (trained on scikit-learn's 8x8
-digits, upscaled to 28x28) stands in for the shipped ones here. Under ~30 s.
+The measurements themselves are tested in test_metrics.py and test_measure.py; test_classifier.py's tiny classifier
+(trained on scikit-learn's 8x8 digits, upscaled to 28x28) stands in for the shipped ones here. Under ~30 s.
 """
 import hashlib
 import json
@@ -9,8 +9,9 @@ import shutil
 
 import sdm
 from sdm import evaluate as ev
-from sdm import metrics
-from test_metrics import evaluator, tiny_classifier  # noqa: F401  (fixtures)
+from sdm import measure
+from test_classifier import tiny_classifier  # noqa: F401  (fixture)
+from test_metrics import evaluator  # noqa: F401  (fixture)
 
 
 def _tree_digest(folder) -> str:
@@ -33,7 +34,7 @@ def test_writing_an_evaluation_updates_the_card_of_a_copy(fixtures_dir, tmp_path
     folder = shutil.copytree(fixtures_dir / "tiny-sdm", tmp_path / "tiny-sdm")
     card_before = json.loads((folder / "card.json").read_text())
     pipe = sdm.load_pipeline(folder)
-    m, images = metrics.evaluate_pipeline(pipe, evaluator, n=4, steps=1, sweep_scales=[0.99, 1.0], sweep_n=2,
+    m, images = measure.evaluate_pipeline(pipe, evaluator, n=4, steps=1, sweep_scales=[0.99, 1.0], sweep_n=2,
                                           energy_images=1)
     ev.write_evaluation(folder, m, images, ev.report_markdown(pipe.name, m))
     card = json.loads((folder / "card.json").read_text())

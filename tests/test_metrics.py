@@ -1,32 +1,13 @@
-"""sdm.metrics: Frechet distance, class coverage, the feature classifier, and evaluating a pipeline.
+"""sdm.metrics: Frechet distance, class coverage, the feature spaces and the evaluator's scores.
 
-Synthetic data only (scikit-learn's 8x8 digits, upscaled to 28x28 for the fixture models); under ~30 s.
+Synthetic data only (test_classifier.py's 8x8 digits upscaled to 28x28, and its tiny classifier).
 """
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-import sdm
 from sdm import metrics
-from sdm.data import ImageDataset, load_dataset
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-
-def digits28(split: str) -> ImageDataset:
-    """The 8x8 digits, upscaled to the fixtures' 28x28, still in [-1, 1]."""
-    d = load_dataset("digits", split)
-    x = F.interpolate(d.images, size=28, mode="bilinear", align_corners=False).clamp(-1, 1)
-    return ImageDataset("digits28", x, d.labels, d.num_classes, d.class_names)
-
-
-@pytest.fixture(scope="module")
-def tiny_classifier():
-    torch.manual_seed(0)
-    model, info = metrics.train_classifier(digits28("train"), digits28("test"), steps=40, batch_size=64,
-                                           widths=(8, 16), feature_dim=32)
-    return model, info
+from test_classifier import digits28, tiny_classifier  # noqa: F401  (fixture)
 
 
 @pytest.fixture
@@ -97,49 +78,7 @@ def test_class_coverage_on_hand_made_predictions():
         metrics.class_coverage([10], 10)
 
 
-# ---------------------------------------------------------------------------------------------- the classifier
-
-def test_classifier_learns(tiny_classifier):
-    model, info = tiny_classifier
-    losses = info["losses"]
-    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:5])
-    assert info["test_accuracy"] > 0.3                        # 10 classes: chance is 0.1
-    x = digits28("test").images[:5]
-    assert model.features(x).shape == (5, 32) and model(x).shape == (5, 10)
-
-
-def test_classifier_save_load_round_trip_gives_identical_features(tiny_classifier, tmp_path):
-    model, info = tiny_classifier
-    root = tmp_path / "classifiers"
-    metrics.save_classifier(root / "digits28", model, {"name": "t", "metrics": {"test_accuracy": info["test_accuracy"]}})
-    assert sorted(p.name for p in (root / "digits28").iterdir()) == \
-        ["README.md", "card.json", "classifier.json", "classifier.safetensors"]
-    back = metrics.load_classifier("digits28", root)
-    x = digits28("test").images[:20]
-    with torch.no_grad():
-        assert torch.equal(model.features(x), back.features(x))
-        assert torch.equal(model(x), back(x))
-    assert back.cfg == model.cfg and back.test_accuracy == info["test_accuracy"]
-    # a classifier folder is no diffusion checkpoint
-    assert sdm.list_checkpoints(tmp_path) == [] and sdm.list_checkpoints(root) == []
-
-
-def test_missing_classifier_names_the_train_command(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m sdm.evaluate --train-classifier fmnist"):
-        metrics.load_classifier("fashion-mnist", tmp_path)
-
-
-def test_shipped_classifiers_are_good_and_not_checkpoints():
-    assert "classifiers" not in sdm.list_checkpoints()
-    for data, floor in (("fmnist", 0.90), ("mnist", 0.97)):
-        clf = metrics.load_classifier(data)
-        assert clf.test_accuracy >= floor
-        assert clf.cfg.image_size == 28 and clf.cfg.num_classes == 10
-        for f in clf.folder.iterdir():
-            assert f.stat().st_size <= 10 * 1024 * 1024
-        cal = clf.card["metrics"]["fid_calibration"]
-        assert cal["train_vs_test"] * 10 < cal["noise_vs_test"]
-
+# ---------------------------------------------------------------------------------------------- feature spaces and the evaluator
 
 def test_inception_without_pytorch_fid_says_how_to_install(tmp_path):
     try:
@@ -151,43 +90,7 @@ def test_inception_without_pytorch_fid_says_how_to_install(tmp_path):
         metrics.InceptionFeatures(tmp_path / "pt_inception.pth")
 
 
-# ---------------------------------------------------------------------------------------------- evaluating
-
 def test_real_images_score_better_than_noise(evaluator):
     real = (digits28("train").images[:200] + 1) / 2
     noise = torch.rand(real.shape, generator=torch.Generator().manual_seed(0))
     assert evaluator.score(real)["fid"] < evaluator.score(noise)["fid"]
-
-
-def test_evaluating_the_fixture(fixtures_dir, evaluator):
-    pipe = sdm.load_pipeline("tiny-sdm", fixtures_dir)
-    ann = sdm.load_pipeline("tiny-ann", fixtures_dir)
-    scales = [0.99, 1.0, 1.01]
-    m, images = metrics.evaluate_pipeline(pipe, evaluator, n=16, steps=2, sweep_scales=scales, sweep_n=8,
-                                          compare=ann, energy_images=2)
-    assert images.shape == (16, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
-    assert m["fid_n"] == 16 and np.isfinite(m["fid"]) and m["fid"] >= 0
-    assert 0 < m["coverage"] <= 1 and 0.1 <= m["mean_confidence"] <= 1
-    assert sum(m["class_histogram"].values()) == 16
-    # the sweep: one row per scale, the best is the lowest FID; scale 1.0 reuses the main run's first 8 images,
-    # which are exactly the images a fresh run of 8 gives (image i depends only on (seed, i))
-    assert [r["scale"] for r in m["threshold_sweep"]] == scales
-    best = min(m["threshold_sweep"], key=lambda r: r["fid"])
-    assert (m["best_scale"], m["best_fid"]) == (best["scale"], best["fid"])
-    fresh = pipe.sample(n=8, seed=0, num_inference_steps=2, threshold_scale=1.0)
-    np.testing.assert_array_equal(fresh, images[:8])
-    assert m["threshold_sweep"][1]["fid"] == pytest.approx(evaluator.score(fresh)["fid"], abs=1e-4)
-    # energy against the ANN, and the ANN sampled on the same seeds
-    e = m["energy"]
-    assert e["sops_per_image"] > 0 and e["snn_mj"] > 0 and e["ratio"] == pytest.approx(e["snn_mj"] / e["ann_mj"], rel=1e-3)
-    a = m["ann_compare"]
-    assert a["checkpoint"] == "tiny-ann" and np.isfinite(a["fid"]) and 0 <= a["class_agreement"] <= 1
-    assert a["energy"]["ann_mj"] > 0
-
-
-def test_sweep_and_data_set_errors(fixtures_dir, evaluator):
-    ann = sdm.load_pipeline("tiny-ann", fixtures_dir)
-    with pytest.raises(ValueError, match="spiking"):
-        metrics.evaluate_pipeline(ann, evaluator, n=2, steps=1, sweep_scales=[1.0], energy=False)
-    with pytest.raises(ValueError, match="--data"):
-        metrics.dataset_of(ann)                                   # the fixture's card names no data set

@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from .. import viz
+from .. import imaging
 from ..pipeline import SpikingDiffusionPipeline
 from .session import Session
 from .validation import MAX_NEURONS
@@ -108,8 +108,8 @@ def view_images(sess: Session) -> dict[str, np.ndarray]:
     ε̂ is mapped from [-3, 3]."""
     rec, pv = sess.current()
     src = pv or rec
-    return {"x_t": viz.to_display(rec.x_t), "x0": viz.to_display(src.x0.astype(np.float32)),
-            "eps": viz.to_display(src.eps.astype(np.float32) / EPS_DISPLAY_RANGE)}
+    return {"x_t": imaging.to_display(rec.x_t), "x0": imaging.to_display(src.x0.astype(np.float32)),
+            "eps": imaging.to_display(src.eps.astype(np.float32) / EPS_DISPLAY_RANGE)}
 
 
 def spike_counts(sess: Session, rec) -> dict[str, float]:
@@ -136,7 +136,7 @@ def threshold_effect(sess: Session, layer: str | None = None) -> dict | None:
     layer_spikes = layer_base = None
     if layer and layer in shown.spikes and layer in base.spikes:
         layer_spikes, layer_base = int(shown.spikes[layer].sum()), int(base.spikes[layer].sum())
-    return {"base_scale": 1.0, "scale": shown.scale, "base_x0": viz.to_display(b0), "x0": viz.to_display(x0),
+    return {"base_scale": 1.0, "scale": shown.scale, "base_x0": imaging.to_display(b0), "x0": imaging.to_display(x0),
             "diff": x0 - b0, "mean_abs_diff": float(np.abs(x0 - b0).mean()), "base_rates": dict(base.rates),
             "rates": dict(shown.rates), "base_spikes": float(sum(base_counts.values())),
             "spikes": float(sum(counts.values())), "layer": layer, "layer_base_spikes": layer_base,
@@ -226,15 +226,15 @@ def filmstrip_frames(sess: Session, max_frames: int = 10) -> tuple[list[np.ndarr
     sess.require()
     n = len(sess.records)
     xs, x0s, labels = [], [], []
-    for i in viz.pick_frames(n + 1, max_frames):
+    for i in imaging.pick_frames(n + 1, max_frames):
         if i < n:
             r = sess.records[i]
-            xs.append(viz.to_display(r.x_t[0]))
-            x0s.append(viz.to_display(r.x0[0].astype(np.float32)))
+            xs.append(imaging.to_display(r.x_t[0]))
+            x0s.append(imaging.to_display(r.x0[0].astype(np.float32)))
             labels.append(f"step {i + 1} · t={r.timestep}")
         else:
-            xs.append(viz.to_display(sess.x[0]))
-            x0s.append(viz.to_display(sess.x[0]) if sess.is_done else None)
+            xs.append(imaging.to_display(sess.x[0]))
+            x0s.append(imaging.to_display(sess.x[0]) if sess.is_done else None)
             labels.append("final" if sess.is_done else "next x_t")
     return xs, x0s, labels
 

@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 
 from .. import export as _export
-from .. import viz
+from .. import imaging
 from .session import Session
 
 MAX_EXPORT_FRAMES = 200             # GIF / MP4 frames (evenly spaced, first and last always in)
@@ -25,8 +25,8 @@ def export_frames(sess: Session, max_frames: int = MAX_EXPORT_FRAMES, target_px:
     ncol = int(math.ceil(math.sqrt(sess.settings.grid)))
     scale = max(1, target_px // (ncol * sess.pipe.config.image_size))
     frames = []
-    for i in viz.pick_frames(len(states), max_frames):
-        img = viz.image_grid(viz.to_display(states[i]), nrow=ncol, pad=2, scale=scale)
+    for i in imaging.pick_frames(len(states), max_frames):
+        img = imaging.image_grid(imaging.to_display(states[i]), nrow=ncol, pad=2, scale=scale)
         frames.append(_with_progress_bar(img, i / max(len(states) - 1, 1)))
     return frames
 
@@ -58,8 +58,8 @@ def export(sess: Session, out_dir: str | Path | None = None, fps: float = 10.0,
         stem = f"sdm_{s.checkpoint}_seed{s.seed}_{s.sampler}{s.num_steps}_grid{s.grid}_step{len(sess.records)}"
         frames = export_frames(sess)
         ncol = int(math.ceil(math.sqrt(s.grid)))
-        final = viz.image_grid(viz.to_display(sess.x), nrow=ncol, pad=2,
-                               scale=max(1, 512 // (ncol * sess.pipe.config.image_size)))
+        final = imaging.image_grid(imaging.to_display(sess.x), nrow=ncol, pad=2,
+                                   scale=max(1, 512 // (ncol * sess.pipe.config.image_size)))
         records, meta = npz_payload(sess)
     paths = {}
     if progress:
