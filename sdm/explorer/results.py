@@ -378,10 +378,6 @@ class Warming(threading.Thread):
         if self.is_alive() and threading.current_thread() is not self:
             self.join(timeout)
 
-    @property
-    def stopped(self) -> bool:
-        return self._stop_asked.is_set()
-
     def run(self) -> None:
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)   # Linux: this thread only
