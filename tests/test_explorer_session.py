@@ -26,8 +26,8 @@ def started(pipe, steps=6, **kw) -> Session:
 
 def test_start_takes_the_first_step_and_advance_the_next(pipe):
     sess = started(pipe)
-    assert sess.num_recorded == 1 and sess.view == 0 and not sess.is_done
-    assert sess.advance(2, 1.0) == 2 and sess.num_recorded == 3 and sess.view == 2
+    assert sess.num_recorded == 1 and sess.view_index == 0 and not sess.is_done
+    assert sess.advance(2, 1.0) == 2 and sess.num_recorded == 3 and sess.view_index == 2
     assert sess.advance(100, 1.0) == 3 and sess.is_done
     with pytest.raises(ValueError, match="finished"):
         sess.advance(1, 1.0)
@@ -64,7 +64,7 @@ def test_scrub_preview_and_continue(pipe):
     sess = started(pipe)
     sess.advance(3, 1.0)
     rec = sess.scrub(2)
-    assert rec.index == 1 and sess.view == 1
+    assert rec.index == 1 and sess.view_index == 1
     pv = sess.preview(1.05)
     assert pv is not None and pv.index == 1 and not np.array_equal(pv.x0, rec.x0)
     assert sess.num_recorded == 4                                   # a preview records nothing
@@ -123,11 +123,11 @@ def test_an_ann_session_records_no_probes():
 def test_spiking_time_steps_are_a_setting_of_the_trajectory(pipe):
     sess = started(pipe, steps=4, time_steps=8)
     sess.advance(1, 1.0)
-    assert sess.settings.time_steps == 8
+    assert sess.settings.spiking_steps == 8
     assert all(a.shape == (8, 64) for r in sess.records for a in r.spikes.values())
     four = started(pipe, steps=4)
     four.advance(1, 1.0)
-    assert four.settings.time_steps == 4 and not np.array_equal(sess.x, four.x)
+    assert four.settings.spiking_steps == 4 and not np.array_equal(sess.x, four.x)
     # the trajectory is the pipeline's own at T = 8, and the previews run at T = 8 too
     outs = list(pipe.steps(seed=3, num_inference_steps=4, time_steps=8))
     np.testing.assert_array_equal(sess.x, outs[1].sample.numpy())
@@ -141,4 +141,4 @@ def test_spiking_time_steps_are_a_setting_of_the_trajectory(pipe):
             started(pipe, time_steps=bad)
     ann = Session()
     ann.start(ModelRegistry(FIXTURES).get("tiny-ann"), "tiny-ann", num_steps=2, time_steps=8)
-    assert ann.settings.time_steps == 1                                  # an ANN has no spiking steps
+    assert ann.settings.spiking_steps == 1                                  # an ANN has no spiking steps
