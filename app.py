@@ -27,8 +27,9 @@ import time
 import gradio as gr
 
 from sdm import viz
-from sdm.explorer import (ModelRegistry, OverBudget, Session, SessionPool, View, compare, display, panels,
-                          release_memory, trajectory_export, within_budget)
+from sdm.explorer import (ModelRegistry, OverBudget, Session, SessionPool, View, compare, panels, release_memory,
+                          trajectory_export, within_budget)
+from sdm.explorer import display  # noqa: F401 - bench/app_latency.py reads app.display and app.TRIO_KEYS
 from sdm.explorer.panels import IMAGE_PX, SMALL_PX, grid_image
 from sdm.explorer.presets import DEFAULTS, first_session, lesson_presets, lesson_settings, opening_checkpoint
 from sdm.explorer.teaching import (ARCHITECTURE, INTRO, TEACH_ENERGY, TEACH_IMAGES, TEACH_MEMBRANE, TEACH_RASTER,
@@ -39,10 +40,11 @@ from sdm.explorer.zerogpu import on_gpu
 from sdm.ui.components import RawNumber, RawRadio, RawSlider
 from sdm.ui.errors import user_errors
 from sdm.ui.gradio_patches import drop_tab_state, say_busy
-from sdm.ui.outputs import (COMPARE_ANN_KEYS, COMPARE_SCALE_KEYS, CONTROL_KEYS, EXPORT_KEYS, LAYER_KEYS,  # noqa: F401
+from sdm.ui.outputs import (COMPARE_ANN_KEYS, COMPARE_SCALE_KEYS, CONTROL_KEYS, EXPORT_KEYS, LAYER_KEYS,
                             MODEL_KEYS, PLAY_KEYS, SCRUB_KEYS, SKIP_VIEW, THRESHOLD_INFO, THRESHOLD_KEYS,
-                            TIME_STEPS_LABEL, TRIO_KEYS, TSM_KEYS, VIEW_KEYS, as_dict, controls, layer_choices,
+                            TIME_STEPS_LABEL, TSM_KEYS, VIEW_KEYS, as_dict, controls, layer_choices,
                             model_outputs, render, render_light, spiking_step_radio, tsm_view)
+from sdm.ui.outputs import TRIO_KEYS  # noqa: F401
 from sdm.ui.theme import CSS, THEME
 
 log = logging.getLogger("sdm.app")

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import FIXTURES
-from sdm.explorer import MAX_STATE_BYTES, ModelRegistry, Session, Superseded, estimate_state_bytes
+from sdm.explorer import (MAX_STATE_BYTES, ModelRegistry, OverBudget, Session, Superseded, estimate_state_bytes,
+                          within_budget)
 
 LAYER = "down.0.blocks.0.conv1.act"
 
@@ -142,3 +143,33 @@ def test_spiking_time_steps_are_a_setting_of_the_trajectory(pipe):
     ann = Session()
     ann.start(ModelRegistry(FIXTURES).get("tiny-ann"), "tiny-ann", num_steps=2, time_steps=8)
     assert ann.settings.spiking_steps == 1                                  # an ANN has no spiking steps
+
+
+def test_stepping_under_a_time_budget(pipe):
+    """The one run loop: stepping() yields (taken, asked) after every step but the last; within_budget() hands
+    control back at most every yield_every_s and stops with OverBudget once the budget has passed."""
+    ref = started(pipe)
+    ref.advance(5, 1.02)
+    sess = started(pipe)
+    assert list(sess.stepping(None, 1.02)) == [(1, 5), (2, 5), (3, 5), (4, 5)]       # to the end: 5 more steps
+    assert sess.is_done and np.array_equal(sess.x, ref.x)                            # bitwise what advance() gives
+    now = [0.0]
+
+    def clock():
+        now[0] += 1.0
+        return now[0]
+
+    sess = started(pipe)
+    assert list(within_budget(sess.stepping(3, 1.0), 10.0, yield_every_s=1.5, clock=clock)) == [(2, 3)]
+    assert sess.num_recorded == 4
+    with pytest.raises(OverBudget) as e:
+        list(within_budget(sess.stepping(2, 1.0), 0.5, clock=clock))
+    assert e.value.last == (1, 2) and sess.num_recorded == 5                          # stopped after one step
+    with pytest.raises(ValueError, match="threshold scale"):
+        next(sess.stepping(1, 1.5))
+    # another event restarts the trajectory: the run stops there, without an error
+    sess = started(pipe)
+    steps = sess.stepping(3, 1.0)
+    assert next(steps) == (1, 3)
+    sess.start(pipe, "tiny-sdm", seed=4, num_steps=6)
+    assert list(steps) == [] and sess.num_recorded == 1

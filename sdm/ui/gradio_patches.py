@@ -1,5 +1,6 @@
 """Every patch of gradio's internals the app makes, in one place, each with why it exists. Each one reaches into
-gradio 6 (requirements.txt pins the version); tests/test_app.py and tests/test_memory.py check that each still works.
+gradio 6's private attributes (requirements.txt pins the version): check them when gradio is upgraded
+(tests/test_api_limits.py checks the busy message).
 """
 from __future__ import annotations
 
