@@ -102,7 +102,7 @@ def main(argv=None) -> int:
             thr_t.append(time.perf_counter() - t0)
 
     # ---- breakdown: the denoiser call alone (as the threshold change runs it), and the side-by-side outputs
-    rec = sess.records[sess.view]
+    rec = sess.records[sess.view_index]
     x = torch.from_numpy(rec.x_t)
     den_t, side_t = [], []
     for i, s in enumerate(scales):

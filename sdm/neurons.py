@@ -22,6 +22,7 @@ All activations here are multi-step: they take ``x_seq [T, B, ...]`` and return 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -56,7 +57,9 @@ class RunContext:
 
 
 def check_threshold_scale(threshold_scale: float) -> float:
-    """Validate a threshold-guidance scale: a finite number > 0."""
+    """The library's check of a threshold-guidance scale: a finite number > 0, where a value enters
+    (``SpikingUNet.forward`` and the pipeline's public methods; below them it is trusted). The explorer's slider
+    allows a part of this range, ``validation.check_scale``."""
     try:
         s = float(threshold_scale)
     except (TypeError, ValueError):
@@ -81,16 +84,23 @@ def tsm_weights_at(p: torch.Tensor, T: int) -> torch.Tensor:
 MAX_TIME_STEPS = 64
 
 
-def check_time_steps(time_steps, cfg) -> int:
-    """The spiking time steps T of one call: ``None`` gives the model's own (``cfg.time_steps``, 1 for an ANN); else a
-    whole number in [1, 64]. An ANN has no spiking time steps: it takes only None or 1."""
-    if time_steps is None:
+def check_time_steps(time_steps, cfg=None) -> int:
+    """The one check of a number of spiking time steps T: a whole number in [1, 64]. With a model's ``cfg`` it is
+    the T of one call of that model: ``None`` gives its own (``cfg.time_steps``, 1 for an ANN), and an ANN, which
+    has no spiking time steps, takes only None or 1. (The explorer offers fewer: ``validation.check_spiking_steps``
+    builds on this.)"""
+    if time_steps is None and cfg is not None:
         return cfg.time_steps
-    ok = not isinstance(time_steps, bool) and isinstance(time_steps, (int, float)) and float(time_steps).is_integer()
-    if not ok or not 1 <= time_steps <= MAX_TIME_STEPS:
-        raise ValueError(f"time_steps must be a whole number between 1 and {MAX_TIME_STEPS} (None: the trained T = "
-                         f"{cfg.time_steps}), got {time_steps!r}")
-    if not cfg.spiking and time_steps != 1:
+    try:
+        ok = isinstance(time_steps, numbers.Real) and not isinstance(time_steps, bool) \
+            and float(time_steps).is_integer() and 1 <= time_steps <= MAX_TIME_STEPS
+    except OverflowError:
+        ok = False
+    if not ok:
+        trained = f" (None: the trained T = {cfg.time_steps})" if cfg is not None else ""
+        raise ValueError(f"time_steps must be a whole number between 1 and {MAX_TIME_STEPS}{trained}, "
+                         f"got {time_steps!r}")
+    if cfg is not None and not cfg.spiking and time_steps != 1:
         raise ValueError(f"this model is an ANN ({cfg.neuron}): it has no spiking time steps; pass time_steps=None, "
                          f"got {time_steps!r}")
     return int(time_steps)

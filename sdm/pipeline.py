@@ -22,7 +22,7 @@ import torch
 from .checkpoints import card_dataset, list_checkpoints as _list_checkpoints, load_checkpoint, resolve_checkpoint
 from .config import DiffusionConfig, ModelConfig
 from .energy import EnergyMeter, EnergyReport
-from .neurons import check_threshold_scale, check_time_steps, tsm_weights_at
+from .neurons import RunContext, check_threshold_scale, check_time_steps, tsm_weights_at
 from .probes import Probe, ProbeFrame, combine
 from .scheduling_ddim import DDIMScheduler
 from .scheduling_ddpm import DDPMScheduler
@@ -169,26 +169,31 @@ class SpikingDiffusionPipeline:
             threshold_scale: threshold guidance.
             record: collect a ProbeFrame per spiking layer (its spikes and v are ``[T, B, N]`` at this call's T).
             meter: optional EnergyMeter to count spikes and SOPs.
-            time_steps: spiking time steps T of this call (None: the trained T; 1-64; an ANN takes only None).
+            time_steps: spiking time steps T of this call (None: the trained T; 1-64; an ANN takes None or 1).
         Returns:
             (eps ``[B, C, H, W]``, {layer: ProbeFrame})
         """
-        return self._denoise(sample, timestep, check_threshold_scale(threshold_scale), record, max_neurons,
-                             probe_seed, meter, check_time_steps(time_steps, self.config))
+        return self.run_denoiser(sample, timestep, check_threshold_scale(threshold_scale),
+                                 check_time_steps(time_steps, self.config), record, max_neurons, probe_seed, meter)
 
     @torch.no_grad()
-    def _denoise(self, sample, timestep, threshold_scale: float, record=False, max_neurons=256, probe_seed=0,
-                 meter=None, time_steps: int | None = None):
-        """``denoise`` with its arguments already checked (``steps()`` checks them once, not per step)."""
+    def run_denoiser(self, sample: torch.Tensor, timestep: int, threshold_scale: float, time_steps: int,
+                     record: bool = False, max_neurons: int = 256, probe_seed: int = 0,
+                     meter: EnergyMeter | None = None):
+        """``denoise`` without its checks, for a caller that checked ``threshold_scale`` (> 0) and ``time_steps``
+        (an int the model takes) at its own boundary: ``steps()`` once per run, the explorer's validator once per
+        request. Nothing below re-checks them."""
         t = torch.full((sample.shape[0],), int(timestep), dtype=torch.long, device=self.device)
         if meter is not None:
             meter.start_call(sample.shape[0], time_steps)
-        kw = dict(threshold_scale=threshold_scale, time_steps=time_steps)
         if record:
             with Probe(max_neurons=max_neurons, seed=probe_seed) as probe:
-                eps = self.model(sample, t, monitor=combine(probe, meter), **kw)
+                ctx = RunContext(T=time_steps, batch=sample.shape[0], threshold_scale=threshold_scale,
+                                 monitor=combine(probe, meter))
+                eps = self.model.run(sample, t, ctx)
             return eps, probe.frames
-        return self.model(sample, t, monitor=meter, **kw), {}
+        ctx = RunContext(T=time_steps, batch=sample.shape[0], threshold_scale=threshold_scale, monitor=meter)
+        return self.model.run(sample, t, ctx), {}
 
     # ------------------------------------------------------------------ the loop
     def steps(self, seed: int = 0, num_inference_steps: int = 50, sampler: str = "ddim", threshold_scale: float = 1.0,
@@ -230,27 +235,28 @@ class SpikingDiffusionPipeline:
             if sample.dim() != 4 or tuple(sample.shape[1:]) != expected:
                 raise ValueError(f"sample must have shape [B, {', '.join(map(str, expected))}], got {tuple(sample.shape)}")
             x = sample.to(self.device, torch.float32)
-        yield from self._steps(sched, x, seed, threshold_scale, start_index, record, max_neurons, meter, image_offset,
-                               time_steps)
+        yield from self.run_steps(sched, x, seed, threshold_scale, time_steps, start_index, record, max_neurons, meter,
+                                  image_offset)
 
-    def _steps(self, sched, x: torch.Tensor, seed: int, threshold_scale: float, start_index: int = 0,
-               record: bool = False, max_neurons: int = 256, meter: EnergyMeter | None = None,
-               image_offset: int = 0, time_steps: int | None = None) -> Iterator[StepOutput]:
-        """The loop of ``steps()``, its arguments already checked: x_t ``[B, C, H, W]`` from step ``start_index``."""
+    def run_steps(self, sched, x: torch.Tensor, seed: int, threshold_scale: float, time_steps: int,
+                  start_index: int = 0, record: bool = False, max_neurons: int = 256,
+                  meter: EnergyMeter | None = None, image_offset: int = 0) -> Iterator[StepOutput]:
+        """The loop of ``steps()`` without its checks, for a caller that checked every argument at its own boundary
+        (the explorer's validator): x_t ``[B, C, H, W]`` on ``self.device`` from step ``start_index`` of ``sched``
+        (``make_scheduler``), ``time_steps`` an int the model takes."""
         n = len(sched.timesteps)
         stochastic = not (isinstance(sched, DDIMScheduler) and sched.eta == 0)
-        T = self.config.time_steps if time_steps is None else time_steps
         for i in range(start_index, n):
             t = int(sched.timesteps[i])
-            eps, frames = self._denoise(x, t, threshold_scale, record=record, max_neurons=max_neurons,
-                                        probe_seed=seed, meter=meter, time_steps=time_steps)
+            eps, frames = self.run_denoiser(x, t, threshold_scale, time_steps, record=record, max_neurons=max_neurons,
+                                            probe_seed=seed, meter=meter)
             # one step() for the whole batch; image j's noise still comes from its own generator
             # (seed, image_offset + j, i), so image j does not depend on the batch it is in
             noise = self.step_noise(seed, i, x.shape[0], image_offset) if stochastic else None
             out = sched.step(eps, t, x, variance_noise=noise)
             yield StepOutput(index=i, num_steps=n, timestep=t, model_input=x, sample=out.prev_sample,
                              pred_original_sample=out.pred_original_sample, pred_noise=eps,
-                             threshold_scale=threshold_scale, probes=frames, time_steps=T)
+                             threshold_scale=threshold_scale, probes=frames, time_steps=time_steps)
             x = out.prev_sample
 
     def sample(self, n: int = 16, seed: int = 0, num_inference_steps: int = 50, sampler: str = "ddim",
@@ -275,8 +281,8 @@ class SpikingDiffusionPipeline:
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
             out = None
-            for out in self._steps(sched, self.initial_noise(seed, b, start), seed, threshold_scale,
-                                   image_offset=start, time_steps=time_steps):
+            for out in self.run_steps(sched, self.initial_noise(seed, b, start), seed, threshold_scale, time_steps,
+                                      image_offset=start):
                 if bar is not None:
                     bar.update(b)
             chunks.append(to_unit(out.sample))

@@ -192,7 +192,7 @@ class SpikingUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, threshold_scale: float = 1.0, monitor=None,
                 time_steps: int | None = None) -> torch.Tensor:
-        """Predict the noise.
+        """Predict the noise (checks ``threshold_scale`` and ``time_steps``, then ``run``).
 
         Args:
             x: noisy images ``[B, C, H, W]`` in model space.
@@ -205,9 +205,14 @@ class SpikingUNet(nn.Module):
             eps prediction ``[B, C, H, W]``.
         """
         threshold_scale = check_threshold_scale(threshold_scale)
-        B = x.shape[0]
-        T = check_time_steps(time_steps, self.cfg)
-        ctx = RunContext(T=T, batch=B, threshold_scale=threshold_scale, monitor=monitor)
+        ctx = RunContext(T=check_time_steps(time_steps, self.cfg), batch=x.shape[0], threshold_scale=threshold_scale,
+                         monitor=monitor)
+        return self.run(x, timesteps, ctx)
+
+    def run(self, x: torch.Tensor, timesteps: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+        """``forward`` with its per-call settings already checked (``ctx.batch`` is ``x.shape[0]``): the pipeline
+        checks them once per call of its own, not once per denoiser call."""
+        B, T = ctx.batch, ctx.T
         if not torch.is_tensor(timesteps) or timesteps.dim() == 0:
             timesteps = torch.full((B,), int(timesteps), device=x.device)
         temb = self.time_mlp(timestep_embedding(timesteps, self.cfg.base_channels))

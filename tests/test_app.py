@@ -14,7 +14,10 @@ import torch
 
 from conftest import FIXTURES, import_app
 from sdm.export import load_npz
-from sdm.explorer import MAX_STATE_BYTES, ModelRegistry, Session, compare, display, estimate_state_bytes
+from sdm import imaging
+from sdm.explorer import MAX_STATE_BYTES, ModelRegistry, Session, compare, display, estimate_state_bytes, panels
+from sdm.explorer.presets import lesson_presets
+from sdm.ui import outputs
 
 app = import_app()
 STEPS = 8
@@ -152,7 +155,7 @@ def test_compare_scales_share_seed_and_noise(explorer):
     r = compare.compare_scales(sess, 1.06)
     np.testing.assert_array_equal(r["base"], sess.x)                          # the trajectory just run at 1.0
     fresh = explorer.registry.get("tiny-sdm").sample(n=1, seed=0, num_inference_steps=STEPS, threshold_scale=1.06)
-    np.testing.assert_allclose(app.imaging.to_display(r["scaled"]), fresh, atol=1e-6)
+    np.testing.assert_allclose(imaging.to_display(r["scaled"]), fresh, atol=1e-6)
 
 
 def test_compare_with_the_ann_counterpart(explorer):
@@ -270,8 +273,8 @@ def test_controls_follow_the_session(explorer):
     drain(explorer.run_to_end(1.0, LAYER, "step", [], sess))
     done = interactive(sess)
     # finished: the buttons that step forward are off, the others (continue, compare, export) stay on
-    assert [k for k, on in done.items() if not on] == list(app.FORWARD_KEYS)
-    assert "Finished" in app.status_markdown(sess)
+    assert [k for k, on in done.items() if not on] == list(outputs.FORWARD_KEYS)
+    assert "Finished" in panels.status_markdown(sess)
     ann = start(explorer, checkpoint="tiny-ann")["state"]
     slider = explorer.controls(ann)[app.CONTROL_KEYS.index("threshold")]
     assert not slider.interactive and "an ANN has no thresholds" in slider.info
@@ -282,7 +285,7 @@ def test_controls_follow_the_session(explorer):
 
 
 def test_lesson_presets_and_the_ui_validator(explorer):
-    presets = app.lesson_presets(explorer.registry, "tiny-sdm")
+    presets = lesson_presets(explorer.registry, "tiny-sdm")
     labels = [label for label, _ in presets]
     assert any("T = 8" in label for label in labels) and any("ANN" in label for label in labels)
     t8 = next(label for label in labels if "T = 8" in label)
@@ -299,7 +302,7 @@ def test_lesson_presets_and_the_ui_validator(explorer):
 
 def test_friendly_layer_names_everywhere(explorer):
     v = start(explorer)
-    label = app.display.layer_label(LAYER)
+    label = display.layer_label(LAYER)
     for key in ("raster", "membrane", "traces"):
         assert label in v[key].layout.title.text and LAYER in v[key].layout.title.subtitle.text
     assert label in list(v["rate_bars"].data[-1].y)

@@ -115,7 +115,7 @@ def test_threshold_effect_compares_the_scale_shown_with_1(sess):
     np.testing.assert_array_equal(effect["diff"], pv.x0.astype(np.float32) - rec.x0.astype(np.float32))
     assert effect["mean_abs_diff"] > 0
     # spikes per image: rate x neurons x T, summed over the layers; the raster's own count for the layer
-    T = sess.settings.time_steps
+    T = sess.settings.spiking_steps
     assert effect["spikes"] == pytest.approx(sum(pv.rates[n] * sess.num_neurons[n] * T for n in pv.rates))
     assert effect["spikes"] < effect["base_spikes"]                          # higher thresholds, fewer spikes
     assert effect["layer_spikes"] == int(pv.spikes[LAYER].sum())

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import FIXTURES
-from sdm.explorer import MAX_STATE_BYTES, ModelRegistry, Session, Superseded, estimate_state_bytes
+from sdm.explorer import (MAX_STATE_BYTES, ModelRegistry, OverBudget, Session, Superseded, estimate_state_bytes,
+                          within_budget)
 
 LAYER = "down.0.blocks.0.conv1.act"
 
@@ -26,8 +27,8 @@ def started(pipe, steps=6, **kw) -> Session:
 
 def test_start_takes_the_first_step_and_advance_the_next(pipe):
     sess = started(pipe)
-    assert sess.num_recorded == 1 and sess.view == 0 and not sess.is_done
-    assert sess.advance(2, 1.0) == 2 and sess.num_recorded == 3 and sess.view == 2
+    assert sess.num_recorded == 1 and sess.view_index == 0 and not sess.is_done
+    assert sess.advance(2, 1.0) == 2 and sess.num_recorded == 3 and sess.view_index == 2
     assert sess.advance(100, 1.0) == 3 and sess.is_done
     with pytest.raises(ValueError, match="finished"):
         sess.advance(1, 1.0)
@@ -64,7 +65,7 @@ def test_scrub_preview_and_continue(pipe):
     sess = started(pipe)
     sess.advance(3, 1.0)
     rec = sess.scrub(2)
-    assert rec.index == 1 and sess.view == 1
+    assert rec.index == 1 and sess.view_index == 1
     pv = sess.preview(1.05)
     assert pv is not None and pv.index == 1 and not np.array_equal(pv.x0, rec.x0)
     assert sess.num_recorded == 4                                   # a preview records nothing
@@ -123,11 +124,11 @@ def test_an_ann_session_records_no_probes():
 def test_spiking_time_steps_are_a_setting_of_the_trajectory(pipe):
     sess = started(pipe, steps=4, time_steps=8)
     sess.advance(1, 1.0)
-    assert sess.settings.time_steps == 8
+    assert sess.settings.spiking_steps == 8
     assert all(a.shape == (8, 64) for r in sess.records for a in r.spikes.values())
     four = started(pipe, steps=4)
     four.advance(1, 1.0)
-    assert four.settings.time_steps == 4 and not np.array_equal(sess.x, four.x)
+    assert four.settings.spiking_steps == 4 and not np.array_equal(sess.x, four.x)
     # the trajectory is the pipeline's own at T = 8, and the previews run at T = 8 too
     outs = list(pipe.steps(seed=3, num_inference_steps=4, time_steps=8))
     np.testing.assert_array_equal(sess.x, outs[1].sample.numpy())
@@ -141,4 +142,34 @@ def test_spiking_time_steps_are_a_setting_of_the_trajectory(pipe):
             started(pipe, time_steps=bad)
     ann = Session()
     ann.start(ModelRegistry(FIXTURES).get("tiny-ann"), "tiny-ann", num_steps=2, time_steps=8)
-    assert ann.settings.time_steps == 1                                  # an ANN has no spiking steps
+    assert ann.settings.spiking_steps == 1                                  # an ANN has no spiking steps
+
+
+def test_stepping_under_a_time_budget(pipe):
+    """The one run loop: stepping() yields (taken, asked) after every step but the last; within_budget() hands
+    control back at most every yield_every_s and stops with OverBudget once the budget has passed."""
+    ref = started(pipe)
+    ref.advance(5, 1.02)
+    sess = started(pipe)
+    assert list(sess.stepping(None, 1.02)) == [(1, 5), (2, 5), (3, 5), (4, 5)]       # to the end: 5 more steps
+    assert sess.is_done and np.array_equal(sess.x, ref.x)                            # bitwise what advance() gives
+    now = [0.0]
+
+    def clock():
+        now[0] += 1.0
+        return now[0]
+
+    sess = started(pipe)
+    assert list(within_budget(sess.stepping(3, 1.0), 10.0, yield_every_s=1.5, clock=clock)) == [(2, 3)]
+    assert sess.num_recorded == 4
+    with pytest.raises(OverBudget) as e:
+        list(within_budget(sess.stepping(2, 1.0), 0.5, clock=clock))
+    assert e.value.last == (1, 2) and sess.num_recorded == 5                          # stopped after one step
+    with pytest.raises(ValueError, match="threshold scale"):
+        next(sess.stepping(1, 1.5))
+    # another event restarts the trajectory: the run stops there, without an error
+    sess = started(pipe)
+    steps = sess.stepping(3, 1.0)
+    assert next(steps) == (1, 3)
+    sess.start(pipe, "tiny-sdm", seed=4, num_steps=6)
+    assert list(steps) == [] and sess.num_recorded == 1

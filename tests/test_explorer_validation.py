@@ -74,10 +74,10 @@ def test_samplers_are_the_pipelines():
 
 
 def test_spiking_time_steps():
-    assert v.time_step_choices(4) == [1, 2, 4, 8] and v.time_step_choices(3) == [1, 2, 3, 4, 8]
-    assert v.check_time_steps(None, 4) == 4 and v.check_time_steps("", 3) == 3 and v.check_time_steps(8.0, 4) == 8
-    assert v.check_time_steps(3, 3) == 3
+    assert v.spiking_step_choices(4) == [1, 2, 4, 8] and v.spiking_step_choices(3) == [1, 2, 3, 4, 8]
+    assert v.check_spiking_steps(None, 4) == 4 and v.check_spiking_steps("", 3) == 3 and v.check_spiking_steps(8.0, 4) == 8
+    assert v.check_spiking_steps(3, 3) == 3
     for bad in (3, 16, 0, -1, "8", True, float("nan"), [8]):
         with pytest.raises(ValueError, match=r"spiking time steps T must be one of 1, 2, 4, 8 \(trained: 4\)"):
-            v.check_time_steps(bad, 4)
-    assert v.check_time_steps(8, 1, spiking=False) == 1 and v.check_time_steps(None, 1, spiking=False) == 1
+            v.check_spiking_steps(bad, 4)
+    assert v.check_spiking_steps(8, 1, spiking=False) == 1 and v.check_spiking_steps(None, 1, spiking=False) == 1

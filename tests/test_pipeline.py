@@ -98,7 +98,7 @@ def test_energy_report_is_consistent(tiny_pipe):
 def test_a_batch_gives_exactly_the_images_sampled_one_by_one(fixtures_dir, monkeypatch, sampler, eta):
     # a denoiser that treats every image alike and alone, so that any difference comes from the noise
     pipe = sdm.load_pipeline("tiny-sdm", fixtures_dir)
-    monkeypatch.setattr(pipe, "_denoise", lambda x, t, scale, **kw: (0.3 * x + t * 1e-4, {}))
+    monkeypatch.setattr(pipe, "run_denoiser", lambda x, t, scale, T, **kw: (0.3 * x + t * 1e-4, {}))
     kw = dict(seed=4, num_inference_steps=5, sampler=sampler, eta=eta)
     four = pipe.sample(n=4, **kw)
     one_by_one = np.concatenate([pipe.sample(n=1, **kw)] + [

@@ -14,7 +14,7 @@ import numpy as np
 from ..energy import EnergyMeter
 from ..pipeline import SpikingDiffusionPipeline
 from .registry import ModelRegistry
-from .session import Session, _f32
+from .session import Session, numpy_f32
 from .validation import check_scale
 
 Progress = Callable[[float, str], None]
@@ -38,10 +38,16 @@ def final_image_steps(sess: Session, threshold_scale, pipe: SpikingDiffusionPipe
                       span: tuple[float, float] = (0.0, 1.0)) -> Generator[Tick, None, tuple[np.ndarray, dict]]:
     """``final_image`` one denoising step at a time: yields (fraction done mapped into ``span``, ``desc``) after
     every step, so that a caller can stop between steps (a cancelled request); returns what ``final_image`` does."""
-    scale = check_scale(threshold_scale)
+    return (yield from _final_image_steps(sess, check_scale(threshold_scale), pipe, checkpoint, desc, span))
+
+
+def _final_image_steps(sess: Session, scale: float, pipe: SpikingDiffusionPipeline | None, checkpoint: str | None,
+                       desc: str, span: tuple[float, float]) -> Generator[Tick, None, tuple[np.ndarray, dict]]:
+    """``final_image_steps`` with the scale checked."""
     with sess.lock:
         sess.require()
         s = sess.settings
+        T = s.spiking_steps if pipe is None or pipe is sess.pipe else pipe.config.time_steps
         pipe = pipe or sess.pipe
         key = sess.final_key(scale, checkpoint)
         hit = sess.cached_final(key)
@@ -50,10 +56,10 @@ def final_image_steps(sess: Session, threshold_scale, pipe: SpikingDiffusionPipe
     meter = EnergyMeter()
     out = None
     lo, hi = span
-    for out in pipe.steps(seed=s.seed, num_inference_steps=s.num_steps, sampler=s.sampler, threshold_scale=scale,
-                          batch_size=s.grid, meter=meter, time_steps=s.denoiser_time_steps(pipe)):
+    sched = pipe.make_scheduler(s.sampler, s.num_steps)
+    for out in pipe.run_steps(sched, pipe.initial_noise(s.seed, s.grid), s.seed, scale, T, meter=meter):
         yield lo + (hi - lo) * (out.index + 1) / out.num_steps, desc
-    x = _f32(out.sample)
+    x = numpy_f32(out.sample)
     rep = meter.report(pipe.config)
     result = {"sops": rep.total_sops, "energy_mj": rep.energy_mj, "ann_mj": rep.ann_energy_mj}
     with sess.lock:
@@ -69,7 +75,8 @@ def final_image(sess: Session, threshold_scale, pipe: SpikingDiffusionPipeline |
     from the start, and its energy per image ({"sops", "energy_mj", "ann_mj"}).
 
     Args:
-        pipe, checkpoint: another model (the ANN counterpart), same seed and noise. Default: the session's.
+        pipe, checkpoint: another model (the ANN counterpart, at its own T), same seed and noise. Default: the
+            session's.
         progress: called with (fraction done, ``desc``) after every step.
     """
     return _drain(final_image_steps(sess, threshold_scale, pipe, checkpoint, desc), progress)
@@ -79,8 +86,8 @@ def compare_scales_steps(sess: Session, threshold_scale) -> Generator[Tick, None
     """``compare_scales`` one denoising step at a time (see ``final_image_steps``)."""
     scale = check_scale(threshold_scale)
     sess.require()
-    a, ea = yield from final_image_steps(sess, 1.0, desc="scale 1.000", span=(0.0, 0.5))
-    b, eb = yield from final_image_steps(sess, scale, desc=f"scale {scale:.3f}", span=(0.5, 1.0))
+    a, ea = yield from _final_image_steps(sess, 1.0, None, None, "scale 1.000", (0.0, 0.5))
+    b, eb = yield from _final_image_steps(sess, scale, None, None, f"scale {scale:.3f}", (0.5, 1.0))
     return {"base": a, "scaled": b, "scale": scale, "base_energy": ea, "scaled_energy": eb,
             "mean_abs_diff": float(np.abs(a - b).mean())}
 
@@ -109,9 +116,8 @@ def compare_ann_steps(sess: Session, registry: ModelRegistry, threshold_scale=1.
         raise ValueError(f"{ann_name} makes {ca.image_size}x{ca.image_size}x{ca.image_channels} images but {name} "
                          f"makes {c.image_size}x{c.image_size}x{c.image_channels}: they cannot start from the same "
                          "noise")
-    snn, es = yield from final_image_steps(sess, scale, desc=name, span=(0.0, 0.5))
-    ann, ea = yield from final_image_steps(sess, 1.0, pipe=ann_pipe, checkpoint=ann_name, desc=ann_name,
-                                           span=(0.5, 1.0))
+    snn, es = yield from _final_image_steps(sess, scale, None, None, name, (0.0, 0.5))
+    ann, ea = yield from _final_image_steps(sess, 1.0, ann_pipe, ann_name, ann_name, (0.5, 1.0))
     ratio = es["energy_mj"] / ea["energy_mj"] if ea["energy_mj"] else float("nan")
     return {"snn": snn, "ann": ann, "scale": scale, "snn_energy": es, "ann_energy": ea, "ann_name": ann_name,
             "energy_ratio": ratio}

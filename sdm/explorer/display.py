@@ -114,7 +114,7 @@ def view_images(sess: Session) -> dict[str, np.ndarray]:
 
 def spike_counts(sess: Session, rec) -> dict[str, float]:
     """Spikes per image of every spiking layer (all its neurons, all T spiking steps) in a record or preview."""
-    T = sess.settings.time_steps
+    T = sess.settings.spiking_steps
     return {n: r * sess.num_neurons.get(n, 0) * T for n, r in rec.rates.items()}
 
 
@@ -264,8 +264,8 @@ def info(sess: Session) -> dict:
     return {
         "checkpoint": s.checkpoint, "seed": s.seed, "sampler": s.sampler, "num_steps": s.num_steps,
         "grid_size": s.grid, "steps_done": len(sess.records), "done": sess.is_done,
-        "time_steps": s.time_steps, "trained_time_steps": sess.pipe.config.time_steps,
-        "step": sess.view + 1, "timestep": rec.timestep, "recorded_scale": rec.scale,
+        "time_steps": s.spiking_steps, "trained_time_steps": sess.pipe.config.time_steps,
+        "step": sess.view_index + 1, "timestep": rec.timestep, "recorded_scale": rec.scale,
         "threshold_scale": pv.scale if pv else rec.scale, "previewing": pv is not None,
         "x0_mean": float((pv or rec).x0.astype(np.float32).mean()), "x0_digest": _digest((pv or rec).x0),
         "sample_digest": _digest(sess.x), "mean_firing_rate": mean_firing_rate(sess, layer_rates),

@@ -22,15 +22,18 @@ float16, and for every spiking layer the spikes (bool) and membrane potentials (
 neurons of image 0, plus per-layer firing rates and the step's energy. A trajectory that would need more than
 ``MAX_STATE_BYTES`` is refused up front with a message that says what to lower.
 
-Every method validates all of its arguments (``sdm.explorer.validation``) before it changes anything.
+Every method validates all of its arguments (``sdm.explorer.validation``) before it changes anything, once: the
+pipeline is then called through its unchecked ``run_steps`` / ``run_denoiser``. Long runs go one step at a time
+(``stepping``) under a time budget (``within_budget``), which hands control back at cancel points.
 """
 from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Generator, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -38,18 +41,53 @@ import torch
 from ..energy import EnergyMeter
 from ..pipeline import SpikingDiffusionPipeline
 from .validation import (MAX_NEURONS, check_grid, check_layer, check_neurons, check_num_steps, check_number,
-                         check_raster_mode, check_sampler, check_scale, check_seed, check_step_count,
-                         check_time_steps)
+                         check_raster_mode, check_sampler, check_scale, check_seed, check_spiking_steps,
+                         check_step_count)
 
-__all__ = ["MAX_STATE_BYTES", "MAX_CACHED_FINALS", "Session", "StepRecord", "Preview", "Settings", "View",
-           "Superseded", "estimate_state_bytes"]
+__all__ = ["MAX_STATE_BYTES", "MAX_CACHED_FINALS", "YIELD_EVERY_S", "Session", "StepRecord", "Preview", "Settings",
+           "View", "Superseded", "OverBudget", "within_budget", "estimate_state_bytes", "numpy_f16", "numpy_f32"]
 
 MAX_STATE_BYTES = 160 * 2 ** 20     # recorded data per session
 MAX_CACHED_FINALS = 8               # final images kept for the comparisons
+YIELD_EVERY_S = 0.1                 # a long run hands control back this often (where a cancelled request stops)
+
+Tick = TypeVar("Tick")
+Result = TypeVar("Result")
 
 
 class Superseded(RuntimeError):
     """The trajectory was restarted or truncated (by another event of the same session) while a run was going."""
+
+
+class OverBudget(ValueError):
+    """A run went on longer than its time budget (``within_budget``): ``last`` is its last tick (``Session.stepping``:
+    (steps taken, steps asked for)), ``budget_s`` the budget."""
+
+    def __init__(self, last, budget_s: float):
+        super().__init__(f"stopped after {budget_s:.0f} s (last tick: {last!r})")
+        self.last = last
+        self.budget_s = budget_s
+
+
+def within_budget(ticks: Generator[Tick, None, Result], budget_s: float, yield_every_s: float = YIELD_EVERY_S,
+                  clock=time.monotonic) -> Generator[Tick, None, Result]:
+    """Drive ``ticks`` (a generator that yields after every unit of work: ``Session.stepping``, the comparisons'
+    ``*_steps``) for at most ``budget_s`` seconds: yields its latest tick at most every ``yield_every_s`` (a cancel
+    point: a cancelled request stops there, between two units of work) and returns its result. Raises
+    ``OverBudget`` (and closes ``ticks``) when a tick comes after ``budget_s`` has passed."""
+    start = last_yield = clock()
+    while True:
+        try:
+            tick = next(ticks)
+        except StopIteration as stop:
+            return stop.value
+        now = clock()
+        if now - start > budget_s:
+            ticks.close()
+            raise OverBudget(tick, budget_s)
+        if now - last_yield > yield_every_s:
+            last_yield = now
+            yield tick
 
 
 class View(NamedTuple):
@@ -63,7 +101,7 @@ class View(NamedTuple):
 def estimate_state_bytes(pipe: SpikingDiffusionPipeline, num_steps: int, grid: int,
                          max_neurons: int = MAX_NEURONS, time_steps: int | None = None) -> int:
     """Upper bound of what a fully recorded trajectory keeps: images of every step plus the probes of image 0
-    (``time_steps``: the spiking time steps T it runs, None: the trained T)."""
+    (``time_steps``: the spiking time steps T it runs, None: the trained ``cfg.T``)."""
     c = pipe.config
     pixels = grid * c.image_channels * c.image_size * c.image_size
     per_step = pixels * (4 + 2 + 2) + 512
@@ -121,18 +159,16 @@ class Settings:
     sampler: str
     num_steps: int
     grid: int
-    time_steps: int = 1             # spiking time steps T of every denoiser call (1 for an ANN)
-
-    def denoiser_time_steps(self, pipe: SpikingDiffusionPipeline) -> int | None:
-        """What to pass as the pipeline's ``time_steps``: this T for a spiking model, None for an ANN."""
-        return self.time_steps if pipe.config.spiking else None
+    spiking_steps: int = 1          # spiking time steps T of every denoiser call (the pipeline's time_steps; 1: ANN)
 
 
-def _f16(t: torch.Tensor) -> np.ndarray:
+def numpy_f16(t: torch.Tensor) -> np.ndarray:
+    """A tensor as a float16 numpy copy on the CPU (how a record keeps x̂₀ and ε̂)."""
     return t.detach().to("cpu", torch.float16).numpy().copy()
 
 
-def _f32(t: torch.Tensor) -> np.ndarray:
+def numpy_f32(t: torch.Tensor) -> np.ndarray:
+    """A tensor as a float32 numpy copy on the CPU (how a record keeps x_t: a trajectory resumes from it exactly)."""
     return t.detach().to("cpu", torch.float32).numpy().copy()
 
 
@@ -165,7 +201,7 @@ class Session:
         self.timesteps: list[int] = []
         self.records: list[StepRecord] = []
         self.x: np.ndarray | None = None
-        self.view = 0
+        self.view_index = 0                 # the viewed step (0-based; the timeline shows view_index + 1)
         self.preview_data: Preview | None = None
         self.base_data: tuple[int, Preview] | None = None     # (generation, the viewed step at scale 1.0)
         self.neuron_index: dict[str, np.ndarray] = {}
@@ -216,20 +252,20 @@ class Session:
         """Reset to a new trajectory: draw x_T (from the seed) and take the first step.
 
         ``time_steps``: spiking time steps T of every denoiser call of this trajectory (None: the trained T; see
-        ``validation.check_time_steps``). Raises ValueError for bad settings, or when the recording would exceed
+        ``validation.check_spiking_steps``). Raises ValueError for bad settings, or when the recording would exceed
         the memory budget.
         """
         c = pipe.config
         settings = Settings(checkpoint, check_seed(seed), check_sampler(sampler), check_num_steps(num_steps),
-                            check_grid(grid), check_time_steps(time_steps, c.T, c.spiking))
+                            check_grid(grid), check_spiking_steps(time_steps, c.T, c.spiking))
         scale = check_scale(threshold_scale)
-        need = estimate_state_bytes(pipe, settings.num_steps, settings.grid, self.max_neurons, settings.time_steps)
+        need = estimate_state_bytes(pipe, settings.num_steps, settings.grid, self.max_neurons, settings.spiking_steps)
         if need > self.max_bytes:
             raise ValueError(f"recording {settings.num_steps} steps of {settings.grid} image(s) would keep about "
                              f"{need / 2 ** 20:.0f} MB (limit {self.max_bytes / 2 ** 20:.0f} MB per session): "
                              "lower the number of steps or the grid size")
         sched = pipe.make_scheduler(settings.sampler, settings.num_steps)
-        x = _f32(pipe.initial_noise(settings.seed, settings.grid))
+        x = numpy_f32(pipe.initial_noise(settings.seed, settings.grid))
         with self.lock:
             self.generation += 1
             self.closed_reason = None
@@ -239,7 +275,7 @@ class Session:
             self.timesteps = [int(t) for t in sched.timesteps]
             self.records = []
             self.x = x
-            self.view = 0
+            self.view_index = 0
             self.preview_data = None
             self.base_data = None
             self.neuron_index, self.num_neurons = {}, {}
@@ -257,8 +293,33 @@ class Session:
         is already complete. ``generation``: raise ``Superseded`` if the session was restarted or truncated since
         that generation.
         """
-        n = check_step_count(n)
+        return self._advance_checked(check_step_count(n), check_scale(threshold_scale), generation)
+
+    def stepping(self, n=None, threshold_scale=1.0,
+                 generation: int | None = None) -> Generator[tuple[int, int], None, int]:
+        """``advance`` one step at a time, as a generator: takes up to ``n`` steps (None: to the end), yields (steps
+        taken, steps asked for) after every step but the last (where a caller may stop: ``within_budget``, a
+        cancelled request) and returns the number taken. Stops early, without an error, when the trajectory is
+        restarted or truncated by another event (``Superseded``) since ``generation`` (None: now)."""
+        n = None if n is None else check_step_count(n)
         scale = check_scale(threshold_scale)
+        generation = self.generation if generation is None else generation
+        if n is None:
+            self.require()
+            n = self.settings.num_steps - self.num_recorded
+        done = 0
+        while done < n:
+            try:
+                self._advance_checked(1, scale, generation)
+            except Superseded:
+                return done
+            done += 1
+            if self.is_done or done == n:
+                break
+            yield done, n
+        return done
+
+    def _advance_checked(self, n: int, scale: float, generation: int | None) -> int:
         with self.lock:
             self.require()
             if generation is not None and generation != self.generation:
@@ -276,10 +337,9 @@ class Session:
             return 0
         cfg = self.pipe.config
         meter = EnergyMeter()
-        gen = self.pipe.steps(seed=s.seed, num_inference_steps=s.num_steps, sampler=s.sampler,
-                              threshold_scale=scale, batch_size=s.grid, record=cfg.spiking,
-                              sample=torch.from_numpy(self.x), start_index=k, max_neurons=self.max_neurons,
-                              meter=meter, time_steps=s.denoiser_time_steps(self.pipe))
+        x = torch.from_numpy(self.x).to(self.pipe.device, torch.float32)
+        gen = self.pipe.run_steps(self._sched, x, s.seed, scale, s.spiking_steps, start_index=k, record=cfg.spiking,
+                                  max_neurons=self.max_neurons, meter=meter)
         done = 0
         prev = (0.0, 0.0, 0.0)
         try:
@@ -293,17 +353,18 @@ class Session:
                     if name not in self.neuron_index:
                         self.neuron_index[name] = f.neuron_index
                         self.num_neurons[name] = f.num_neurons
-                rec = StepRecord(index=out.index, timestep=out.timestep, scale=scale, x_t=_f32(out.model_input),
-                                 x0=_f16(out.pred_original_sample), eps=_f16(out.pred_noise), spikes=spikes, v=v,
-                                 rates=rates, thresholds=thr, sops=sops, energy_mj=energy_mj, ann_mj=ann_mj)
+                rec = StepRecord(index=out.index, timestep=out.timestep, scale=scale,
+                                 x_t=numpy_f32(out.model_input), x0=numpy_f16(out.pred_original_sample),
+                                 eps=numpy_f16(out.pred_noise), spikes=spikes, v=v, rates=rates, thresholds=thr,
+                                 sops=sops, energy_mj=energy_mj, ann_mj=ann_mj)
                 self.records.append(rec)
-                self.x = _f32(out.sample)
+                self.x = numpy_f32(out.sample)
                 done += 1
                 if done >= n:
                     break
         finally:
             gen.close()
-        self.view = len(self.records) - 1
+        self.view_index = len(self.records) - 1
         self.preview_data = None
         if self.is_done and all(r.scale == scale for r in self.records):
             energy = {"sops": float(sum(r.sops for r in self.records)),
@@ -320,20 +381,19 @@ class Session:
             n = len(self.records)
             k = check_number("timeline step", step, 1, max(n, 1), True,
                         f" ({n} step{'s' if n != 1 else ''} recorded so far)")
-            self.view = k - 1
+            self.view_index = k - 1
             self.preview_data = None
-            return self.records[self.view]
+            return self.records[self.view_index]
 
     def _rerun(self, rec: StepRecord, scale: float) -> Preview:
         """The denoiser of recorded step ``rec`` re-run at another threshold scale (lock held)."""
         x = torch.from_numpy(rec.x_t)
-        eps, frames = self.pipe.denoise(x, rec.timestep, scale, record=self.spiking, max_neurons=self.max_neurons,
-                                        probe_seed=self.settings.seed,
-                                        time_steps=self.settings.denoiser_time_steps(self.pipe))
+        eps, frames = self.pipe.run_denoiser(x, rec.timestep, scale, self.settings.spiking_steps, record=self.spiking,
+                                             max_neurons=self.max_neurons, probe_seed=self.settings.seed)
         g = self.pipe.step_noise_generator(self.settings.seed, rec.index, 0)
         x0 = self._sched.step(eps, rec.timestep, x, generator=g).pred_original_sample
         spikes, v, rates, thr = _probe_dicts(frames)
-        return Preview(rec.index, scale, _f16(x0), _f16(eps), spikes, v, rates, thr)
+        return Preview(rec.index, scale, numpy_f16(x0), numpy_f16(eps), spikes, v, rates, thr)
 
     def preview(self, threshold_scale) -> Preview | None:
         """Re-run the denoiser of the viewed step with another threshold scale (Eq. 18) and keep the result as
@@ -342,7 +402,7 @@ class Session:
         scale = check_scale(threshold_scale)
         with self.lock:
             self.require()
-            rec = self.records[self.view]
+            rec = self.records[self.view_index]
             if abs(scale - rec.scale) < 1e-9:
                 self.preview_data = None
                 return None
@@ -369,7 +429,7 @@ class Session:
             self.require()
             base = self.base_record()
             if base is None:
-                base = self._rerun(self.records[self.view], 1.0)
+                base = self._rerun(self.records[self.view_index], 1.0)
                 self.base_data = (self.generation, base)
             return base
 
@@ -379,7 +439,7 @@ class Session:
         scale = check_scale(threshold_scale)
         with self.lock:
             self.require()
-            k = self.view
+            k = self.view_index
             self.x = self.records[k].x_t.copy()
             del self.records[k:]
             self.preview_data = None
@@ -407,13 +467,13 @@ class Session:
     def current(self) -> tuple[StepRecord, Preview | None]:
         """The viewed step's record and the threshold preview shown over it (None when not previewing)."""
         self.require()
-        return self.records[self.view], self.preview_data
+        return self.records[self.view_index], self.preview_data
 
     # ------------------------------------------------------------------ final images (for the comparisons)
     def final_key(self, threshold_scale: float, checkpoint: str | None = None) -> tuple:
         """The cache key of this session's whole run at one scale (and checkpoint: the ANN counterpart)."""
         s = self.settings
-        return (checkpoint or s.checkpoint, s.seed, s.sampler, s.num_steps, s.grid, s.time_steps,
+        return (checkpoint or s.checkpoint, s.seed, s.sampler, s.num_steps, s.grid, s.spiking_steps,
                 round(threshold_scale, 6))
 
     def cached_final(self, key: tuple) -> tuple[np.ndarray, dict] | None:

@@ -100,7 +100,7 @@ def npz_payload(sess: Session) -> tuple[dict[str, np.ndarray], dict]:
     cfg = sess.pipe.config
     meta = {
         "checkpoint": s.checkpoint, "seed": s.seed, "sampler": s.sampler, "num_steps": s.num_steps,
-        "grid_size": s.grid, "steps_recorded": len(recs), "T": s.time_steps, "trained_T": cfg.time_steps,
+        "grid_size": s.grid, "steps_recorded": len(recs), "T": s.spiking_steps, "trained_T": cfg.time_steps,
         "neuron": cfg.neuron, "tsm": cfg.tsm, "layers": layers, "num_neurons": {n: sess.num_neurons[n] for n in layers},
         "recorded_image": 0, "max_neurons": sess.max_neurons,
         "base_threshold": {n: recs[0].thresholds[n] / recs[0].scale for n in layers} if recs and layers else {},

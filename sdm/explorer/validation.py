@@ -2,21 +2,24 @@
 checked here, once, before any state changes, with a message that names the input, its allowed range and what was
 sent (cut to about 80 characters).
 
-The library's own rule for ``threshold_scale`` (any finite number > 0) is ``sdm.neurons.check_threshold_scale``,
-applied by ``SpikingDiffusionPipeline``; the explorer's slider range (0.90-1.10) is the UI's rule, checked here.
+The library checks a value where a library caller hands it in (``SpikingDiffusionPipeline``'s public methods,
+``sdm.neurons``); the explorer checks its narrower rules here (threshold scale 0.90-1.10 within the library's
+"finite and > 0"; the spiking time steps T offered, ``check_spiking_steps``, on top of ``sdm.neurons.check_time_steps``)
+and then calls the pipeline's unchecked ``run_steps`` / ``run_denoiser``: each value is checked once.
 """
 from __future__ import annotations
 
 import math
 import numbers
 
+from ..neurons import check_time_steps
 from ..pipeline import SAMPLERS
 
 __all__ = [
     "SAMPLERS", "GRID_SIZES", "SCALE_MIN", "SCALE_MAX", "SCALE_STEP", "MAX_STEPS", "MAX_SEED", "MAX_NEURONS",
-    "RASTER_MODES", "TIME_STEPS", "STEP_PRESETS", "shown", "check_number", "check_seed", "check_num_steps",
+    "RASTER_MODES", "SPIKING_STEPS", "STEP_PRESETS", "shown", "check_number", "check_seed", "check_num_steps",
     "check_step_count", "check_scale", "check_grid", "check_sampler", "check_layer", "check_raster_mode",
-    "check_neurons", "time_step_choices", "check_time_steps",
+    "check_neurons", "spiking_step_choices", "check_spiking_steps",
 ]
 
 GRID_SIZES = (1, 4, 16)
@@ -25,7 +28,7 @@ MAX_STEPS = 1000
 MAX_SEED = 2 ** 31 - 1
 MAX_NEURONS = 64                    # neurons recorded per layer (of image 0)
 RASTER_MODES = ("step", "trajectory")
-TIME_STEPS = (1, 2, 4, 8)           # spiking time steps T offered at inference (plus the model's own)
+SPIKING_STEPS = (1, 2, 4, 8)          # spiking time steps T offered at inference (plus the model's own)
 STEP_PRESETS = (10, 20, 50, 100)    # DDIM steps of the classroom presets (paper Table 6: spiking models best near 50)
 MAX_SHOWN = 80                      # characters of a rejected value echoed back in a message
 
@@ -156,23 +159,23 @@ def check_neurons(neurons, n: int) -> list[int]:
     return list(dict.fromkeys(out))
 
 
-def time_step_choices(trained: int) -> list[int]:
+def spiking_step_choices(trained: int) -> list[int]:
     """The spiking time steps T offered for a model trained at ``trained``: 1, 2, 4, 8 and its own T."""
-    return sorted(set(TIME_STEPS) | {int(trained)})
+    return sorted(set(SPIKING_STEPS) | {int(trained)})
 
 
-def check_time_steps(time_steps, trained: int, spiking: bool = True) -> int:
-    """Spiking time steps T of a trajectory: one of ``time_step_choices(trained)``; None or '' give ``trained``.
-    An ANN (``spiking=False``) has none: any accepted value gives 1."""
+def check_spiking_steps(time_steps, trained: int, spiking: bool = True) -> int:
+    """Spiking time steps T of a trajectory: one of ``spiking_step_choices(trained)`` (the library's rule,
+    ``sdm.neurons.check_time_steps``, narrowed to the choices offered); None or '' give ``trained``. An ANN
+    (``spiking=False``) has none: any accepted value gives 1."""
     if time_steps is None or time_steps == "":
         return int(trained) if spiking else 1
-    choices = time_step_choices(trained)
+    choices = spiking_step_choices(trained)
     try:
-        ok = isinstance(time_steps, numbers.Real) and not isinstance(time_steps, bool) \
-            and math.isfinite(float(time_steps)) and float(time_steps) in choices
-    except (OverflowError, ValueError):
-        ok = False
-    if not ok:
+        T = check_time_steps(time_steps)
+    except ValueError:
+        T = None
+    if T not in choices:
         raise ValueError(f"spiking time steps T must be one of {', '.join(map(str, choices))} (trained: {trained}), "
                          f"got {shown(time_steps)}")
-    return int(time_steps) if spiking else 1
+    return T if spiking else 1

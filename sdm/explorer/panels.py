@@ -1,0 +1,278 @@
+"""What the explorer's panels draw from a ``Session``: the plotly figures (spike raster, membrane heatmap and traces,
+firing-rate bars and course, TSM weights, energy), the pictures (the sample grid, the filmstrip, x̂₀ at scale 1.0
+beside x̂₀ at the slider's scale and their difference) and the markdown beside them (status line, threshold caption,
+energy summary, comparison and export notes). ``display`` computes the numbers; this module draws them. Gradio-free:
+``app.py`` puts what these return into its components. Only reads the session: the caller holds ``sess.lock``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import imaging, viz
+from . import display
+from .registry import ModelRegistry
+from .session import Session, View
+
+IMAGE_PX = 290                 # x_t is upscaled (nearest neighbour) to about this size: >= 256 px for one image,
+                               # >= 64 px per image of a 4x4 grid
+SMALL_PX = 130                 # x̂₀ at 1.0, x̂₀ at s, their difference, ε̂
+PLOT_H = 300                   # height of the raster and of the rate bars
+
+
+def grid_image(images01: np.ndarray, target_px: int = IMAGE_PX) -> np.ndarray:
+    """[B, C, H, W] in [0, 1] -> one uint8 picture, nearest-neighbour upscaled to about target_px."""
+    b, _, h, w = images01.shape
+    ncol = int(math.ceil(math.sqrt(b)))
+    scale = max(1, int(round(target_px / (ncol * max(h, w)))))
+    return imaging.image_grid(images01, nrow=ncol, pad=2 if b > 1 else 0, scale=scale, pad_value=1.0)
+
+
+def filmstrip_image(sess: Session) -> np.ndarray:
+    """x_t (top row) over x̂₀ (bottom row, captioned with the step and its diffusion step t)."""
+    xs, x0s, labels = display.filmstrip_frames(sess, max_frames=10)
+    top = imaging.filmstrip(xs, max_frames=10, scale=4, pad=3)
+    bottom = imaging.filmstrip(x0s, max_frames=10, scale=4, pad=3, captions=labels)
+    sep = np.full((4, top.shape[1], 3), 160, dtype=np.uint8)
+    return np.concatenate([top, sep, bottom], axis=0)
+
+
+def _scale_line(sess: Session) -> str:
+    """The threshold scale shown, in the one wording the status line and the preview banner share."""
+    rec, pv = sess.current()
+    if pv is not None:
+        return f"threshold scale s = {pv.scale:.3f} (preview; step recorded at s = {rec.scale:.3f})"
+    return f"threshold scale s = {rec.scale:.3f}"
+
+
+def status_markdown(sess: Session) -> str:
+    rec, pv = sess.current()
+    s = sess.settings
+    n = sess.num_recorded
+    head = f"### Step {rec.index + 1} / {s.num_steps} · diffusion step t = {rec.timestep}"
+    e = display.energy(sess)
+    if sess.spiking:
+        steps_tau = (f"T = {s.spiking_steps} spiking steps τ · {_scale_line(sess)} · energy so far "
+                     f"{e['energy_mj']:.3g} mJ/image (ANN {e['ann_mj']:.3g})")
+    else:
+        steps_tau = f"ANN: no spikes · energy so far {e['energy_mj']:.3g} mJ/image"
+    line = (f"{s.checkpoint} · {s.sampler.upper()} · seed {s.seed} · {s.grid} image{'s' if s.grid > 1 else ''} · "
+            f"{steps_tau}")
+    notes = []
+    if pv is not None:
+        notes.append(f"**Preview at threshold scale {pv.scale:.3f}**: this step re-run with it (x̂₀, spikes); "
+                     "*Continue from here* carries on with it.")
+    if sess.view_index != n - 1:
+        carry = "" if sess.is_done else f"*Step* carries on after step {n}, "
+        notes.append(f"Viewing an earlier step ({n} recorded): {carry}*Continue from here* re-runs from this one.")
+    if sess.is_done:
+        notes.append("✔ **Finished**: x_t is the generated image. Step and Run are off: press *New trajectory*.")
+    return "\n\n".join([head, line] + notes)
+
+
+def running_markdown(sess: Session, what: str = "Running") -> str:
+    s = sess.settings
+    rec = sess.records[-1]
+    return (f"### {what}… step {sess.num_recorded} / {s.num_steps} · diffusion step t = {rec.timestep}\n\n"
+            f"{s.checkpoint} · {s.sampler.upper()} · seed {s.seed}")
+
+
+def _no_spikes_figure(sess: Session, title: str, height: int | None = None) -> "viz.go.Figure":
+    return viz.empty_figure(f"{sess.settings.checkpoint} is an ANN: no spikes to show", title, height)
+
+
+def _step_tag(sess: Session) -> str:
+    rec, pv = sess.current()
+    tag = f"step {rec.index + 1} (t = {rec.timestep})"
+    return tag + (f" · preview s = {pv.scale:.3f}" if pv is not None else "")
+
+
+def _subtitle(sess: Session, layer: str) -> str:
+    """The second title line of a neuron plot: the layer's code name, the step, the preview scale."""
+    return f"{layer} · {_step_tag(sess)}"
+
+
+def raster_figure(sess: Session, view: View):
+    title = f"Spikes · {display.layer_label(view.layer)}"
+    if not sess.spiking:
+        return _no_spikes_figure(sess, title, PLOT_H)
+    if view.raster_mode == "trajectory":
+        spikes, labels = display.trajectory_spikes(sess, view.layer)
+        fig = viz.spike_raster_trajectory(spikes, labels, sess.num_neurons[view.layer], title=title, height=PLOT_H,
+                                          subtitle=f"{view.layer} · steps 1-{sess.num_recorded}")
+        T = spikes[0].shape[0]
+        k = sess.view_index
+        fig.add_vrect(x0=k * T - 0.5, x1=(k + 1) * T - 0.5, fillcolor="#56B4E9", opacity=0.25, line_width=0,
+                      layer="below")          # the viewed step
+        return fig
+    p = display.probe(sess, view.layer)
+    effect = display.threshold_effect(sess, view.layer)
+    note = ""
+    if effect and effect["layer_base_spikes"] is not None and effect["scale"] != 1.0:
+        note = f"{effect['layer_base_spikes']:,} at s = 1.0"
+    return viz.spike_raster(p["spikes"], p["num_neurons"], title=title, subtitle=_subtitle(sess, view.layer),
+                            note=note, height=PLOT_H)
+
+
+def membrane_figure(sess: Session, view: View):
+    title = f"Membrane potential · {display.layer_label(view.layer)}"
+    if not sess.spiking:
+        return _no_spikes_figure(sess, title)
+    p = display.probe(sess, view.layer)
+    return viz.membrane_heatmap(p["v"], p["threshold"], title=title, subtitle=_subtitle(sess, view.layer))
+
+
+def traces_figure(sess: Session, view: View):
+    title = f"Membrane traces · {display.layer_label(view.layer)}"
+    if not sess.spiking:
+        return _no_spikes_figure(sess, title)
+    p = display.probe(sess, view.layer)
+    chosen = display.traced_neurons(sess, view.layer, view.neurons)
+    return viz.membrane_traces(p["v"], chosen, p["threshold"], title=title, spikes=p["spikes"],
+                               reset=sess.pipe.config.reset, subtitle=_subtitle(sess, view.layer))
+
+
+def _spike_change(effect: dict, what: str = "spikes per image") -> str:
+    """'spikes per image: 12,345 at s = 1.0 → 11,020 at s = 1.050 (−10.7%)' between scale 1.0 and the scale shown."""
+    a, b = effect["base_spikes"], effect["spikes"]
+    pct = f" ({(b - a) / a:+.1%})".replace("-", "−") if a else ""
+    return f"{what}: {a:,.0f} at s = 1.0 → {b:,.0f} at s = {effect['scale']:.3f}{pct}"
+
+
+def rate_bars_figure(sess: Session, view: View):
+    title = "Firing rate per layer"
+    if not sess.spiking:
+        return _no_spikes_figure(sess, title, PLOT_H)
+    effect = display.threshold_effect(sess)
+    rates = {display.layer_label(k): v for k, v in display.rates(sess).items()}
+    base = None
+    rec, pv = sess.current()
+    if effect is None or effect["scale"] == 1.0:
+        spikes = sum(display.spike_counts(sess, pv or rec).values())
+        sub = f"{spikes:,.0f} spikes per image at s = {(pv or rec).scale:.3f} · {_step_tag(sess)}"
+    else:
+        base = {display.layer_label(k): v for k, v in effect["base_rates"].items()}
+        sub = _spike_change(effect, "spikes/image")
+    return viz.firing_rate_bars(rates, title=title, base_rates=base, name=f"s = {(pv or rec).scale:.3f}",
+                                base_name="s = 1.0", highlight=display.layer_label(view.layer), horizontal=True,
+                                subtitle=sub, height=PLOT_H)
+
+
+def rate_course_figure(sess: Session, view: View):
+    title = "Firing rate over the trajectory"
+    if not sess.spiking:
+        return _no_spikes_figure(sess, title)
+    lines, steps = display.rate_course(sess, view.layer)
+    if len(steps) < 2:
+        return viz.empty_figure("take a few steps to see the course", title)
+    selected = next((k for k in lines if k.endswith("(selected)")), None)
+    return viz.firing_rate_course(lines, steps, title=title, highlight=selected, mark=sess.current()[0].timestep,
+                                  xtitle="diffusion step t (generation runs left to right)")
+
+
+def tsm_figures(pipe, layer: str | None, spiking_steps: int | None = None):
+    """TSM heatmap (all layers) and curve (one layer) of the weights a run at ``spiking_steps`` T uses (None: the
+    trained T)."""
+    weights = pipe.tsm_weights(spiking_steps)
+    trained = pipe.config.time_steps
+    named = {display.layer_label(k): v for k, v in weights.items()}
+    heat = viz.tsm_heatmap(named, title="TSM weights of every layer", trained=trained)
+    label = display.layer_label(layer or "")
+    curve = viz.tsm_curve(weights.get(layer) if layer else None, label, title=f"TSM weights · {label}",
+                          trained=trained)
+    return heat, curve
+
+
+def threshold_markdown(sess: Session) -> str:
+    """The caption of the side-by-side view: what changed between scale 1.0 and the scale shown."""
+    if not sess.spiking:
+        return (f"**{sess.settings.checkpoint} is an ANN**: it has no thresholds, so threshold guidance does not "
+                "apply (x̂₀ is the same at every scale).")
+    effect = display.threshold_effect(sess)
+    if effect is None:
+        return ""
+    if effect["scale"] == 1.0:
+        return ("Move the **threshold slider**: this step is re-run at the new scale s and shown beside s = 1.0, "
+                "with their difference (orange: brighter at s, blue: darker).")
+    more = "fewer" if effect["spikes"] < effect["base_spikes"] else "more"
+    return (f"**s = {effect['scale']:.3f} vs 1.0**, same x_t. {_spike_change(effect)}: {more} spikes (on average "
+            f"s > 1 gives fewer). Mean |x̂₀ difference| = {effect['mean_abs_diff']:.3f}.")
+
+
+def energy_markdown(sess: Session) -> str:
+    e = display.energy(sess)
+    part = f"{e['steps']} of {e['num_steps']} steps" if e["steps"] < e["num_steps"] else f"all {e['steps']} steps"
+    if not e["spiking"]:
+        return (f"**{sess.settings.checkpoint} is an ANN**: no spikes; every layer multiplies and accumulates "
+                f"(4.6 pJ per MAC). Energy per image, {part}: **{e['energy_mj']:.4g} mJ**.")
+    return (f"**Energy per image, this trajectory ({part}, T = {sess.settings.spiking_steps} spiking steps τ)**\n\n"
+            f"Synaptic operations: **{e['sops']:.3g} SOPs** · SNN ≈ **{e['energy_mj']:.4g} mJ** · "
+            f"ANN counterpart ≈ **{e['ann_mj']:.4g} mJ**\n\n"
+            f"### SNN / ANN energy = {e['ratio']:.2f}  (the ANN needs {e['ann_factor']:.1f}× more)")
+
+
+def energy_figure(sess: Session):
+    e = display.energy(sess)
+    return viz.energy_bars(e["energy_mj"], e["ann_mj"])
+
+
+
+def threshold_pictures(sess: Session) -> dict:
+    """x̂₀ at scale 1.0, at the scale shown and their difference, as pictures (the preview's when previewing)."""
+    effect = display.threshold_effect(sess)
+    if effect is None:                   # the scale-1.0 run is missing (a streamed update): leave them alone
+        return {}
+    diff = imaging.diff_to_rgb(effect["diff"], display.DIFF_DISPLAY_RANGE)
+    return {"img_x0_base": grid_image(effect["base_x0"], SMALL_PX), "img_x0": grid_image(effect["x0"], SMALL_PX),
+            "img_diff": grid_image(diff, SMALL_PX)}
+
+
+def model_panels(registry: ModelRegistry, checkpoint, layer=None) -> dict:
+    """What the checkpoint-level views show: summary, layers, the chosen layer (``layer`` if it is one of the
+    checkpoint's, else the one where threshold guidance shows best: ``display.default_layer``), TSM figures,
+    notes. A listed checkpoint that cannot be loaded gives ``ok=False`` and its error as the summary; an
+    unknown name raises ValueError."""
+    checkpoint = registry.check_name(checkpoint)
+    try:
+        pipe = registry.get(checkpoint)
+    except ValueError as e:
+        msg = f"⚠ **{e}**"
+        empty = viz.empty_figure("checkpoint unavailable", "TSM weights")
+        return dict(ok=False, summary=msg, layers=None, layer=None, tsm_heat=empty, tsm_curve=empty,
+                    tsm_note=msg, ann_note=msg)
+    layers = pipe.layer_names()
+    layer = layer if layer in layers else display.default_layer(pipe)
+    heat, curve = tsm_figures(pipe, layer)
+    return dict(ok=True, summary=f"**{checkpoint}**: {pipe.summary()}", layers=layers, layer=layer,
+                tsm_heat=heat, tsm_curve=curve, tsm_note=display.tsm_note(pipe),
+                ann_note=display.ann_note(checkpoint, pipe, registry.ann_counterpart(checkpoint)))
+
+
+def compare_scales_markdown(sess: Session, r: dict) -> str:
+    """The note under the two final images of ``compare.compare_scales`` (its result ``r``)."""
+    eb, es = r["base_energy"], r["scaled_energy"]
+    s = sess.settings
+    return (f"Same seed ({s.seed}) and noise, {s.num_steps} {s.sampler.upper()} steps, T = {s.spiking_steps}. "
+            f"Mean |difference| = {r['mean_abs_diff']:.3f} (pixel range 0-2).\n\nEnergy per image: scale 1.000 → "
+            f"{eb['energy_mj']:.4g} mJ ({eb['sops']:.3g} SOPs); scale {r['scale']:.3f} → {es['energy_mj']:.4g} mJ "
+            f"({es['sops']:.3g} SOPs).")
+
+
+def compare_ann_markdown(sess: Session, r: dict) -> str:
+    """The note under the SNN and ANN final images of ``compare.compare_ann`` (its result ``r``)."""
+    es, ea = r["snn_energy"], r["ann_energy"]
+    s = sess.settings
+    return (f"**{s.checkpoint}** (threshold scale {r['scale']:.3f}, T = {s.spiking_steps}) "
+            f"vs **{r['ann_name']}**, seed {s.seed}, same x_T and noise.\n\nEnergy per image: SNN "
+            f"{es['energy_mj']:.4g} mJ ({es['sops']:.3g} SOPs) · ANN {ea['energy_mj']:.4g} mJ → SNN / ANN = "
+            f"**{r['energy_ratio']:.2f}**")
+
+
+def export_markdown(sess: Session) -> str:
+    """The note beside the files of ``trajectory_export.export``."""
+    s = sess.settings
+    return (f"Exported {sess.num_recorded} of {s.num_steps} steps of {s.checkpoint} (seed {s.seed}). "
+            "The NPZ holds x_t / x̂₀ / ε̂ of every step, the firing rates of every layer, and the spikes and "
+            f"membrane potentials of {sess.max_neurons} neurons per layer of image 1 "
+            "(read it with `sdm.export.load_npz`).")
