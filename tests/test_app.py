@@ -272,9 +272,13 @@ def test_controls_follow_the_session(explorer):
     assert all(interactive(sess).values())
     drain(explorer.run_to_end(1.0, LAYER, "step", [], sess))
     done = interactive(sess)
-    # finished: the buttons that step forward are off, the others (continue, compare, export) stay on
-    assert [k for k, on in done.items() if not on] == list(outputs.FORWARD_KEYS)
+    # finished: the buttons that step forward are off, and Continue from here while the view is on the last step
+    # (at 50/50 it had nothing to re-run but the last step); the others (compare, export) stay on
+    assert [k for k, on in done.items() if not on] == list(outputs.FORWARD_KEYS) + ["continue_btn"]
     assert "Finished" in panels.status_markdown(sess)
+    # scrubbed back to an earlier step, Continue from here is on again (and not the buttons that step forward)
+    explorer.scrub(3, LAYER, "step", [], sess)
+    assert [k for k, on in interactive(sess).items() if not on] == list(outputs.FORWARD_KEYS)
     ann = start(explorer, checkpoint="tiny-ann")["state"]
     slider = explorer.controls(ann)[app.CONTROL_KEYS.index("threshold")]
     assert not slider.interactive and "an ANN has no thresholds" in slider.info
