@@ -277,7 +277,8 @@ def energy_markdown(sess: Session) -> str:
             f"Synaptic operations: **{e['sops']:.3g} SOPs** · SNN ≈ **{e['energy_mj']:.4g} mJ**")
     ann = sess.settings.ann_counterpart
     if ann is None:
-        return f"{head}\n\n{no_ann_reason(sess.settings.checkpoint).capitalize()}."
+        reason = no_ann_reason(sess.settings.checkpoint)
+        return f"{head}\n\n{reason[:1].upper()}{reason[1:]}."
     return (f"{head} · ANN counterpart ({ann}) ≈ **{e['ann_mj']:.4g} mJ**\n\n"
             f"### SNN / ANN energy = {e['ratio']:.2f}  (the ANN needs {e['ann_factor']:.1f}× more)")
 
