@@ -156,7 +156,7 @@ class Explorer:
         pipe = self.registry.get(checkpoint)
         sess = state if isinstance(state, Session) else Session()
         view = sess.view_for(pipe.layer_names(), checkpoint, layer, raster_mode, neurons)
-        before = (sess.settings, sess.num_recorded) if sess.started else None
+        before = (sess.settings, sess.num_recorded, sess.records[0].scale) if sess.started else None
         sess.start(pipe, checkpoint, seed=seed, sampler=sampler, num_steps=num_steps, grid=grid_size,
                    threshold_scale=threshold_scale, time_steps=time_steps,
                    ann_counterpart=self.registry.ann_counterpart(checkpoint))

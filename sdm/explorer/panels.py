@@ -80,11 +80,11 @@ def status_markdown(sess: Session, note: str | None = None) -> str:
 def restart_note(before: tuple | None, sess: Session) -> str | None:
     """What the status says after a new trajectory replaced another one, so that no restart goes unnoticed (a
     change of T, of a DDIM step preset, of the checkpoint mid-run): the settings that changed and, if the old one
-    was unfinished, where it stopped. ``before``: (the old ``Settings``, steps it had recorded), None when there was
-    none. None when nothing is worth saying (same settings, the old one finished)."""
+    was unfinished, where it stopped. ``before``: (the old ``Settings``, steps it had recorded, the threshold scale
+    of its first step), None when there was none. None when nothing is worth saying (same settings, the old one finished)."""
     if before is None:
         return None
-    old, recorded = before
+    old, recorded, old_scale = before
     new = sess.settings
     changed = []
     if new.checkpoint != old.checkpoint:
@@ -97,6 +97,9 @@ def restart_note(before: tuple | None, sess: Session) -> str | None:
         changed.append(f"seed {new.seed} (was {old.seed})")
     if new.grid != old.grid:
         changed.append(f"{new.grid} image{'s' if new.grid > 1 else ''} (was {old.grid})")
+    scale = sess.records[0].scale
+    if sess.spiking and old_scale is not None and scale != old_scale:
+        changed.append(f"s = {scale:.3f} (was {old_scale:.3f})")
     unfinished = recorded < old.num_steps
     if not changed and not unfinished:
         return None
