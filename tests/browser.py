@@ -160,6 +160,12 @@ def drive(page, url: str, shots: list | None = None) -> dict:
     seen["raster_points"] = plot_points(page, "plot-raster")
     seen["membrane_points"] = plot_points(page, "plot-membrane")
     snap()
+    # the filmstrip is shown at its own size (object-fit: scale-down), not scaled down pixelated
+    seen["filmstrip"] = page.evaluate(
+        """() => { const im = document.querySelector('#filmstrip img'); const st = getComputedStyle(im);
+                   return {natural: im.naturalWidth, shown: Math.min(1, im.clientWidth / im.naturalWidth,
+                           im.clientHeight / im.naturalHeight) * im.naturalWidth, fit: st.objectFit,
+                           rendering: st.imageRendering}; }""")
     # 5. the TSM panel
     open_tab(page, "TSM")
     page.wait_for_selector("#plot-tsm .js-plotly-plot")
@@ -536,7 +542,7 @@ def record_media(out: Path, url: str) -> tuple[Path, Path]:
         wait_text(page, "#threshold-text", "s = 0.920 vs 1.0")
         snap()
         set_threshold(page, 1.0)
-        wait_text(page, "#status", "threshold scale s = 1.000")
+        wait_text(page, "#status", "s = 1.000.")
         page.click("#btn-run")
         wait_heading(page, "Step 50 / 50")
         page.wait_for_selector("#btn-run[disabled]")

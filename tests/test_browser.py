@@ -46,6 +46,9 @@ def test_classroom_walkthrough_in_chromium(tmp_path):
     # 5000 steps in the number box: one message at the box, no error on any panel, the trajectory kept
     assert "Number of steps must be between 1 and 1000, got 5000" in seen["steps_message"]
     assert seen["error_marks"] == [] and seen["heading_after_bad_steps"] == seen["heading_before_bad_steps"]
+    # the filmstrip at its own size: its captions stay sharp (it was 1153 px shown at 944 px, pixelated)
+    film = seen["filmstrip"]
+    assert film["shown"] == film["natural"] <= 900 and film["rendering"] not in ("pixelated", "crisp-edges"), film
     img = iio.imread(shot)
     assert img.shape[1] == browser.VIEWPORT["width"] and img.shape[0] >= browser.VIEWPORT["height"]
     assert img[..., :3].std() > 10  # not a blank page
