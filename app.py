@@ -35,11 +35,12 @@ from sdm.explorer.presets import DEFAULTS, first_session, lesson_presets, lesson
 from sdm.explorer.teaching import (ARCHITECTURE, INTRO, TEACH_ENERGY, TEACH_IMAGES, TEACH_MEMBRANE, TEACH_RASTER,
                                    TEACH_RATE, TEACH_THRESHOLD, TEACH_TSM, TITLE)
 from sdm.explorer.validation import (MAX_NEURONS, MAX_SEED, MAX_STEPS, SCALE_MAX, SCALE_MIN, SCALE_STEP,
-                                     STEP_PRESETS, check_num_steps, check_seed)
+                                     STEP_PRESETS)
 from sdm.explorer.zerogpu import on_gpu
 from sdm.ui.components import RawNumber, RawRadio, RawSlider
 from sdm.ui.errors import user_errors
 from sdm.ui.gradio_patches import drop_tab_state, say_busy
+from sdm.ui.settings import clear_lesson, settings_status, settings_validator
 from sdm.ui.outputs import (COMPARE_ANN_KEYS, COMPARE_SCALE_KEYS, CONTROL_KEYS, EXPORT_KEYS, LAYER_KEYS,
                             MODEL_KEYS, PLAY_KEYS, SCRUB_KEYS, SKIP_VIEW, THRESHOLD_INFO, THRESHOLD_KEYS,
                             TIME_STEPS_LABEL, TSM_KEYS, VIEW_KEYS, as_dict, controls, layer_choices,
@@ -301,48 +302,6 @@ MODE_JS = "(mode) => { document.body.classList.toggle('classroom', mode === 'cla
 #: ?mode=classroom opens the classroom view
 LOAD_MODE_JS = ("() => new URLSearchParams(window.location.search).get('mode') === 'classroom' "
                 "? 'classroom' : 'full'")
-
-
-def _bad_setting(check, value) -> str | None:
-    """The message of a seed / number of steps the UI refuses (capitalised), None when it is fine."""
-    try:
-        check(value)
-        return None
-    except ValueError as e:
-        msg = str(e)
-        return msg[:1].upper() + msg[1:]
-
-
-def settings_status(seed, num_steps, state):
-    """After Enter in the seed or steps box: a value the validator refuses is also said on the status line (the box
-    may be off screen), with the trajectory's heading kept; nothing when both are fine."""
-    bad = [m for m in (_bad_setting(check_seed, seed), _bad_setting(check_num_steps, num_steps)) if m]
-    if not bad:
-        return gr.skip()
-    note = "⚠ " + " ".join(bad) + ": nothing was started."
-    if isinstance(state, Session) and state.started:
-        with state.lock:
-            return panels.status_markdown(state, note)
-    return note
-
-
-def settings_validator(checkpoint, seed, sampler, num_steps, threshold_scale, grid_size, layer, raster_mode,
-                       neurons, state, time_steps):
-    """The UI's check of a new trajectory's settings before it runs: a bad seed or number of steps gets one
-    message at its own box (gr.validate) instead of an error on every panel. The API endpoint does not use it:
-    its errors stay errors (sdm.explorer.validation says the same thing there)."""
-    def ok(check, value):
-        msg = _bad_setting(check, value)
-        return gr.validate(msg is None, msg or "")
-    checks = {1: check_seed, 3: check_num_steps}
-    args = [checkpoint, seed, sampler, num_steps, threshold_scale, grid_size, layer, raster_mode, neurons, state,
-            time_steps]
-    return [ok(checks[i], a) if i in checks else gr.validate(True, "") for i, a in enumerate(args)]
-
-
-def clear_lesson():
-    """The lesson dropdown emptied (its label described the settings before a change by hand)."""
-    return gr.Dropdown(value=None)
 
 
 def _first_view(ex: Explorer, default: str | None) -> tuple[dict, dict, int]:
