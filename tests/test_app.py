@@ -103,7 +103,7 @@ def test_threshold_change_alters_x0_and_the_firing_rates(explorer):
     v = start(explorer)
     sess = v["state"]
     base = view(drain(explorer.step(2, 1.0, LAYER, "step", [], sess)))
-    t = view(explorer.set_threshold(1.08, LAYER, "step", [], sess), app.THRESHOLD_KEYS)
+    t = view(drain(explorer.set_threshold(1.08, LAYER, "step", [], sess)), app.THRESHOLD_KEYS)
     assert t["info"]["previewing"] and t["info"]["threshold_scale"] == pytest.approx(1.08)
     assert t["info"]["x0_digest"] != base["info"]["x0_digest"]
     assert not np.array_equal(t["img_x0"], base["img_x0"])
@@ -115,7 +115,7 @@ def test_threshold_change_alters_x0_and_the_firing_rates(explorer):
     # the trajectory itself is untouched: same step, same x_t
     assert t["info"]["step"] == 3 and t["info"]["steps_done"] == 3
     # back to the recorded scale: the recorded view again
-    b = view(explorer.set_threshold(1.0, LAYER, "step", [], sess), app.THRESHOLD_KEYS)
+    b = view(drain(explorer.set_threshold(1.0, LAYER, "step", [], sess)), app.THRESHOLD_KEYS)
     assert not b["info"]["previewing"] and b["info"]["x0_digest"] == base["info"]["x0_digest"]
 
 
@@ -124,7 +124,7 @@ def test_continue_from_here_equals_a_run_that_switched_scale_at_that_step(explor
     sess = v["state"]
     drain(explorer.step(4, 1.0, LAYER, "step", [], sess))
     explorer.scrub(3, LAYER, "step", [], sess)
-    explorer.set_threshold(1.05, LAYER, "step", [], sess)
+    drain(explorer.set_threshold(1.05, LAYER, "step", [], sess))
     end = view(drain(explorer.continue_from_here(1.05, LAYER, "step", [], sess)))
     assert end["info"]["done"] and end["info"]["steps_done"] == STEPS
     assert [r.scale for r in sess.records] == [1.0, 1.0] + [1.05] * (STEPS - 2)
@@ -228,7 +228,7 @@ def test_the_side_by_side_threshold_view(explorer):
     white = v["img_diff"]
     assert (white == 255).all() and np.array_equal(v["img_x0_base"], v["img_x0"])        # s = 1.0: no difference
     assert "Move the **threshold slider**" in v["threshold_md"]
-    t = view(explorer.set_threshold(1.08, LAYER, "step", [], sess), app.THRESHOLD_KEYS)
+    t = view(drain(explorer.set_threshold(1.08, LAYER, "step", [], sess)), app.THRESHOLD_KEYS)
     np.testing.assert_array_equal(t["img_x0_base"], v["img_x0_base"])                     # scale 1.0 stays
     assert not np.array_equal(t["img_x0"], v["img_x0"]) and (t["img_diff"] != 255).any()
     effect = display.threshold_effect(sess, LAYER)
@@ -391,7 +391,7 @@ def test_a_converted_if_model_is_listed_and_its_neuron_views_work(tmp_path):
     assert figure_points(v["raster"]) > 0 and figure_points(v["traces"]) > 0
     out = app.as_dict(ex.select_layer("out.act", "trajectory", [], sess), app.LAYER_KEYS)
     assert figure_points(out["raster"]) > 0 and figure_points(out["tsm_curve"]) == 0
-    t = view(ex.set_threshold(1.05, LAYER, "step", [], sess), app.THRESHOLD_KEYS)
+    t = view(drain(ex.set_threshold(1.05, LAYER, "step", [], sess)), app.THRESHOLD_KEYS)
     assert t["info"]["mean_firing_rate"] < v["info"]["mean_firing_rate"]
 
 
@@ -401,7 +401,7 @@ def test_sessions_do_not_see_each_other(explorer):
     for _ in range(3):
         drain(explorer.step(1, 1.0, LAYER, "step", [], a))
         drain(explorer.step(1, 1.04, LAYER, "step", [], b))
-        explorer.set_threshold(0.95, LAYER, "step", [], b)
+        drain(explorer.set_threshold(0.95, LAYER, "step", [], b))
     solo_a = start(explorer, seed=1)["state"]
     drain(explorer.step(3, 1.0, LAYER, "step", [], solo_a))
     solo_b = start(explorer, seed=2, scale=1.04)["state"]

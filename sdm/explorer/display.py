@@ -261,6 +261,7 @@ def info(sess: Session) -> dict:
     s = sess.settings
     layer_rates = rates(sess)
     e = energy(sess)
+    g = sess.generated_now()
     return {
         "checkpoint": s.checkpoint, "seed": s.seed, "sampler": s.sampler, "num_steps": s.num_steps,
         "grid_size": s.grid, "steps_done": len(sess.records), "done": sess.is_done,
@@ -272,6 +273,9 @@ def info(sess: Session) -> dict:
         "firing_rates": {k: round(v, 6) for k, v in layer_rates.items()},
         "energy": {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in e.items()},
         "state_mb": round(sess.nbytes() / 2 ** 20, 3),
+        # the images generated at s and at 1.0 from the same noise, once shown: their mean |pixel difference|
+        "final_difference": g.final_difference if g is not None else None,
+        "final_difference_scale": g.scale if g is not None and g.done else None,
     }
 
 

@@ -200,6 +200,21 @@ def threshold_markdown(sess: Session) -> str:
             f"s > 1 gives fewer). Mean |x̂₀ difference| = {effect['mean_abs_diff']:.3f}.")
 
 
+def trio_caption(sess: Session) -> str:
+    """The one line that says what the side-by-side pictures show: the generated images (from the same noise, at
+    1.0 and at s) or the viewed step's x̂₀ at 1.0 and at s. Empty for an ANN."""
+    if not sess.spiking:
+        return ""
+    g = sess.generated_now()
+    if g is not None:
+        head = f"**Generated images from the same noise: s = 1.000 vs s = {g.scale:.3f}**"
+        if g.done:
+            return f"{head} · mean |difference| {g.final_difference:.3f}"
+        return f"{head} · generating at s: step {g.steps_done + 1} / {g.num_steps}…"
+    rec, pv = sess.current()
+    return f"**Step {rec.index + 1} preview: x̂₀ at s = 1.000 vs s = {(pv or rec).scale:.3f}**"
+
+
 def energy_markdown(sess: Session) -> str:
     e = display.energy(sess)
     part = f"{e['steps']} of {e['num_steps']} steps" if e["steps"] < e["num_steps"] else f"all {e['steps']} steps"
@@ -219,7 +234,13 @@ def energy_figure(sess: Session):
 
 
 def threshold_pictures(sess: Session) -> dict:
-    """x̂₀ at scale 1.0, at the scale shown and their difference, as pictures (the preview's when previewing)."""
+    """x̂₀ at scale 1.0, at the scale shown and their difference, as pictures (the preview's when previewing); the
+    images generated at 1.0 and at s from the same noise instead once they are shown (``Session.generated_now``)."""
+    g = sess.generated_now()
+    if g is not None:
+        diff = imaging.diff_to_rgb(g.image - g.base, display.DIFF_DISPLAY_RANGE)
+        return {"img_x0_base": grid_image(imaging.to_display(g.base), SMALL_PX),
+                "img_x0": grid_image(imaging.to_display(g.image), SMALL_PX), "img_diff": grid_image(diff, SMALL_PX)}
     effect = display.threshold_effect(sess)
     if effect is None:                   # the scale-1.0 run is missing (a streamed update): leave them alone
         return {}
