@@ -245,6 +245,67 @@ def test_the_side_by_side_threshold_view(explorer):
     assert "s = 1.050 vs 1.0" in s["threshold_md"] and s["info"]["recorded_scale"] == 1.05
 
 
+def test_the_slider_after_the_end_streams_the_generated_image(explorer, monkeypatch):
+    monkeypatch.setattr(app, "GENERATED_EVERY_S", 0.0)      # every step of the run at s refreshes the picture
+    sess = start(explorer, seed=11)["state"]
+    mid = view(drain(explorer.set_threshold(1.05, LAYER, "step", [], sess)), app.THRESHOLD_KEYS)
+    assert mid["info"]["final_difference"] is None           # mid-run, not asked for: the step preview
+    assert mid["threshold_md"].startswith("**Step 1 preview: x̂₀ at s = 1.000 vs s = 1.050**")
+    end = view(drain(explorer.run_to_end(1.0, LAYER, "step", [], sess)))
+    assert end["info"]["done"] and end["info"]["final_difference"] == 0.0
+    assert end["threshold_md"].startswith("**Generated images from the same noise: s = 1.000 vs s = 1.000**")
+    outs = [view(o, app.THRESHOLD_KEYS) for o in explorer.set_threshold(0.95, LAYER, "step", [], sess)]
+    trio = [o for o in outs if isinstance(o["img_x0"], np.ndarray)]
+    assert len(trio) >= STEPS                                 # a picture after every step, then the final one
+    assert "generating at s: step 1 / 8" in trio[0]["threshold_md"]
+    last = outs[-1]
+    scaled, _ = compare.final_image(sess, 0.95)
+    assert last["info"]["final_difference"] == pytest.approx(
+        float(np.abs((np.clip(scaled, -1, 1) - np.clip(sess.x, -1, 1)) / 2).mean()))
+    assert 0 < last["info"]["final_difference"] < 1 and last["info"]["final_difference_scale"] == 0.95
+    assert np.array_equal(last["img_x0"], panels.grid_image(imaging.to_display(scaled), panels.SMALL_PX))
+    # the same scale again: from the shared results, one output, nothing computed
+    computes = explorer.results.stats()["computes"]
+    again = [view(o, app.THRESHOLD_KEYS) for o in explorer.set_threshold(0.95, LAYER, "step", [], sess)]
+    assert explorer.results.stats()["computes"] == computes
+    assert again[-1]["info"]["final_difference"] == last["info"]["final_difference"]
+
+
+def test_the_generated_image_mid_run_on_request(explorer):
+    sess = start(explorer, seed=12)["state"]
+    drain(explorer.step(2, 1.0, LAYER, "step", [], sess))
+    out = view(drain(explorer.show_generated(1.05, LAYER, "step", [], sess)), app.THRESHOLD_KEYS)
+    assert not out["info"]["done"] and out["info"]["final_difference"] > 0
+    assert out["threshold_md"].startswith("**Generated images from the same noise: s = 1.000 vs s = 1.050**")
+    out = view(drain(explorer.set_threshold(0.95, LAYER, "step", [], sess)), app.THRESHOLD_KEYS)
+    assert out["info"]["final_difference_scale"] == 0.95      # the slider keeps showing them
+    out = start(explorer, seed=12)                            # until a new trajectory
+    assert out["info"]["final_difference"] is None
+
+
+def test_run_to_end_is_shared_and_bitwise_a_solo_run(explorer):
+    a = start(explorer, seed=13)["state"]
+    b = start(explorer, seed=13)["state"]
+    drain(explorer.run_to_end(1.0, LAYER, "step", [], a))
+    computes = explorer.results.stats()["computes"]
+    ib = view(drain(explorer.run_to_end(1.0, LAYER, "step", [], b)))["info"]
+    assert explorer.results.stats()["computes"] == computes and b.records[-1] is a.records[-1]
+    ref = Session()
+    ref.start(explorer.registry.get("tiny-sdm"), "tiny-sdm", seed=13, num_steps=STEPS)
+    while not ref.is_done:
+        ref.advance(1, 1.0)
+    ir = display.info(ref)
+    for k in ("sample_digest", "x0_digest", "firing_rates", "energy", "steps_done"):
+        assert ib[k] == ir[k], k
+
+
+def test_the_shared_results_count_against_the_memory_cap():
+    from sdm.explorer.pool import MAX_TOTAL_BYTES
+
+    ex = app.Explorer(ModelRegistry(FIXTURES))
+    assert ex.pool.max_bytes + ex.results.max_bytes == MAX_TOTAL_BYTES and ex.results.max_bytes > 0
+
+
 def test_spiking_time_steps_through_the_app(explorer):
     v8 = view(explorer.new_trajectory("tiny-sdm", 0, "ddim", STEPS, 1.0, 1, LAYER, "step", [], None, 8))
     v4 = start(explorer)
@@ -512,3 +573,30 @@ def test_gradio_client_new_trajectory_step_threshold_export(served):
                        grid_size=1, time_steps=8, api_name="/new_trajectory")
     assert info(r)["time_steps"] == 8
     assert "time_steps" in [p["parameter_name"] for p in api["/new_trajectory"]["parameters"]]
+
+
+def test_gradio_client_final_difference_is_null_then_set(served):
+    from gradio_client import Client
+
+    client = Client(served, verbose=False)
+
+    def info(result):
+        return result[app.THRESHOLD_KEYS.index("info") - 1]
+
+    client.predict(checkpoint="tiny-sdm", seed=21, sampler="ddim", num_steps=6, threshold_scale=1.0, grid_size=1,
+                   api_name="/new_trajectory")
+    mid = info(client.predict(threshold_scale=1.05, api_name="/set_threshold"))
+    assert mid["final_difference"] is None and not mid["done"]
+    client.predict(threshold_scale=1.0, api_name="/run_to_end")
+    up = info(client.predict(threshold_scale=1.05, api_name="/set_threshold"))
+    down = info(client.predict(threshold_scale=0.95, api_name="/set_threshold"))
+    assert 0 < up["final_difference"] < 1 and 0 < down["final_difference"] < 1
+    assert (up["final_difference_scale"], down["final_difference_scale"]) == (1.05, 0.95)
+    # the same lesson from another client: the same numbers (one computation, the same images)
+    other = Client(served, verbose=False)
+    other.predict(checkpoint="tiny-sdm", seed=21, sampler="ddim", num_steps=6, threshold_scale=1.0, grid_size=1,
+                  api_name="/new_trajectory")
+    end = other.predict(threshold_scale=1.0, api_name="/run_to_end")
+    assert end[app.VIEW_KEYS.index("info") - 1]["final_difference"] == 0.0
+    assert info(other.predict(threshold_scale=0.95, api_name="/set_threshold"))["final_difference"] == \
+        down["final_difference"]

@@ -210,7 +210,7 @@ def trio_caption(sess: Session) -> str:
         head = f"**Generated images from the same noise: s = 1.000 vs s = {g.scale:.3f}**"
         if g.done:
             return f"{head} · mean |difference| {g.final_difference:.3f}"
-        return f"{head} · generating at s: step {g.steps_done + 1} / {g.num_steps}…"
+        return f"{head} · generating at s: step {g.steps_done} / {g.num_steps}…"
     rec, pv = sess.current()
     return f"**Step {rec.index + 1} preview: x̂₀ at s = 1.000 vs s = {(pv or rec).scale:.3f}**"
 
