@@ -19,12 +19,9 @@ API (gradio_client), see the README: /new_trajectory, /step, /set_threshold, /ru
 from __future__ import annotations
 
 import atexit
-import functools
-import inspect
 import logging
 import math
 import os
-import threading
 import time
 
 import gradio as gr
@@ -36,6 +33,7 @@ from sdm.explorer import display  # noqa: F401 - bench/app_latency.py reads app.
 from sdm.explorer.panels import IMAGE_PX, SMALL_PX, grid_image
 from sdm.explorer.pool import MAX_TOTAL_BYTES
 from sdm.explorer.results import SharedResults
+from sdm.explorer.sharing import InFlight
 from sdm.explorer.presets import DEFAULTS, first_session, lesson_presets, lesson_settings, opening_checkpoint
 from sdm.explorer.teaching import (ARCHITECTURE, INTRO, TEACH_ENERGY, TEACH_IMAGES, TEACH_MEMBRANE, TEACH_RASTER,
                                    TEACH_RATE, TEACH_THRESHOLD, TEACH_TSM, TITLE)
@@ -119,35 +117,9 @@ class Explorer:
         self.pool = pool or SessionPool(MAX_TOTAL_BYTES - self.results.max_bytes)
         self.step_budget_s = step_budget_s
         self.run_budget_s = run_budget_s
-        self.in_flight = 0
-        self._in_flight_lock = threading.Lock()
+        self.requests = InFlight()
         for name in self.REQUESTS:
-            setattr(self, name, self._counted(getattr(self, name)))
-
-    def _counted(self, fn):
-        """``fn`` counted in ``in_flight`` while it runs (a streaming handler: until its generator ends)."""
-        def enter(delta):
-            with self._in_flight_lock:
-                self.in_flight += delta
-
-        if inspect.isgeneratorfunction(fn):
-            @functools.wraps(fn)
-            def gen(*args, **kwargs):
-                enter(1)
-                try:
-                    return (yield from fn(*args, **kwargs))
-                finally:
-                    enter(-1)
-            return gen
-
-        @functools.wraps(fn)
-        def plain(*args, **kwargs):
-            enter(1)
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                enter(-1)
-        return plain
+            setattr(self, name, self.requests.counted(getattr(self, name)))
 
     def warm_presets(self, presets: list):
         """Compute the lesson presets' trajectories (and the first lesson's generated images at the slider's first
@@ -155,7 +127,7 @@ class Explorer:
         ``Warming`` (``results.stop()`` ends it)."""
         return self.results.warm(sharing.preset_keys(self.registry, presets),
                                  lambda key: sharing.compute_key(self.registry, key),
-                                 pause_while=lambda: self.in_flight > 0)
+                                 pause_while=self.requests.busy)
 
     def _use(self, state, request) -> Session:
         """The tab's session, with a trajectory (else a clear error), marked as just used in the pool."""

@@ -202,3 +202,28 @@ def test_the_lesson_presets_are_computed_ahead_and_the_warming_stops(registry):
                         lambda key: compute_key(registry, key), pause_while=lambda: True)
     slow.stop(timeout=10)
     assert not slow.is_alive() and not slow.done
+
+
+def test_requests_in_flight_are_counted_while_they_run():
+    from sdm.explorer.sharing import InFlight
+    import inspect
+
+    flight = InFlight()
+    seen = []
+
+    def plain(a, request=None):
+        seen.append(flight.count)
+        return a
+
+    def streaming(a, request=None):
+        seen.append(flight.count)
+        yield a
+        seen.append(flight.count)
+
+    p, g = flight.counted(plain), flight.counted(streaming)
+    assert inspect.signature(p) == inspect.signature(plain) and inspect.isgeneratorfunction(g)
+    assert p(1) == 1 and not flight.busy()
+    it = g(2)
+    assert next(it) == 2 and flight.busy()
+    it.close()                                      # a cancelled stream stops counting too
+    assert not flight.busy() and seen == [1, 1]

@@ -13,7 +13,10 @@ bitwise the final sample of a solo run at that scale.
 """
 from __future__ import annotations
 
-from typing import Generator, Iterable
+import functools
+import inspect
+import threading
+from typing import Callable, Generator, Iterable
 
 import numpy as np
 
@@ -23,7 +26,7 @@ from .results import Final, ResultKey, SharedResults, final_image_stream
 from .session import Generated, Session, Settings, Trajectory
 from .validation import MAX_NEURONS, check_scale
 
-__all__ = ["WARM_SCALES", "trajectory_key", "final_key", "run_to_end", "generated_images", "record_trajectory",
+__all__ = ["WARM_SCALES", "InFlight", "trajectory_key", "final_key", "run_to_end", "generated_images", "record_trajectory",
            "preset_keys", "compute_key"]
 
 #: threshold scales whose generated images the start-up warming computes for the first lesson (the lesson flow's)
@@ -200,3 +203,41 @@ def preset_keys(registry: ModelRegistry, presets: Iterable[tuple[str, list]],
             keys += [final_key(s, pipe, sig, sc) for sc in scales]
         first = False
     return keys
+
+
+class InFlight:
+    """How many requests a server is running now: the handlers wrapped with ``counted`` count themselves while they
+    run (a streaming one until its generator ends), and the start-up warming waits while ``busy()``."""
+
+    def __init__(self):
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def busy(self) -> bool:
+        return self.count > 0
+
+    def _add(self, delta: int) -> None:
+        with self._lock:
+            self.count += delta
+
+    def counted(self, fn: Callable) -> Callable:
+        """``fn`` (a function or a generator function; its signature is kept, as gradio reads it) counted while it
+        runs."""
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def gen(*args, **kwargs):
+                self._add(1)
+                try:
+                    return (yield from fn(*args, **kwargs))
+                finally:
+                    self._add(-1)
+            return gen
+
+        @functools.wraps(fn)
+        def plain(*args, **kwargs):
+            self._add(1)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._add(-1)
+        return plain
