@@ -250,7 +250,7 @@ def test_the_slider_after_the_end_streams_the_generated_image(explorer, monkeypa
     sess = start(explorer, seed=11)["state"]
     mid = view(drain(explorer.set_threshold(1.05, LAYER, "step", [], sess)), app.THRESHOLD_KEYS)
     assert mid["info"]["final_difference"] is None           # mid-run, not asked for: the step preview
-    assert mid["threshold_md"].startswith("**Step 1 preview: x̂₀ at s = 1.000 vs s = 1.050**")
+    assert mid["threshold_md"].startswith("**Step 1 preview:** **s = 1.050 vs 1.0**, same x_t")
     end = view(drain(explorer.run_to_end(1.0, LAYER, "step", [], sess)))
     assert end["info"]["done"] and end["info"]["final_difference"] == 0.0
     assert end["threshold_md"].startswith("**Generated images from the same noise: s = 1.000 vs s = 1.000**")

@@ -201,8 +201,8 @@ def threshold_markdown(sess: Session) -> str:
 
 
 def trio_caption(sess: Session) -> str:
-    """The one line that says what the side-by-side pictures show: the generated images (from the same noise, at
-    1.0 and at s) or the viewed step's x̂₀ at 1.0 and at s. Empty for an ANN."""
+    """The words that say what the side-by-side pictures show: the images generated from the same noise at 1.0 and
+    at s, or the viewed step's x̂₀ at 1.0 and at s. Empty for an ANN."""
     if not sess.spiking:
         return ""
     g = sess.generated_now()
@@ -213,6 +213,20 @@ def trio_caption(sess: Session) -> str:
         return f"{head} · generating at s: step {g.steps_done} / {g.num_steps}…"
     rec, pv = sess.current()
     return f"**Step {rec.index + 1} preview: x̂₀ at s = 1.000 vs s = {(pv or rec).scale:.3f}**"
+
+
+def trio_markdown(sess: Session) -> str:
+    """The caption under the side-by-side pictures, one paragraph: ``trio_caption``, then what changed at the viewed
+    step (``threshold_markdown``; with the generated images, only its change in spikes)."""
+    if not sess.spiking or sess.generated_now() is None:
+        if not sess.spiking:
+            return threshold_markdown(sess)
+        rec, _ = sess.current()
+        return f"**Step {rec.index + 1} preview:** {threshold_markdown(sess)}"
+    effect = display.threshold_effect(sess)
+    if effect is None or effect["scale"] == 1.0:
+        return f"{trio_caption(sess)} · move the slider to generate at another scale."
+    return f"{trio_caption(sess)} · step {sess.current()[0].index + 1}: {_spike_change(effect)}"
 
 
 def energy_markdown(sess: Session) -> str:

@@ -70,8 +70,7 @@ RENDERERS = {
     "rate_course": panels.rate_course_figure,
     "energy_md": lambda sess, view: panels.energy_markdown(sess),
     "energy_plot": lambda sess, view: panels.energy_figure(sess),
-    "threshold_md": lambda sess, view: "\n\n".join(t for t in (panels.trio_caption(sess),
-                                                                  panels.threshold_markdown(sess)) if t),
+    "threshold_md": lambda sess, view: panels.trio_markdown(sess),
     "info": lambda sess, view: display.info(sess),
     "tsm_curve": lambda sess, view: panels.tsm_figures(sess.pipe, view.layer, sess.settings.spiking_steps)[1],
 }
