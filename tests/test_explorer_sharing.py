@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES
+from test_explorer_results import drain             # (its ticks, its return value)
 from sdm.explorer import ModelRegistry, Session, compare, display, panels
 from sdm.explorer.presets import lesson_presets
 from sdm.explorer.results import SharedResults, final_difference
@@ -23,15 +24,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def registry():
     return ModelRegistry(FIXTURES)
-
-
-def drain(gen):
-    ticks = []
-    while True:
-        try:
-            ticks.append(next(gen))
-        except StopIteration as stop:
-            return ticks, stop.value
 
 
 def started(registry, seed=0, scale=1.0, steps=STEPS, grid=1) -> Session:
