@@ -177,14 +177,17 @@ class Explorer:
                        raster_mode="step", neurons=None, state=None, time_steps=None,
                        request: gr.Request = None) -> tuple:
         """Draw x_T from the seed and take the first step, at ``time_steps`` spiking steps per denoiser call (None:
-        the checkpoint's trained T). Returns the VIEW outputs."""
+        the checkpoint's trained T). Returns the VIEW outputs; when it replaces another trajectory (T, a step
+        preset, the checkpoint changed; or one still running) the status says so."""
         pipe = self.registry.get(checkpoint)
         sess = state if isinstance(state, Session) else Session()
         view = sess.view_for(pipe.layer_names(), checkpoint, layer, raster_mode, neurons)
+        before = (sess.settings, sess.num_recorded, sess.records[0].scale) if sess.started else None
         sess.start(pipe, checkpoint, seed=seed, sampler=sampler, num_steps=num_steps, grid=grid_size,
-                   threshold_scale=threshold_scale, time_steps=time_steps)
+                   threshold_scale=threshold_scale, time_steps=time_steps,
+                   ann_counterpart=self.registry.ann_counterpart(checkpoint))
         self.pool.touch(_owner(request, sess), sess)
-        return render(sess, view)
+        return render(sess, view, note=panels.restart_note(before, sess))
 
     def step(self, n_steps, threshold_scale, layer, raster_mode, neurons, state, request: gr.Request = None):
         """Take ``n_steps`` steps (1 for Step, 10 for Step ×10) with the slider's threshold scale, for at most
@@ -251,6 +254,7 @@ class Explorer:
         point, the images every ``STREAM_EVERY_S``, and the whole view at the end (over budget: after a note that
         says how far it got)."""
         streamed = time.monotonic()
+        generation = sess.generation
         try:
             for _ in within_budget(stepping, budget_s):
                 now = time.monotonic()
@@ -259,11 +263,13 @@ class Explorer:
                     yield render_light(sess, what)
                 else:
                     yield SKIP_VIEW
-        except OverBudget as e:
-            done, n = e.last
-            gr.Info(f"Paused after {done} of {n} steps: one request computes for at most {budget_s:.0f} s on "
-                    "this shared server. Press the button again to go on.")
+        except OverBudget:
+            gr.Info(panels.paused_note(sess, budget_s))
         self.pool.touch(_owner(request, sess), sess)
+        if sess.started and sess.generation != generation:    # a new trajectory replaced it: that one shows itself
+            gr.Warning(panels.superseded_note(what))
+            yield SKIP_VIEW
+            return
         yield render(sess, view)
 
     def run_to_end(self, threshold_scale, layer, raster_mode, neurons, state, request: gr.Request = None):
@@ -361,22 +367,46 @@ LOAD_MODE_JS = ("() => new URLSearchParams(window.location.search).get('mode') =
                 "? 'classroom' : 'full'")
 
 
+def _bad_setting(check, value) -> str | None:
+    """The message of a seed / number of steps the UI refuses (capitalised), None when it is fine."""
+    try:
+        check(value)
+        return None
+    except ValueError as e:
+        msg = str(e)
+        return msg[:1].upper() + msg[1:]
+
+
+def settings_status(seed, num_steps, state):
+    """After Enter in the seed or steps box: a value the validator refuses is also said on the status line (the box
+    may be off screen), with the trajectory's heading kept; nothing when both are fine."""
+    bad = [m for m in (_bad_setting(check_seed, seed), _bad_setting(check_num_steps, num_steps)) if m]
+    if not bad:
+        return gr.skip()
+    note = "⚠ " + " ".join(bad) + ": nothing was started."
+    if isinstance(state, Session) and state.started:
+        with state.lock:
+            return panels.status_markdown(state, note)
+    return note
+
+
 def settings_validator(checkpoint, seed, sampler, num_steps, threshold_scale, grid_size, layer, raster_mode,
                        neurons, state, time_steps):
     """The UI's check of a new trajectory's settings before it runs: a bad seed or number of steps gets one
     message at its own box (gr.validate) instead of an error on every panel. The API endpoint does not use it:
     its errors stay errors (sdm.explorer.validation says the same thing there)."""
     def ok(check, value):
-        try:
-            check(value)
-            return gr.validate(True, "")
-        except ValueError as e:
-            msg = str(e)
-            return gr.validate(False, msg[:1].upper() + msg[1:])
+        msg = _bad_setting(check, value)
+        return gr.validate(msg is None, msg or "")
     checks = {1: check_seed, 3: check_num_steps}
     args = [checkpoint, seed, sampler, num_steps, threshold_scale, grid_size, layer, raster_mode, neurons, state,
             time_steps]
     return [ok(checks[i], a) if i in checks else gr.validate(True, "") for i, a in enumerate(args)]
+
+
+def clear_lesson():
+    """The lesson dropdown emptied (its label described the settings before a change by hand)."""
+    return gr.Dropdown(value=None)
 
 
 def _first_view(ex: Explorer, default: str | None) -> tuple[dict, dict, int]:
@@ -483,7 +513,8 @@ def _inside(c: dict, first: dict, model_d: dict, img_kw: dict) -> None:
                                     height=2 * SMALL_PX, **img_kw)
         with gr.Column(scale=3):
             c["filmstrip"] = gr.Image(first.get("filmstrip"), elem_id="filmstrip", height=250,
-                                      label="Filmstrip: x_t (top) and x̂₀ (bottom) along the trajectory", **img_kw)
+                                      label="Filmstrip: x_t (top) and x̂₀ (bottom) along the trajectory",
+                                      **dict(img_kw, elem_classes=None))
             gr.Markdown(TEACH_IMAGES, elem_classes="teach")
     gr.Markdown("## Inside the spiking network")
     with gr.Row():
@@ -607,10 +638,14 @@ class _Wiring:
                .success(user_errors(ex.trained_time_steps), [checkpoint], [c["time_steps"]], queue=False,
                         api_visibility="private")
                .success(**ui_new), new=True)
+        # a lesson's label no longer describes what is shown once the checkpoint is changed by hand
+        checkpoint.input(clear_lesson, None, [c["lesson"]], queue=False, api_visibility="private")
         for k in ("sampler", "grid_size", "time_steps"):
             follow(c[k].input(**ui_new), new=True)
         for k in ("seed", "num_steps"):
             follow(c[k].submit(**ui_new), new=True)
+            c[k].submit(settings_status, [c["seed"], c["num_steps"], c["state"]], [c["status"]], queue=False,
+                        api_visibility="private")
         for n, b in zip(STEP_PRESETS, c["preset_btns"]):
             follow(b.click(lambda n=n: (n, "ddim"), None, [c["num_steps"], c["sampler"]], queue=False,
                            api_visibility="private").then(**ui_new), new=True)
@@ -645,10 +680,10 @@ class _Wiring:
                                  api_description="Show the images generated from this trajectory's noise at "
                                                  "threshold scale 1.0 and at this scale (streamed), also before "
                                                  "the end; the slider then keeps showing them.", **INTERACTIVE)
-        c["timeline"].input(user_errors(ex.scrub), [c["timeline"]] + view_in + [state], outs(SCRUB_KEYS),
-                            api_name="scrub", api_description="View recorded step `step` (1-based).",
-                            show_progress="hidden", show_progress_on=[c["status"]], trigger_mode="always_last",
-                            **INTERACTIVE)
+        follow(c["timeline"].input(user_errors(ex.scrub), [c["timeline"]] + view_in + [state], outs(SCRUB_KEYS),
+                                   api_name="scrub", api_description="View recorded step `step` (1-based).",
+                                   show_progress="hidden", show_progress_on=[c["status"]], trigger_mode="always_last",
+                                   **INTERACTIVE))
         follow(c["run_btn"].click(on_gpu(user_errors(ex.run_to_end)), [c["threshold"]] + view_in + [state],
                                   outs(VIEW_KEYS), api_name="run_to_end",
                                   api_description="Step to the end with this threshold scale (streams while "

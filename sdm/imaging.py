@@ -164,7 +164,8 @@ def pick_frames(n: int, max_frames: int) -> list[int]:
 
 
 def filmstrip(frames: Sequence, max_frames: int = 10, scale: int = 2, pad: int = 2,
-              pad_value=1.0, captions: Sequence[str] | None = None, blank_value: float = 0.93) -> np.ndarray:
+              pad_value=1.0, captions: Sequence[str] | None = None, blank_value: float = 0.93,
+              caption_px: int = 12) -> np.ndarray:
     """One row of evenly spaced frames of a sequence (e.g. the reverse diffusion x_T ... x_0).
 
     Args:
@@ -172,8 +173,9 @@ def filmstrip(frames: Sequence, max_frames: int = 10, scale: int = 2, pad: int =
             does not exist, drawn in the gray ``blank_value``). At least one frame must not be None.
         max_frames: most frames to show (>= 2); the first and the last frame are always included.
         scale, pad, pad_value: as in :func:`image_grid`.
-        captions: one short caption per entry of ``frames`` (e.g. "step 3 · t=939"), written under the frames
-            shown, in a strip of about 16 pixels.
+        captions: one short caption per entry of ``frames`` (e.g. "step 3 · t=939"; a newline makes two lines),
+            written under the frames shown, in a strip of ``caption_px + 4`` pixels per line.
+        caption_px: the captions' font size in pixels.
 
     Returns:
         uint8 ``[H*scale + 2*pad (+ caption strip), k*(W*scale+pad)+pad, 3]`` with k = min(len(frames), max_frames).
@@ -193,7 +195,7 @@ def filmstrip(frames: Sequence, max_frames: int = 10, scale: int = 2, pad: int =
     if captions is None:
         return strip
     cell = np.shape(ref)[-1] * _check_positive_int(scale) + pad
-    return _caption_row(strip, [captions[i] for i in idx], cell=cell, pad=pad)
+    return _caption_row(strip, [captions[i] for i in idx], cell=cell, pad=pad, font_px=caption_px)
 
 
 @functools.lru_cache(maxsize=4)
@@ -206,16 +208,18 @@ def _caption_font(size: int):
         return ImageFont.load_default()
 
 
-def _caption_row(strip: np.ndarray, texts: Sequence[str], cell: int, pad: int, height: int = 16) -> np.ndarray:
-    """``strip`` with a white row under it holding one centred caption per cell (Pillow's built-in font)."""
+def _caption_row(strip: np.ndarray, texts: Sequence[str], cell: int, pad: int, font_px: int = 12) -> np.ndarray:
+    """``strip`` with a white row under it holding one centred caption per cell (Pillow's built-in font at
+    ``font_px`` pixels, ``font_px + 4`` pixels per line)."""
     from PIL import Image, ImageDraw
 
     w = strip.shape[1]
-    row = Image.new("RGB", (w, height), (255, 255, 255))
+    lines = max(str(t).count("\n") + 1 for t in texts)
+    row = Image.new("RGB", (w, lines * (font_px + 4)), (255, 255, 255))
     draw = ImageDraw.Draw(row)
-    font = _caption_font(max(8, height - 4))
+    font = _caption_font(max(8, font_px))
     for i, text in enumerate(texts):
-        left, _, right, _ = draw.textbbox((0, 0), str(text), font=font)
+        left, _, right, _ = draw.multiline_textbbox((0, 0), str(text), font=font, spacing=4)
         x = pad + i * cell + (cell - pad - (right - left)) / 2
-        draw.text((max(0, x), 1), str(text), fill=(17, 17, 17), font=font)
+        draw.multiline_text((max(0, x), 1), str(text), fill=(17, 17, 17), font=font, spacing=4, align="center")
     return np.concatenate([strip, np.asarray(row, dtype=np.uint8)], axis=0)

@@ -86,7 +86,7 @@ def _figure(title: str = "", height: int | None = None, subtitle: str = "", data
     if title or subtitle:
         layout["title"] = dict(text=title)
     if subtitle:
-        layout["title"]["subtitle"] = dict(text=subtitle, font=dict(size=FONT_SIZE - 4, color="#444444"))
+        layout["title"]["subtitle"] = dict(text=subtitle, font=dict(size=FONT_SIZE - 2, color="#444444"))
         layout["margin"] = dict(t=TEMPLATE.layout.margin.t + 16)
     if height is not None:
         layout["height"] = int(height)
@@ -96,7 +96,7 @@ def _figure(title: str = "", height: int | None = None, subtitle: str = "", data
 def _note_annotation(text: str) -> dict:
     """A small annotation in the top-right corner, just above the plot area."""
     return dict(text=text, xref="paper", yref="paper", x=1.0, y=1.0, xanchor="right", yanchor="bottom",
-                showarrow=False, font=dict(size=FONT_SIZE - 4, color=INK))
+                showarrow=False, font=dict(size=FONT_SIZE - 2, color=INK))
 
 
 def _centre_annotation(text: str) -> dict:
@@ -391,7 +391,11 @@ def firing_rate_bars(rates: Mapping[str, float], title: str = "", base_rates: Ma
         base_rates: optional rates to compare with, drawn as hollow "ghost" bars behind the solid ones (trace
             ``base_name``, e.g. the rates at threshold scale 1.0).
         highlight: a layer label whose solid bar is drawn in another colour (the selected layer).
-        horizontal: layers on the y axis (first on top), rates on x: room for long layer names.
+        horizontal: layers on the y axis (first on top), rates on x. Too many names for a projector font:
+            the axis names each part of the network once, in the middle of its bars (the first word of a label:
+            "Down", "Middle", "Up", "Output"), dotted lines separate its levels (the part of a label before
+            " · ": "Down 1", "Down 2"), the highlighted bar carries its whole name in a box beside its end, and
+            the legend sits under the plot.
     """
     if not rates:
         return empty_figure("no spiking layers recorded", title, height)
@@ -415,14 +419,50 @@ def firing_rate_bars(rates: Mapping[str, float], title: str = "", base_rates: Ma
     cat_axis = dict(title=dict(text="" if horizontal else "layer (forward order)"), type="category",
                     categoryorder="array", categoryarray=names, showgrid=False)
     val_axis = dict(title=dict(text="firing rate"), range=[0, max(top * 1.1, 1e-3)])
+    annotations, shapes = [], []
+    legend = dict(orientation="h", x=1.0, xanchor="right", y=1.0, yanchor="bottom")
     if horizontal:
-        cat_axis.update(autorange="reversed", tickfont=dict(size=FONT_SIZE - 6))
+        parts = _runs([_level(k).split(" ")[0] for k in names])
+        cat_axis.update(autorange="reversed", tickmode="array", tickvals=[(a + b) / 2 for _, a, b in parts],
+                        ticktext=[part for part, _, _ in parts], tickfont=dict(size=FONT_SIZE - 2))
+        shapes = [dict(type="line", xref="paper", x0=0, x1=1, yref="y", y0=a - 0.5, y1=a - 0.5, layer="below",
+                       line=dict(color="#777777", width=1, dash="dot"))
+                  for _, a, _ in _runs([_level(k) for k in names])[1:]]
+        val_axis["title"] = dict(text="")
+        legend.update(y=0.0, yanchor="bottom", yref="container")
+        if highlight in rates:
+            annotations.append(_bar_label(highlight, float(rates[highlight]), max(top * 1.1, 1e-3)))
     else:
         cat_axis.update(tickangle=-45 if len(names) > 4 else 0)
     return _figure(title or "Firing rate per layer", height, subtitle, data=traces, barmode="overlay",
-                   bargap=0.25, showlegend=bool(base_rates),
-                   legend=dict(orientation="h", x=1.0, xanchor="right", y=1.0, yanchor="bottom"),
+                   bargap=0.25, showlegend=bool(base_rates), annotations=annotations, shapes=shapes, legend=legend,
                    **{f"{cat}axis": cat_axis, f"{val}axis": val_axis})
+
+
+def _level(label: str) -> str:
+    """The level of a layer label: its part before the first " · " ("Down 1 · block 2 · conv 1" -> "Down 1")."""
+    return label.split(" · ", 1)[0]
+
+
+def _runs(keys: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(key, first index, last index) of each run of equal consecutive keys."""
+    runs: list[tuple[str, int, int]] = []
+    for i, k in enumerate(keys):
+        if runs and runs[-1][0] == k:
+            runs[-1] = (k, runs[-1][1], i)
+        else:
+            runs.append((k, i, i))
+    return runs
+
+
+def _bar_label(name: str, value: float, end: float) -> dict:
+    """The name of a horizontal bar in a white box beside the bar's end, with an arrow to it (to the right of a
+    short bar, to the left of a long one), so that it stays inside the plot."""
+    right = value < 0.5 * end
+    return dict(text=name, x=value, y=name, xref="x", yref="y", showarrow=True, arrowhead=0, arrowwidth=2,
+                arrowcolor=PALETTE[1], ax=24 if right else -24, ay=0, xanchor="left" if right else "right",
+                font=dict(size=FONT_SIZE - 2, color=INK), bgcolor="white", bordercolor=PALETTE[1], borderwidth=2,
+                borderpad=2)
 
 
 def firing_rate_course(rates: Mapping[str, Sequence[float]], steps: Sequence[int], title: str = "",
@@ -538,12 +578,23 @@ def tsm_curve(weights, layer: str, title: str = "", trained: int | None = None,
 
 # ---------------------------------------------------------------------------------------------- energy
 
-def energy_bars(snn_mj: float, ann_mj: float, title: str = "", height: int | None = None) -> go.Figure:
-    """Energy per image of the SNN vs. its ANN counterpart (mJ), ratio ANN / SNN in the title."""
-    snn, ann = float(snn_mj), float(ann_mj)
+def energy_bars(snn_mj: float, ann_mj: float | None, title: str = "", height: int | None = None) -> go.Figure:
+    """Energy per image of the SNN vs. its ANN counterpart (mJ), ratio ANN / SNN in the title; ``ann_mj`` None:
+    the SNN's bar alone (there is no ANN counterpart to compare with)."""
+    snn = float(snn_mj)
+    ann = None if ann_mj is None else float(ann_mj)
     for name, val in (("snn_mj", snn), ("ann_mj", ann)):
-        if not math.isfinite(val) or val < 0:
+        if val is not None and (not math.isfinite(val) or val < 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {val!r}")
+    if ann is None:
+        fig = _figure(title or "Energy per image: SNN (no ANN counterpart)", height)
+        fig.add_trace(go.Bar(x=["SNN"], y=[snn], marker=dict(color=[PALETTE[2]], line=dict(color=INK, width=1)),
+                             text=[f"{snn:.3g} mJ"], textposition="outside", cliponaxis=False,
+                             textfont=dict(size=FONT_SIZE), hovertemplate="%{x}: %{y:.4g} mJ<extra></extra>",
+                             showlegend=False))
+        fig.update_xaxes(showgrid=False)
+        fig.update_yaxes(title_text="energy per image (mJ)", range=[0, max(snn, 1e-9) * 1.2])
+        return fig
     if snn > 0:
         ratio = f"{ann / snn:.2f}×"
     else:

@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness import launch_app
+from harness import FIXTURES as FIXTURES_DIR, launch_app
 
 CHROMIUM = os.environ.get("SDM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -160,6 +160,12 @@ def drive(page, url: str, shots: list | None = None) -> dict:
     seen["raster_points"] = plot_points(page, "plot-raster")
     seen["membrane_points"] = plot_points(page, "plot-membrane")
     snap()
+    # the filmstrip is shown at its own size (object-fit: scale-down), not scaled down pixelated
+    seen["filmstrip"] = page.evaluate(
+        """() => { const im = document.querySelector('#filmstrip img'); const st = getComputedStyle(im);
+                   return {natural: im.naturalWidth, shown: Math.min(1, im.clientWidth / im.naturalWidth,
+                           im.clientHeight / im.naturalHeight) * im.naturalWidth, fit: st.objectFit,
+                           rendering: st.imageRendering}; }""")
     # 5. the TSM panel
     open_tab(page, "TSM")
     page.wait_for_selector("#plot-tsm .js-plotly-plot")
@@ -304,6 +310,207 @@ def drive_classroom(page, url: str, shots: list | None = None) -> dict:
     return seen
 
 
+# --------------------------------------------------------------------------------------------- legibility
+#: every visible text of the page (text nodes, and the values or placeholders of inputs), with its computed font size
+#: and its WCAG contrast against the colour behind it: for HTML the backgrounds of the element and its ancestors,
+#: composed up to the first opaque one; for plotly's SVG text the box of its annotation or legend over the figure's
+#: paper colour. Returns {"texts": [{text, px, contrast, id, title, tag, cls}], "height", "bottom"}.
+AUDIT_JS = r"""() => {
+  // every visible text of the page: its computed font size, colour and the colour behind it (WCAG contrast)
+  const parse = (s) => {
+    if (!s || s === 'none' || s === 'transparent') return null;
+    const m = s.match(/rgba?\(([^)]+)\)/);
+    if (!m) return null;
+    const p = m[1].split(/[ ,/]+/).filter(x => x).map(Number);
+    return {r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1};
+  };
+  const over = (top, under) => ({r: top.r * top.a + under.r * (1 - top.a), g: top.g * top.a + under.g * (1 - top.a),
+                                 b: top.b * top.a + under.b * (1 - top.a), a: 1});
+  const lum = (c) => { const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+                       return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b); };
+  const ratio = (a, b) => { const x = lum(a), y = lum(b); return (Math.max(x, y) + 0.05) / (Math.min(x, y) + 0.05); };
+  const WHITE = {r: 255, g: 255, b: 255, a: 1};
+  // the colour behind an HTML element: its own and its ancestors' backgrounds, composed up to the first opaque one
+  const htmlBackground = (el) => {
+    const layers = [];
+    for (let e = el; e && e.nodeType === 1; e = e.parentElement) {
+      const c = parse(getComputedStyle(e).backgroundColor);
+      if (c && c.a > 0) { layers.push(c); if (c.a >= 1) break; }
+    }
+    let bg = WHITE;
+    for (let i = layers.length - 1; i >= 0; i--) bg = over(layers[i], bg);
+    return bg;
+  };
+  // ... of an SVG text (plotly): the box of its annotation or legend, else the figure's paper
+  const svgBackground = (el) => {
+    const plot = el.closest('.js-plotly-plot');
+    let bg = plot && plot._fullLayout ? (parse(plot._fullLayout.paper_bgcolor) || WHITE) : htmlBackground(plot || el.parentElement);
+    if (bg.a < 1) bg = over(bg, htmlBackground(plot.parentElement));
+    for (let g = el.parentElement; g && g.tagName.toLowerCase() !== 'svg'; g = g.parentElement) {
+      const r = g.querySelector(':scope > rect.bg, :scope > rect.legend-bg');
+      if (r) { const c = parse(getComputedStyle(r).fill); const op = parseFloat(getComputedStyle(r).fillOpacity || '1');
+               if (c && c.a * op > 0) return over({...c, a: c.a * op}, bg); }
+    }
+    return bg;
+  };
+  const visible = (el) => {
+    if (!el.checkVisibility({checkOpacity: true, checkVisibilityCSS: true})) return false;
+    for (let e = el; e && e.nodeType === 1; e = e.parentElement)
+      if (parseFloat(getComputedStyle(e).opacity) === 0) return false;
+    const r = el.getBoundingClientRect();
+    return r.width > 1 && r.height > 1;
+  };
+  const out = [];
+  const add = (el, text, colorStr, style) => {
+    const inSvg = !!el.closest('svg');
+    const fill = inSvg ? parse(getComputedStyle(el).fill) : null;
+    let fg = inSvg ? fill : parse(colorStr);
+    if (!fg) return;
+    const bg = inSvg ? svgBackground(el) : htmlBackground(el);
+    if (fg.a < 1) fg = over(fg, bg);
+    const id = (el.closest('[id]') || {}).id || '';
+    const title = !!el.closest('#title, .gtitle') && !el.closest('.gtitle-subtitle');
+    out.push({text: text.slice(0, 60), px: parseFloat(style.fontSize), contrast: ratio(fg, bg), id, title,
+              tag: el.tagName.toLowerCase(), cls: String(el.className && el.className.baseVal !== undefined ? el.className.baseVal : el.className).slice(0, 40)});
+  };
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    const text = n.textContent.trim();
+    const el = n.parentElement;
+    if (!text || !el || ['SCRIPT', 'STYLE', 'NOSCRIPT', 'TEMPLATE'].includes(el.tagName)) continue;
+    if (!visible(el)) continue;
+    add(el, text, getComputedStyle(el).color, getComputedStyle(el));
+  }
+  for (const el of document.querySelectorAll('input:not([type=hidden]):not([type=range]):not([type=radio]):not([type=checkbox]), textarea')) {
+    if (!visible(el)) continue;
+    if (el.value) add(el, el.value, getComputedStyle(el).color, getComputedStyle(el));
+    else if (el.placeholder) { const ph = getComputedStyle(el, '::placeholder'); add(el, el.placeholder, ph.color, ph); }
+  }
+  return {texts: out, height: document.documentElement.scrollHeight,
+          bottom: Math.max(...Array.from(document.querySelectorAll('#header, #main')).map(e => e.getBoundingClientRect().bottom))};
+}"""
+MIN_TEXT_PX, MIN_TITLE_PX, MIN_CONTRAST = 16, 20, 4.5
+
+
+def legibility(page) -> dict:
+    """What the classroom view shows now, measured from the DOM: the page height (scrollHeight), the bottom of its
+    content, the smallest font size of all texts and of the titles, the lowest contrast, and the texts that miss
+    ``MIN_TEXT_PX`` / ``MIN_TITLE_PX`` / ``MIN_CONTRAST``."""
+    r = page.evaluate(AUDIT_JS)
+    texts = r["texts"]
+    titles = [t for t in texts if t["title"]]
+    return {"height": r["height"], "bottom": round(r["bottom"], 1), "texts": len(texts),
+            "min_px": min(t["px"] for t in texts), "min_title_px": min((t["px"] for t in titles), default=None),
+            "min_contrast": round(min(t["contrast"] for t in texts), 2),
+            "small": [t for t in texts if t["px"] < MIN_TEXT_PX],
+            "small_titles": [t for t in titles if t["px"] < MIN_TITLE_PX],
+            "faint": [t for t in texts if t["contrast"] < MIN_CONTRAST], "all": texts}
+
+
+def choose_option(page, selector: str, name: str) -> None:
+    """Open the dropdown ``selector`` and pick the option called exactly ``name``."""
+    page.click(f"{selector} input")
+    page.get_by_role("option", name=name, exact=True).click()
+
+
+def option_names(page, selector: str) -> list[str]:
+    page.click(f"{selector} input")
+    options = page.locator("[role=option]")
+    options.first.wait_for()
+    names = [options.nth(i).get_attribute("aria-label") for i in range(options.count())]
+    page.click("#title")                                       # closes the list
+    page.locator("[role=option]").first.wait_for(state="detached")
+    return names
+
+
+def fits(page, selector: str) -> bool:
+    """The text of the input ``selector`` is shown whole (not cut by its box)."""
+    return page.evaluate("(s) => { const e = document.querySelector(s); return e.scrollWidth <= e.clientWidth + 1; }",
+                         selector)
+
+
+def walk_classroom_states(page, url: str) -> dict:
+    """The classroom view at 1280x720 in every state a lesson passes through: load; the slider both ways mid-run (and
+    one arrow-key press); Run to end; the slider both ways at the end; T = 1 and 8; each DDIM step preset; each lesson
+    preset; each checkpoint. Returns {"states": {state: legibility}, "status": {state: status text}, ...}."""
+    states, status, seen = {}, {}, {}
+
+    def check(name):
+        page.wait_for_timeout(300)
+        states[name] = legibility(page)
+        status[name] = page.inner_text("#status")
+
+    def after(action):
+        """Do ``action`` (it starts a new trajectory) and wait until the status has changed and the buttons are on."""
+        before = page.inner_text("#status")
+        action()
+        wait_changed(page, lambda: page.inner_text("#status"), before, "status", timeout=120)
+        wait_ready(page)
+
+    page.goto(url + "?mode=classroom", wait_until="domcontentloaded")
+    wait_ready(page)
+    check("load")
+    page.click("#btn-step10")
+    wait_heading(page, "Step 11 /")
+    wait_ready(page)
+    for s in (1.05, 0.95):
+        set_threshold(page, s)
+        wait_text(page, "#threshold-text", f"s = {s:.3f} vs 1.0")
+        check(f"mid-run, s = {s}")
+    set_threshold(page, 1.0)
+    wait_text(page, "#status", "s = 1.000")
+    page.focus("#threshold input[type=range]")
+    page.keyboard.press("ArrowRight")
+    wait_text(page, "#threshold-text", "vs 1.0")
+    seen["arrow_key_value"] = float(page.input_value("#threshold input[data-testid=number-input]"))
+    page.click("#btn-run")
+    wait_heading(page, "Step 50 / 50")
+    page.wait_for_selector("#btn-run[disabled]")
+    check("Run to end")
+    seen["continue_at_end"] = page.is_enabled("#btn-continue")
+    for s in (1.05, 0.95):
+        set_threshold(page, s)
+        wait_text(page, "#threshold-text", f"s = {s:.3f} vs 1.0")
+        check(f"at the end, s = {s}")
+    for T in ("1", "8"):
+        after(lambda: choose_radio(page, "time-steps", T))
+        check(f"T = {T}")
+    for n in (10, 20, 50, 100):
+        after(lambda: page.click(f"#btn-steps-{n}"))
+        check(f"DDIM {n}")
+    seen["lesson_fits"] = {}
+    for name in option_names(page, "#lesson"):
+        after(lambda: choose_option(page, "#lesson", name))
+        check(f"lesson {name}")
+        seen["lesson_fits"][name] = fits(page, "#lesson input")
+    seen["lesson_after_checkpoint"] = []
+    current = page.input_value("#checkpoint input")
+    for name in option_names(page, "#checkpoint"):
+        if name == current:
+            continue
+        after(lambda: choose_option(page, "#checkpoint", name))
+        check(f"checkpoint {name}")
+        seen["lesson_after_checkpoint"].append(page.input_value("#lesson input"))
+        current = name
+    return {"states": states, "status": status, **seen}
+
+
+def walk_budget_notice(page, url: str) -> dict:
+    """The classroom view when Run to end stops at its time budget (an app launched with a small SDM_RUN_BUDGET_S):
+    the notice, its legibility and the status heading beside it."""
+    page.goto(url + "?mode=classroom", wait_until="domcontentloaded")
+    wait_ready(page)
+    page.click("#btn-steps-100")
+    wait_heading(page, "Step 1 / 100")
+    wait_ready(page)
+    page.click("#btn-run")
+    notice = page.get_by_text("Paused at step").first
+    notice.wait_for()
+    page.wait_for_selector("#btn-run:not([disabled])")
+    page.wait_for_timeout(500)
+    return {"notice": notice.inner_text(), "heading": status_heading(page), "legibility": legibility(page)}
+
+
 def record_media(out: Path, url: str) -> tuple[Path, Path]:
     """The README's screenshot and GIF, of the classroom view at 1280x720: load, Step x10 three times, the
     threshold slider to 1.10 (the screenshot), then to 0.92, then Run to end."""
@@ -335,7 +542,7 @@ def record_media(out: Path, url: str) -> tuple[Path, Path]:
         wait_text(page, "#threshold-text", "s = 0.920 vs 1.0")
         snap()
         set_threshold(page, 1.0)
-        wait_text(page, "#status", "threshold scale s = 1.000")
+        wait_text(page, "#status", "s = 1.000.")
         page.click("#btn-run")
         wait_heading(page, "Step 50 / 50")
         page.wait_for_selector("#btn-run[disabled]")

@@ -333,9 +333,13 @@ def test_controls_follow_the_session(explorer):
     assert all(interactive(sess).values())
     drain(explorer.run_to_end(1.0, LAYER, "step", [], sess))
     done = interactive(sess)
-    # finished: the buttons that step forward are off, the others (continue, compare, export) stay on
-    assert [k for k, on in done.items() if not on] == list(outputs.FORWARD_KEYS)
+    # finished: the buttons that step forward are off, and Continue from here while the view is on the last step
+    # (at 50/50 it had nothing to re-run but the last step); the others (compare, export) stay on
+    assert [k for k, on in done.items() if not on] == list(outputs.FORWARD_KEYS) + ["continue_btn"]
     assert "Finished" in panels.status_markdown(sess)
+    # scrubbed back to an earlier step, Continue from here is on again (and not the buttons that step forward)
+    explorer.scrub(3, LAYER, "step", [], sess)
+    assert [k for k, on in interactive(sess).items() if not on] == list(outputs.FORWARD_KEYS)
     ann = start(explorer, checkpoint="tiny-ann")["state"]
     slider = explorer.controls(ann)[app.CONTROL_KEYS.index("threshold")]
     assert not slider.interactive and "an ANN has no thresholds" in slider.info
@@ -600,3 +604,128 @@ def test_gradio_client_final_difference_is_null_then_set(served):
     assert end[app.VIEW_KEYS.index("info") - 1]["final_difference"] == 0.0
     assert info(other.predict(threshold_scale=0.95, api_name="/set_threshold"))["final_difference"] == \
         down["final_difference"]
+
+
+# ------------------------------------------------------------------------------ no silent or misleading state
+
+def heading(status: str) -> str:
+    return status.split("\n", 1)[0]
+
+
+def test_a_replaced_trajectory_says_why(explorer):
+    """T, a DDIM step preset or the checkpoint changed: the status says the trajectory was replaced, what changed and
+    where the old one stopped (it used to restart with no message)."""
+    v = start(explorer)
+    assert "New trajectory" not in v["status"]                                        # nothing replaced: no note
+    t8 = view(explorer.new_trajectory("tiny-sdm", 0, "ddim", STEPS, 1.0, 1, LAYER, "step", [], v["state"], 8))
+    assert "**New trajectory**: T = 8 spiking steps τ (was 4); the previous one stopped at step 1 of 8." in \
+        t8["status"]
+    preset = view(explorer.new_trajectory("tiny-sdm", 0, "ddim", 20, 1.0, 1, LAYER, "step", [], v["state"], 8))
+    assert "DDIM 20 steps (was DDIM 8)" in preset["status"] and heading(preset["status"]).startswith("### Step 1 / 20")
+    other = view(explorer.new_trajectory("tiny-sdm-vanilla", 0, "ddim", 20, 1.0, 1, LAYER, "step", [],
+                                         v["state"]))
+    assert "tiny-sdm-vanilla (was tiny-sdm), T = 4 spiking steps τ (was 8)" in other["status"]
+    drain(explorer.run_to_end(1.0, LAYER, "step", [], other["state"]))
+    again = view(explorer.new_trajectory("tiny-sdm-vanilla", 0, "ddim", 20, 1.0, 1, LAYER, "step", [],
+                                         v["state"]))
+    assert "New trajectory" not in again["status"]       # the same settings after a finished one: nothing to say
+    # the status is a heading and one line
+    assert all(s.count("\n\n") == 1 for s in (v["status"], t8["status"], again["status"]))
+
+
+def test_a_run_replaced_mid_run_says_so(explorer, monkeypatch):
+    """Switching checkpoint while Run to end runs: the run stops and says why, and leaves the new trajectory's view
+    alone (it used to stop silently and redraw with the old view)."""
+    said = []
+    monkeypatch.setattr(app.gr, "Warning", lambda msg, *a, **k: said.append(msg))
+    sess = view(explorer.new_trajectory("tiny-sdm", 0, "ddim", 400, 1.0, 1, LAYER, "step", [], None))["state"]
+    run = explorer.run_to_end(1.0, LAYER, "step", [], sess)
+    next(run)                                                                # the run has started
+    new = view(explorer.new_trajectory("tiny-sdm-vanilla", 0, "ddim", 400, 1.0, 1, LAYER, "step", [], sess))
+    rest = list(run)
+    assert rest[-1] == app.SKIP_VIEW and said and "Running to the end stopped: a new trajectory" in said[0]
+    assert "tiny-sdm-vanilla (was tiny-sdm); the previous one stopped at step" in new["status"]
+    assert sess.settings.checkpoint == "tiny-sdm-vanilla" and sess.num_recorded == 1
+
+
+def test_the_pause_notice_counts_steps_as_the_status_does(monkeypatch):
+    """Over its time budget a run says "Paused at step k of N", the numbers of the status heading "Step k / N" (it
+    said "Paused after 207 of 999 steps" beside "Step 208 / 1000")."""
+    said = []
+    monkeypatch.setattr(app.gr, "Info", lambda msg, *a, **k: said.append(msg))
+    ex = app.Explorer(ModelRegistry(FIXTURES), run_budget_s=0.05)
+    sess = view(ex.new_trajectory("tiny-sdm", 0, "ddim", 1000, 1.0, 1, LAYER, "step", [], None))["state"]
+    last = view(drain(ex.run_to_end(1.0, LAYER, "step", [], sess)))
+    k, n = sess.num_recorded, 1000
+    assert 1 < k < n and said == [panels.paused_note(sess, 0.05)]
+    assert said[0].startswith(f"Paused at step {k} of {n}:") and heading(last["status"]).startswith(f"### Step {k} / {n}")
+
+
+def test_refused_steps_are_said_on_the_status_line(explorer):
+    """5000 steps: besides the validator's message at the box (maybe off screen), the status line says it and keeps
+    the trajectory's heading (nothing happened on screen before)."""
+    sess = start(explorer)["state"]
+    status = app.settings_status(0, 5000, sess)
+    assert heading(status) == heading(panels.status_markdown(sess))
+    assert "⚠ Number of steps must be between 1 and 1000, got 5000" in status and "nothing was started" in status
+    assert "Seed must be" in app.settings_status(-1, 50, None)
+    assert app.settings_status(0, 50, sess) == gr.skip()
+
+
+def test_the_lesson_label_clears_when_the_checkpoint_changes_and_fits_its_box(explorer):
+    cfg = app.demo.config
+    ids = {b.elem_id: i for i, b in app.demo.blocks.items() if getattr(b, "elem_id", None)}
+    clears = [d for d in cfg["dependencies"] if [ids["checkpoint"], "input"] in [list(t) for t in d["targets"]]
+              and ids["lesson"] in d["outputs"]]
+    assert len(clears) == 1 and app.clear_lesson().value is None
+    from sdm.explorer.presets import MAX_LESSON_LABEL
+    labels = [label for label, _ in lesson_presets(explorer.registry, "tiny-sdm")]
+    assert len(labels) >= 8 and max(map(len, labels)) <= MAX_LESSON_LABEL
+
+
+def test_the_spike_change_is_worded_from_its_sign(explorer):
+    """At s < 1 a step may still spike less: the caption says what happened here (it said "fewer spikes (on average
+    s > 1 gives fewer)" beside −1.2% at s = 0.945)."""
+    effect = dict(base_spikes=1000.0, spikes=988.0, scale=0.945)
+    assert panels.spike_direction(effect) == "fewer spikes here, although s < 1 gives more on average"
+    assert panels.spike_direction(dict(effect, spikes=1012.0)) == "more spikes, as s < 1 gives on average"
+    assert panels.spike_direction(dict(effect, scale=1.05)) == "fewer spikes, as s > 1 gives on average"
+    assert panels.spike_direction(dict(effect, scale=1.05, spikes=1012.0)) == \
+        "more spikes here, although s > 1 gives fewer on average"
+    sess = start(explorer)["state"]
+    for s in (0.95, 1.05):
+        md = view(drain(explorer.set_threshold(s, LAYER, "step", [], sess)), app.THRESHOLD_KEYS)["threshold_md"]
+        e = display.threshold_effect(sess)
+        here = "fewer" if e["spikes"] < e["base_spikes"] else "more"
+        assert f"{here} spikes" in md and ("s > 1 gives fewer" not in md or s > 1)
+
+
+def test_energy_and_ann_figures_belong_to_the_checkpoints_own_counterpart(tmp_path):
+    """A spiking checkpoint without an ANN counterpart shows no ANN energy anywhere, and says why (mnist-sdm-t4
+    showed "ANN 29" while Compare said it had none); once its counterpart is listed, by name, it is compared."""
+    shutil.copytree(FIXTURES / "tiny-sdm", tmp_path / "tiny-sdm")
+    ex = app.Explorer(ModelRegistry(tmp_path))
+    v = view(ex.new_trajectory("tiny-sdm", 0, "ddim", 4, 1.0, 1, LAYER, "step", [], None))
+    assert "ANN" not in v["status"]
+    assert "No ANN counterpart checkpoint for tiny-sdm" in v["energy_md"] and "mJ" in v["energy_md"]
+    assert "ANN counterpart (" not in v["energy_md"] and list(v["energy_plot"].data[0].x) == ["SNN"]
+    assert v["info"]["ann_counterpart"] is None and v["info"]["energy"]["ann_mj"] is None
+    assert v["info"]["energy"]["ratio"] is None and v["info"]["energy"]["energy_mj"] > 0
+    shutil.copytree(FIXTURES / "tiny-ann", tmp_path / "tiny-ann")                # e.g. mnist-ann added later
+    w = view(ex.new_trajectory("tiny-sdm", 0, "ddim", 4, 1.0, 1, LAYER, "step", [], v["state"]))
+    assert "ANN counterpart (tiny-ann)" in w["energy_md"] and list(w["energy_plot"].data[0].x) == ["SNN", "ANN"]
+    assert w["info"]["ann_counterpart"] == "tiny-ann" and w["info"]["energy"]["ann_mj"] > 0
+
+
+def test_the_filmstrip_is_drawn_at_the_size_it_is_shown(explorer):
+    """Ten frames at 3x, two-line 16 px captions, and no pixelated CSS scaling (1153 px shown at 944 px made "step 18"
+    read "step 13")."""
+    sess = start(explorer)["state"]
+    drain(explorer.run_to_end(1.0, LAYER, "step", [], sess))
+    strip = panels.filmstrip_image(sess)
+    h = sess.pipe.config.image_size * panels.FILMSTRIP_SCALE
+    assert strip.shape[0] == 2 * (h + 6) + 4 + 2 * (panels.FILMSTRIP_CAPTION_PX + 4)
+    assert strip.shape[1] == min(10, STEPS + 1) * (h + 3) + 3
+    assert 10 * (28 * panels.FILMSTRIP_SCALE + 3) + 3 <= 900                      # 28 px images: 873 px wide
+    film = next(b for b in app.demo.blocks.values() if getattr(b, "elem_id", None) == "filmstrip")
+    assert "pixelated" not in (film.elem_classes or [])

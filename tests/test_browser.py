@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,9 @@ def test_classroom_walkthrough_in_chromium(tmp_path):
     # 5000 steps in the number box: one message at the box, no error on any panel, the trajectory kept
     assert "Number of steps must be between 1 and 1000, got 5000" in seen["steps_message"]
     assert seen["error_marks"] == [] and seen["heading_after_bad_steps"] == seen["heading_before_bad_steps"]
+    # the filmstrip at its own size: its captions stay sharp (it was 1153 px shown at 944 px, pixelated)
+    film = seen["filmstrip"]
+    assert film["shown"] == film["natural"] <= 900 and film["rendering"] not in ("pixelated", "crisp-edges"), film
     img = iio.imread(shot)
     assert img.shape[1] == browser.VIEWPORT["width"] and img.shape[0] >= browser.VIEWPORT["height"]
     assert img[..., :3].std() > 10  # not a blank page
@@ -79,3 +83,44 @@ def test_classroom_view_fits_a_projector_screen(tmp_path):
     assert seen["compare_labels"] == ("threshold scale s = 1.000", "threshold scale s = 1.100")
     # a grid of 16 (a lesson preset) shows each image at 64 px or more
     assert seen["grid_item_px"] >= 64, seen["grid_item_px"]
+
+
+def test_classroom_view_is_readable_from_the_back_in_every_state():
+    """Issue 32: at 1280x720, in every state a lesson passes through, the page is at most 720 px tall, every text is
+    at least 16 px (titles 20 px) with a contrast of at least 4.5:1, the slider's arrow key steps 0.01, and no state
+    changes silently."""
+    with launch_app() as app, browser.browser_page(browser.PROJECTOR) as page:
+        seen = browser.walk_classroom_states(page, app.url)
+    states = seen["states"]
+    names = list(states)
+    assert {"load", "mid-run, s = 1.05", "mid-run, s = 0.95", "Run to end", "at the end, s = 1.05",
+            "at the end, s = 0.95", "T = 1", "T = 8", "DDIM 10", "DDIM 20", "DDIM 50", "DDIM 100"} <= set(names)
+    assert sum(n.startswith("lesson ") for n in names) >= 7 and sum(n.startswith("checkpoint ") for n in names) >= 3
+    for name, m in states.items():
+        brief = {k: v for k, v in m.items() if k != "all"}
+        assert m["height"] <= browser.PROJECTOR["height"] and m["bottom"] <= browser.PROJECTOR["height"], (name, brief)
+        assert m["small"] == [] and m["small_titles"] == [] and m["faint"] == [], (name, brief)
+        assert m["min_px"] >= 16 and m["min_title_px"] >= 20 and m["min_contrast"] >= 4.5, (name, brief)
+    assert seen["arrow_key_value"] == 1.01
+    # nothing silent: a changed T or step preset or checkpoint says it replaced the trajectory; Continue is off at the
+    # end; lesson labels fit their box; the lesson label clears when the checkpoint changes
+    for name in ("T = 1", "T = 8", "DDIM 10", "DDIM 20", "DDIM 50", "DDIM 100"):
+        assert "New trajectory" in seen["status"][name], (name, seen["status"][name])
+    assert all("(was " in seen["status"][n] for n in names if n.startswith("checkpoint "))
+    assert seen["continue_at_end"] is False
+    assert all(seen["lesson_fits"].values()), seen["lesson_fits"]
+    assert seen["lesson_after_checkpoint"] and all(v == "" for v in seen["lesson_after_checkpoint"])
+
+
+def test_the_budget_notice_is_readable_and_counts_as_the_status_does():
+    with launch_app(browser.FIXTURES_DIR, SDM_RUN_BUDGET_S="0.05") as app, \
+            browser.browser_page(browser.PROJECTOR) as page:
+        seen = browser.walk_budget_notice(page, app.url)
+    k, n = map(int, re.search(r"Paused at step (\d+) of (\d+)", seen["notice"]).groups())
+    assert 1 < k < n == 100 and seen["heading"].startswith(f"Step {k} / {n} ")
+    m = seen["legibility"]
+    brief = {k: v for k, v in m.items() if k != "all"}
+    assert m["height"] <= browser.PROJECTOR["height"] and m["bottom"] <= browser.PROJECTOR["height"], brief
+    assert m["small"] == [] and m["small_titles"] == [] and m["faint"] == [], brief
+    notice = [t for t in m["all"] if t["text"].startswith("Paused at step")]       # the notice itself was measured
+    assert notice and min(t["px"] for t in notice) >= 16 and min(t["contrast"] for t in notice) >= 4.5, notice

@@ -175,3 +175,24 @@ def test_tsm_plots_mark_the_steps_beyond_the_trained_T():
     heat = viz.tsm_heatmap({"a": w}, trained=3)
     assert any(s.x0 == 2.5 for s in heat.layout.shapes)
     assert not viz.tsm_heatmap({"a": w}, trained=5).layout.shapes
+
+
+def test_horizontal_rate_bars_name_every_part_and_the_highlighted_bar_at_projector_size():
+    names = ["Down 1 · block 1 · conv 1", "Down 1 · block 1 · conv 2", "Down 2 · block 1 · conv 1", "Middle · block 1",
+             "Up 1 · block 1 · conv 1", "Up 1 · upsample", "Output"]
+    rates = {n: 0.1 * (i + 1) for i, n in enumerate(names)}
+    fig = viz.firing_rate_bars(rates, base_rates=rates, highlight="Up 1 · upsample", horizontal=True, subtitle="sub")
+    y = fig.layout.yaxis
+    assert list(y.ticktext) == ["Down", "Middle", "Up", "Output"] and list(y.tickvals) == [1.0, 3.0, 4.5, 6.0]
+    assert [s.y0 for s in fig.layout.shapes] == [1.5, 2.5, 3.5, 5.5]                  # between levels
+    label, = fig.layout.annotations                                                  # the highlighted bar, named
+    assert label.text == "Up 1 · upsample" and label.y == "Up 1 · upsample" and label.x == pytest.approx(0.6)
+    assert label.bgcolor == "white" and label.font.size >= 16
+    # every text of the figure at 16 px or more, the title at 20 or more
+    assert y.tickfont.size >= 16 and viz.TEMPLATE.layout.legend.font.size >= 16 and fig.layout.title.subtitle.font.size >= 16
+    assert viz.TEMPLATE.layout.title.font.size >= 20 and viz.TEMPLATE.layout.xaxis.tickfont.size >= 16
+
+
+def test_energy_bars_without_an_ann_counterpart():
+    fig = viz.energy_bars(0.5, None)
+    assert list(fig.data[0].x) == ["SNN"] and "no ANN counterpart" in fig.layout.title.text

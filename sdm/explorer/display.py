@@ -256,12 +256,15 @@ def traced_neurons(sess: Session, layer: str, neurons: list[int]) -> list[int]:
 
 
 def info(sess: Session) -> dict:
-    """A JSON-able summary of the session (for the API and the tests)."""
+    """A JSON-able summary of the session (for the API and the tests). Its energy has ANN figures only when the
+    checkpoint has an ANN counterpart (``ann_counterpart``, from ``Settings``)."""
     rec, pv = sess.current()
     s = sess.settings
     layer_rates = rates(sess)
     e = energy(sess)
     g = sess.generated_now()
+    # a spiking model without an ANN counterpart checkpoint has no ANN figure to compare with
+    no_ann = ("ann_mj", "ratio", "ann_factor") if sess.spiking and s.ann_counterpart is None else ()
     return {
         "checkpoint": s.checkpoint, "seed": s.seed, "sampler": s.sampler, "num_steps": s.num_steps,
         "grid_size": s.grid, "steps_done": len(sess.records), "done": sess.is_done,
@@ -271,7 +274,9 @@ def info(sess: Session) -> dict:
         "x0_mean": float((pv or rec).x0.astype(np.float32).mean()), "x0_digest": _digest((pv or rec).x0),
         "sample_digest": _digest(sess.x), "mean_firing_rate": mean_firing_rate(sess, layer_rates),
         "firing_rates": {k: round(v, 6) for k, v in layer_rates.items()},
-        "energy": {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in e.items()},
+        "energy": {k: (None if isinstance(v, float) and not math.isfinite(v) or k in no_ann else v)
+                   for k, v in e.items()},
+        "ann_counterpart": s.ann_counterpart,
         "state_mb": round(sess.nbytes() / 2 ** 20, 3),
         # the images generated at s and at 1.0 from the same noise, once shown: their mean |pixel difference|
         "final_difference": g.final_difference if g is not None else None,

@@ -29,11 +29,17 @@ def grid_image(images01: np.ndarray, target_px: int = IMAGE_PX) -> np.ndarray:
     return imaging.image_grid(images01, nrow=ncol, pad=2 if b > 1 else 0, scale=scale, pad_value=1.0)
 
 
+FILMSTRIP_SCALE = 3             # the filmstrip's frames: 28 px upscaled 3x, ten of them 873 px wide: shown at its own
+FILMSTRIP_CAPTION_PX = 16      # size (never scaled down) in the full explorer, captions in two lines of 16 px
+
+
 def filmstrip_image(sess: Session) -> np.ndarray:
-    """x_t (top row) over x̂₀ (bottom row, captioned with the step and its diffusion step t)."""
+    """x_t (top row) over x̂₀ (bottom row, captioned with the step and its diffusion step t, in two lines)."""
     xs, x0s, labels = display.filmstrip_frames(sess, max_frames=10)
-    top = imaging.filmstrip(xs, max_frames=10, scale=4, pad=3)
-    bottom = imaging.filmstrip(x0s, max_frames=10, scale=4, pad=3, captions=labels)
+    top = imaging.filmstrip(xs, max_frames=10, scale=FILMSTRIP_SCALE, pad=3)
+    bottom = imaging.filmstrip(x0s, max_frames=10, scale=FILMSTRIP_SCALE, pad=3,
+                               captions=[label.replace(" · ", "\n") for label in labels],
+                               caption_px=FILMSTRIP_CAPTION_PX)
     sep = np.full((4, top.shape[1], 3), 160, dtype=np.uint8)
     return np.concatenate([top, sep, bottom], axis=0)
 
@@ -46,29 +52,74 @@ def _scale_line(sess: Session) -> str:
     return f"threshold scale s = {rec.scale:.3f}"
 
 
-def status_markdown(sess: Session) -> str:
+def status_markdown(sess: Session, note: str | None = None) -> str:
+    """The status: a heading (the viewed step, its diffusion step t) and one short line under it: ``note`` when
+    given (what just happened: ``restart_note``), else what the view shows: a threshold preview, an earlier step,
+    the finished image, or the trajectory's settings."""
     rec, pv = sess.current()
     s = sess.settings
     n = sess.num_recorded
     head = f"### Step {rec.index + 1} / {s.num_steps} · diffusion step t = {rec.timestep}"
-    e = display.energy(sess)
-    if sess.spiking:
-        steps_tau = (f"T = {s.spiking_steps} spiking steps τ · {_scale_line(sess)} · energy so far "
-                     f"{e['energy_mj']:.3g} mJ/image (ANN {e['ann_mj']:.3g})")
-    else:
-        steps_tau = f"ANN: no spikes · energy so far {e['energy_mj']:.3g} mJ/image"
-    line = (f"{s.checkpoint} · {s.sampler.upper()} · seed {s.seed} · {s.grid} image{'s' if s.grid > 1 else ''} · "
-            f"{steps_tau}")
-    notes = []
-    if pv is not None:
-        notes.append(f"**Preview at threshold scale {pv.scale:.3f}**: this step re-run with it (x̂₀, spikes); "
-                     "*Continue from here* carries on with it.")
-    if sess.view_index != n - 1:
-        carry = "" if sess.is_done else f"*Step* carries on after step {n}, "
-        notes.append(f"Viewing an earlier step ({n} recorded): {carry}*Continue from here* re-runs from this one.")
+    if note:
+        return f"{head}\n\n{note}"
+    lines = []
     if sess.is_done:
-        notes.append("✔ **Finished**: x_t is the generated image. Step and Run are off: press *New trajectory*.")
-    return "\n\n".join([head, line] + notes)
+        lines.append("✔ **Finished**: x_t is the generated image")
+    if pv is not None:
+        lines.append(f"**Preview at threshold scale {pv.scale:.3f}** (step recorded at {rec.scale:.3f})")
+    if sess.view_index != n - 1:
+        lines.append(f"Viewing an earlier step ({n} recorded): *Continue from here* re-runs from it")
+    if not lines:
+        spikes = (f"T = {s.spiking_steps} spiking steps τ · s = {rec.scale:.3f}" if sess.spiking
+                  else "ANN: no spikes")
+        grid = f" · {s.grid} images" if s.grid > 1 else ""
+        lines.append(f"{s.checkpoint} · {s.sampler.upper()} {s.num_steps} · seed {s.seed}{grid} · {spikes}")
+    return f"{head}\n\n" + " · ".join(lines) + "."
+
+
+def restart_note(before: tuple | None, sess: Session) -> str | None:
+    """What the status says after a new trajectory replaced another one, so that no restart goes unnoticed (a
+    change of T, of a DDIM step preset, of the checkpoint mid-run): the settings that changed and, if the old one
+    was unfinished, where it stopped. ``before``: (the old ``Settings``, steps it had recorded, the threshold scale
+    of its first step), None when there was none. None when nothing is worth saying (same settings, the old one finished)."""
+    if before is None:
+        return None
+    old, recorded, old_scale = before
+    new = sess.settings
+    changed = []
+    if new.checkpoint != old.checkpoint:
+        changed.append(f"{new.checkpoint} (was {old.checkpoint})")
+    if (new.sampler, new.num_steps) != (old.sampler, old.num_steps):
+        changed.append(f"{new.sampler.upper()} {new.num_steps} steps (was {old.sampler.upper()} {old.num_steps})")
+    if new.spiking_steps != old.spiking_steps and sess.spiking:
+        changed.append(f"T = {new.spiking_steps} spiking steps τ (was {old.spiking_steps})")
+    if new.seed != old.seed:
+        changed.append(f"seed {new.seed} (was {old.seed})")
+    if new.grid != old.grid:
+        changed.append(f"{new.grid} image{'s' if new.grid > 1 else ''} (was {old.grid})")
+    scale = sess.records[0].scale
+    if sess.spiking and old_scale is not None and scale != old_scale:
+        changed.append(f"s = {scale:.3f} (was {old_scale:.3f})")
+    unfinished = recorded < old.num_steps
+    if not changed and not unfinished:
+        return None
+    note = "**New trajectory**" + (": " + ", ".join(changed) if changed else "")
+    if unfinished:
+        note += f"; the previous one stopped at step {recorded} of {old.num_steps}"
+    return note + "."
+
+
+def paused_note(sess: Session, budget_s: float) -> str:
+    """The notice of a run stopped by its time budget, counting steps as the status does (step k of N)."""
+    return (f"Paused at step {sess.num_recorded} of {sess.settings.num_steps}: one request computes for at most "
+            f"{budget_s:.0f} s on this shared server. Press the button again to go on.")
+
+
+def superseded_note(what: str) -> str:
+    """The notice of a run stopped because its trajectory was replaced while it ran (a new trajectory, another
+    checkpoint or setting)."""
+    return (f"{what} stopped: a new trajectory was started (the checkpoint or a setting changed) while it ran; "
+            "the status shows the new one.")
 
 
 def running_markdown(sess: Session, what: str = "Running") -> str:
@@ -195,9 +246,26 @@ def threshold_markdown(sess: Session) -> str:
     if effect["scale"] == 1.0:
         return ("Move the **threshold slider**: this step is re-run at the new scale s and shown beside s = 1.0, "
                 "with their difference (orange: brighter at s, blue: darker).")
-    more = "fewer" if effect["spikes"] < effect["base_spikes"] else "more"
-    return (f"**s = {effect['scale']:.3f} vs 1.0**, same x_t. {_spike_change(effect)}: {more} spikes (on average "
-            f"s > 1 gives fewer). Mean |x̂₀ difference| = {effect['mean_abs_diff']:.3f}.")
+    return (f"**s = {effect['scale']:.3f} vs 1.0**, same x_t. {_spike_change(effect)}: {spike_direction(effect)}. "
+            f"Mean |x̂₀ difference| = {effect['mean_abs_diff']:.3f}.")
+
+
+def spike_direction(effect: dict) -> str:
+    """The spike change between scale 1.0 and the scale shown, worded from its sign, beside what that scale does on
+    average: 'fewer spikes, as s > 1 gives on average', 'fewer spikes here, although s < 1 gives more on
+    average'."""
+    a, b, s = effect["base_spikes"], effect["spikes"], effect["scale"]
+    here = "fewer" if b < a else "more" if b > a else "as many"
+    usual = "fewer" if s > 1 else "more"
+    if here == usual:
+        return f"{here} spikes, as s {'>' if s > 1 else '<'} 1 gives on average"
+    return f"{here} spikes here, although s {'>' if s > 1 else '<'} 1 gives {usual} on average"
+
+
+def no_ann_reason(checkpoint: str) -> str:
+    """Why a spiking checkpoint's energy is shown without an ANN figure."""
+    return (f"no ANN counterpart checkpoint for {checkpoint} (looked for the card's `ann_counterpart` and for "
+            "`<data set>-ann`), so no ANN energy to compare with")
 
 
 def trio_caption(sess: Session) -> str:
@@ -230,20 +298,28 @@ def trio_markdown(sess: Session) -> str:
 
 
 def energy_markdown(sess: Session) -> str:
+    """The energy summary: the SNN's, against its own ANN counterpart's (``Settings.ann_counterpart``) or, when it
+    has none, alone and saying why."""
     e = display.energy(sess)
     part = f"{e['steps']} of {e['num_steps']} steps" if e["steps"] < e["num_steps"] else f"all {e['steps']} steps"
     if not e["spiking"]:
         return (f"**{sess.settings.checkpoint} is an ANN**: no spikes; every layer multiplies and accumulates "
                 f"(4.6 pJ per MAC). Energy per image, {part}: **{e['energy_mj']:.4g} mJ**.")
-    return (f"**Energy per image, this trajectory ({part}, T = {sess.settings.spiking_steps} spiking steps τ)**\n\n"
-            f"Synaptic operations: **{e['sops']:.3g} SOPs** · SNN ≈ **{e['energy_mj']:.4g} mJ** · "
-            f"ANN counterpart ≈ **{e['ann_mj']:.4g} mJ**\n\n"
+    head = (f"**Energy per image, this trajectory ({part}, T = {sess.settings.spiking_steps} spiking steps τ)**\n\n"
+            f"Synaptic operations: **{e['sops']:.3g} SOPs** · SNN ≈ **{e['energy_mj']:.4g} mJ**")
+    ann = sess.settings.ann_counterpart
+    if ann is None:
+        reason = no_ann_reason(sess.settings.checkpoint)
+        return f"{head}\n\n{reason[:1].upper()}{reason[1:]}."
+    return (f"{head} · ANN counterpart ({ann}) ≈ **{e['ann_mj']:.4g} mJ**\n\n"
             f"### SNN / ANN energy = {e['ratio']:.2f}  (the ANN needs {e['ann_factor']:.1f}× more)")
 
 
 def energy_figure(sess: Session):
     e = display.energy(sess)
-    return viz.energy_bars(e["energy_mj"], e["ann_mj"])
+    has_ann = sess.spiking and sess.settings.ann_counterpart is not None
+    return viz.energy_bars(e["energy_mj"], e["ann_mj"] if has_ann else None)
+
 
 
 

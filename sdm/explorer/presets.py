@@ -11,39 +11,43 @@ from .registry import ModelRegistry
 from .session import Session, View
 from .validation import shown
 
-__all__ = ["DEFAULTS", "lesson_presets", "lesson_settings", "opening_checkpoint", "first_session"]
+__all__ = ["DEFAULTS", "MAX_LESSON_LABEL", "lesson_presets", "lesson_settings", "opening_checkpoint", "first_session"]
 
 log = logging.getLogger("sdm.app")
 
 #: the settings of a new page (and of the warm-up trajectory)
 DEFAULTS = dict(seed=0, sampler="ddim", num_steps=50, threshold_scale=1.0, grid_size=1)
+#: the longest lesson label: the header's dropdown shows it whole at 16 px, beside its arrow
+MAX_LESSON_LABEL = 26
 
 
 def lesson_presets(registry: ModelRegistry, default: str | None) -> list[tuple[str, list]]:
     """(label, [checkpoint, seed, sampler, steps, threshold scale, grid, T]) of each lesson preset; T None: the
-    checkpoint's trained T."""
+    checkpoint's trained T. A label is at most ``MAX_LESSON_LABEL`` characters (it fits the dropdown beside its
+    arrow on a projector) and claims nothing the run may not show (s = 0.95 gives more spikes on average, not at
+    every step)."""
     if default is None:
         return []
     names = registry.names()
     rows = [
-        ("① Noise → image: DDIM, 50 steps", [default, 0, "ddim", 50, 1.0, 1, None]),
-        ("② Threshold guidance: s = 0.95, more spikes", [default, 0, "ddim", 50, 0.95, 1, None]),
-        ("③ Threshold guidance: s = 1.05, fewer spikes", [default, 0, "ddim", 50, 1.05, 1, None]),
-        ("④ More spiking steps: T = 8", [default, 0, "ddim", 50, 1.0, 1, 8]),
-        ("⑤ One spiking step: T = 1", [default, 0, "ddim", 50, 1.0, 1, 1]),
+        ("① Noise → image: DDIM 50", [default, 0, "ddim", 50, 1.0, 1, None]),
+        ("② Threshold scale s = 0.95", [default, 0, "ddim", 50, 0.95, 1, None]),
+        ("③ Threshold scale s = 1.05", [default, 0, "ddim", 50, 1.05, 1, None]),
+        ("④ Spiking steps T = 8", [default, 0, "ddim", 50, 1.0, 1, 8]),
+        ("⑤ Spiking steps T = 1", [default, 0, "ddim", 50, 1.0, 1, 1]),
         ("⑥ Sixteen images at once", [default, 1, "ddim", 50, 1.0, 16, None]),
-        ("⑦ Stochastic sampling: DDPM, 200 steps", [default, 0, "ddpm", 200, 1.0, 1, None]),
+        ("⑦ DDPM, 200 steps", [default, 0, "ddpm", 200, 1.0, 1, None]),
     ]
     prefix = default.split("-", 1)[0]
     vanilla = next((n for n in names if n.startswith(prefix) and n.endswith("vanilla")), None)
     if vanilla:
-        rows.append(("⑧ The same model without TSM", [vanilla, 0, "ddim", 50, 1.0, 1, None]))
+        rows.append(("⑧ The model without TSM", [vanilla, 0, "ddim", 50, 1.0, 1, None]))
     try:
         ann = registry.ann_counterpart(default)
     except ValueError:
         ann = None
     if ann:
-        rows.append(("⑨ The ANN counterpart (no spikes)", [ann, 0, "ddim", 50, 1.0, 1, None]))
+        rows.append(("⑨ Its ANN (no spikes)", [ann, 0, "ddim", 50, 1.0, 1, None]))
     return rows
 
 
@@ -83,7 +87,8 @@ def first_session(registry: ModelRegistry, checkpoint: str, layer: str | None) -
     try:
         view = sess.view_for(pipe.layer_names(), checkpoint, layer, "step", [])
         sess.start(pipe, checkpoint, seed=d["seed"], sampler=d["sampler"], num_steps=d["num_steps"],
-                   grid=d["grid_size"], threshold_scale=d["threshold_scale"])
+                   grid=d["grid_size"], threshold_scale=d["threshold_scale"],
+                   ann_counterpart=registry.ann_counterpart(checkpoint))
     except ValueError as e:
         log.warning("default checkpoint %s: %s", checkpoint, e)
         sess.close()

@@ -205,6 +205,7 @@ class Settings:
     num_steps: int
     grid: int
     spiking_steps: int = 1          # spiking time steps T of every denoiser call (the pipeline's time_steps; 1: ANN)
+    ann_counterpart: str | None = None   # the ANN checkpoint the energy is compared with (None: there is none)
 
 
 def numpy_f16(t: torch.Tensor) -> np.ndarray:
@@ -304,16 +305,17 @@ class Session:
 
     # ------------------------------------------------------------------ start / step
     def start(self, pipe: SpikingDiffusionPipeline, checkpoint: str, seed=0, sampler="ddim", num_steps=50,
-              grid=1, threshold_scale=1.0, time_steps=None) -> None:
+              grid=1, threshold_scale=1.0, time_steps=None, ann_counterpart: str | None = None) -> None:
         """Reset to a new trajectory: draw x_T (from the seed) and take the first step.
 
         ``time_steps``: spiking time steps T of every denoiser call of this trajectory (None: the trained T; see
-        ``validation.check_spiking_steps``). Raises ValueError for bad settings, or when the recording would exceed
-        the memory budget.
+        ``validation.check_spiking_steps``). ``ann_counterpart``: the checkpoint's ANN counterpart
+        (``ModelRegistry.ann_counterpart``), whose energy the panels compare with; None: they show none. Raises
+        ValueError for bad settings, or when the recording would exceed the memory budget.
         """
         c = pipe.config
         settings = Settings(checkpoint, check_seed(seed), check_sampler(sampler), check_num_steps(num_steps),
-                            check_grid(grid), check_spiking_steps(time_steps, c.T, c.spiking))
+                            check_grid(grid), check_spiking_steps(time_steps, c.T, c.spiking), ann_counterpart)
         scale = check_scale(threshold_scale)
         need = estimate_state_bytes(pipe, settings.num_steps, settings.grid, self.max_neurons, settings.spiking_steps)
         if need > self.max_bytes:

@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 GRID_SIZES = (1, 4, 16)
-SCALE_MIN, SCALE_MAX, SCALE_STEP = 0.90, 1.10, 0.001
+SCALE_MIN, SCALE_MAX, SCALE_STEP = 0.90, 1.10, 0.01      # the step: one arrow-key press on the slider
 MAX_STEPS = 1000
 MAX_SEED = 2 ** 31 - 1
 MAX_NEURONS = 64                    # neurons recorded per layer (of image 0)

@@ -81,15 +81,18 @@ def as_dict(result, keys) -> dict:
     return dict(zip(keys, result))
 
 
-def render(sess: Session, view: View, keys=VIEW_KEYS) -> tuple:
+def render(sess: Session, view: View, keys=VIEW_KEYS, note: str | None = None) -> tuple:
     """The outputs named in ``keys`` for the session's current view (a consistent snapshot: another event of the
     same tab cannot change the session while it is read). Keys that compare with scale 1.0 get the viewed step at
-    1.0 first (one denoiser call when it ran at another scale, none otherwise)."""
+    1.0 first (one denoiser call when it ran at another scale, none otherwise). ``note``: what the status line says
+    under its heading instead (``panels.restart_note``)."""
     if sess.spiking and BASE_KEYS.intersection(keys):
         sess.ensure_base()
     with sess.lock:
         trio = panels.threshold_pictures(sess) if set(TRIO_KEYS).intersection(keys) else {}
-        return tuple(trio.get(k, gr.skip()) if k in TRIO_KEYS else RENDERERS[k](sess, view) for k in keys)
+        return tuple(trio.get(k, gr.skip()) if k in TRIO_KEYS else
+                     panels.status_markdown(sess, note) if k == "status" and note else
+                     RENDERERS[k](sess, view) for k in keys)
 
 
 def render_only(sess: Session, view: View, keys, only) -> tuple:
@@ -110,14 +113,17 @@ def render_light(sess: Session, what: str) -> tuple:
 
 def controls(state) -> tuple:
     """The controls that follow the session (CONTROL_KEYS), after every event that changes it: the buttons that
-    need a trajectory are enabled, those that step forward are disabled once it is finished; on an ANN the
-    threshold slider and the T control are disabled, and say why."""
+    need a trajectory are enabled, those that step forward are disabled once it is finished, and so is *Continue
+    from here* while the view is on the finished trajectory's last step (there is nothing after it to re-run); on
+    an ANN the threshold slider and the T control are disabled, and say why."""
     if not isinstance(state, Session) or not state.started:
         return tuple(gr.skip() for _ in CONTROL_KEYS)
     with state.lock:
         done, spiking, s = state.is_done, state.spiking, state.settings
+        at_end = done and state.view_index == state.num_recorded - 1
         trained = state.pipe.config.time_steps
-    buttons = tuple(gr.Button(interactive=not (done and k in FORWARD_KEYS)) for k in ACTION_KEYS)
+    off = FORWARD_KEYS + (("continue_btn",) if at_end else ()) if done else ()
+    buttons = tuple(gr.Button(interactive=k not in off) for k in ACTION_KEYS)
     if spiking:
         return buttons + (gr.Slider(interactive=True, info=THRESHOLD_INFO),
                           gr.Radio(choices=spiking_step_radio(trained), value=s.spiking_steps, interactive=True,
