@@ -291,7 +291,8 @@ def test_run_to_end_is_shared_and_bitwise_a_solo_run(explorer):
     ib = view(drain(explorer.run_to_end(1.0, LAYER, "step", [], b)))["info"]
     assert explorer.results.stats()["computes"] == computes and b.records[-1] is a.records[-1]
     ref = Session()
-    ref.start(explorer.registry.get("tiny-sdm"), "tiny-sdm", seed=13, num_steps=STEPS)
+    ref.start(explorer.registry.get("tiny-sdm"), "tiny-sdm", seed=13, num_steps=STEPS,
+              ann_counterpart=explorer.registry.ann_counterpart("tiny-sdm"))
     while not ref.is_done:
         ref.advance(1, 1.0)
     ir = display.info(ref)
