@@ -294,7 +294,8 @@ def trio_markdown(sess: Session) -> str:
     effect = display.threshold_effect(sess)
     if effect is None or effect["scale"] == 1.0:
         return f"{trio_caption(sess)} · move the slider to generate at another scale."
-    return f"{trio_caption(sess)} · step {sess.current()[0].index + 1}: {_spike_change(effect)}"
+    return (f"{trio_caption(sess)} · step {sess.current()[0].index + 1}, s = {effect['scale']:.3f} vs 1.0: "
+            f"{_spike_change(effect)}")
 
 
 def energy_markdown(sess: Session) -> str:
