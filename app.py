@@ -28,9 +28,12 @@ import gradio as gr
 
 from sdm import imaging
 from sdm.explorer import (ModelRegistry, OverBudget, Session, SessionPool, View, compare, panels, release_memory,
-                          trajectory_export, within_budget)
+                          sharing, trajectory_export, within_budget)
 from sdm.explorer import display  # noqa: F401 - bench/app_latency.py reads app.display and app.TRIO_KEYS
 from sdm.explorer.panels import IMAGE_PX, SMALL_PX, grid_image
+from sdm.explorer.pool import MAX_TOTAL_BYTES
+from sdm.explorer.results import SharedResults
+from sdm.explorer.sharing import InFlight
 from sdm.explorer.presets import DEFAULTS, first_session, lesson_presets, lesson_settings, opening_checkpoint
 from sdm.explorer.teaching import (ARCHITECTURE, INTRO, TEACH_ENERGY, TEACH_IMAGES, TEACH_MEMBRANE, TEACH_RASTER,
                                    TEACH_RATE, TEACH_THRESHOLD, TEACH_TSM, TITLE)
@@ -41,10 +44,10 @@ from sdm.ui.components import RawNumber, RawRadio, RawSlider
 from sdm.ui.errors import user_errors
 from sdm.ui.gradio_patches import drop_tab_state, say_busy
 from sdm.ui.settings import clear_lesson, settings_status, settings_validator
-from sdm.ui.outputs import (COMPARE_ANN_KEYS, COMPARE_SCALE_KEYS, CONTROL_KEYS, EXPORT_KEYS, LAYER_KEYS,
-                            MODEL_KEYS, PLAY_KEYS, SCRUB_KEYS, SKIP_VIEW, THRESHOLD_INFO, THRESHOLD_KEYS,
-                            TIME_STEPS_LABEL, TSM_KEYS, VIEW_KEYS, as_dict, controls, layer_choices,
-                            model_outputs, render, render_light, spiking_step_radio, tsm_view)
+from sdm.ui.outputs import (COMPARE_ANN_KEYS, COMPARE_SCALE_KEYS, CONTROL_KEYS, EXPORT_KEYS, GENERATED_KEYS,
+                            LAYER_KEYS, MODEL_KEYS, PLAY_KEYS, SCRUB_KEYS, SKIP_VIEW, THRESHOLD_INFO,
+                            THRESHOLD_KEYS, TIME_STEPS_LABEL, TSM_KEYS, VIEW_KEYS, as_dict, controls, layer_choices,
+                            model_outputs, render, render_light, render_only, spiking_step_radio, tsm_view)
 from sdm.ui.outputs import TRIO_KEYS  # noqa: F401
 from sdm.ui.theme import CSS, THEME
 
@@ -63,6 +66,11 @@ STATE_TTL_S = 3600             # idle sessions are freed after an hour
 PLAY_INTERVAL_S = 0.5          # Play: one tick every half second ...
 PLAY_TICKS = 60                # ... and any trajectory plays in about this many ticks
 STREAM_EVERY_S = 0.5           # Run to end: refresh the images this often (at a cancel point: within_budget)
+GENERATED_EVERY_S = 0.2        # the slider once generated images are shown: refresh the picture at s this often
+# finished results shared by every session (sdm.explorer.results), out of the server's memory cap: the sessions'
+# recordings get the rest (SDM_RESULTS_MB overrides); SDM_WARM_PRESETS=0 computes no lesson preset ahead
+RESULTS_BYTES = int(float(os.environ.get("SDM_RESULTS_MB", "256")) * 2 ** 20)
+WARM_PRESETS = os.environ.get("SDM_WARM_PRESETS", "1") != "0"
 DEFAULT_T = 4                  # the T control's value when there is no checkpoint to take it from
 # the one-screen layout (classroom view at 1280x720): widths of its three columns (the heights of its pictures and
 # plots, IMAGE_PX, SMALL_PX and PLOT_H, are those sdm.explorer.panels draws them at)
@@ -90,19 +98,37 @@ def _no_trajectory() -> ValueError:
 
 class Explorer:
     """The app's event handlers: each validates its arguments through sdm.explorer before anything changes, calls
-    it, and words what it returns. Everything per user comes in and goes out through ``state`` (a Session); the
-    only thing shared is the registry of loaded, read-only pipelines."""
+    it, and words what it returns. Everything per user comes in and goes out through ``state`` (a Session); what is
+    shared is the registry of loaded, read-only pipelines and the finished results (``results``: trajectories and
+    generated images, computed once for everyone, read-only), which count against the server's memory cap with the
+    sessions' recordings (``pool`` gets the rest of ``MAX_TOTAL_BYTES``)."""
 
     render = staticmethod(render)
     controls = staticmethod(controls)
     tsm_view = staticmethod(tsm_view)
+    #: the handlers of requests: while any of them runs, the start-up warming of the lesson presets waits
+    REQUESTS = ("on_load", "new_trajectory", "step", "set_threshold", "show_generated", "scrub", "run_to_end",
+                "continue_from_here", "select_layer", "play_tick", "compare_scales", "compare_ann", "export")
 
     def __init__(self, registry: ModelRegistry | None = None, pool: SessionPool | None = None,
-                 step_budget_s: float = STEP_BUDGET_S, run_budget_s: float = RUN_BUDGET_S):
+                 step_budget_s: float = STEP_BUDGET_S, run_budget_s: float = RUN_BUDGET_S,
+                 results: SharedResults | None = None):
         self.registry = registry or ModelRegistry()
-        self.pool = pool or SessionPool()
+        self.results = results or SharedResults(RESULTS_BYTES)
+        self.pool = pool or SessionPool(MAX_TOTAL_BYTES - self.results.max_bytes)
         self.step_budget_s = step_budget_s
         self.run_budget_s = run_budget_s
+        self.requests = InFlight()
+        for name in self.REQUESTS:
+            setattr(self, name, self.requests.counted(getattr(self, name)))
+
+    def warm_presets(self, presets: list):
+        """Compute the lesson presets' trajectories (and the first lesson's generated images at the slider's first
+        scales) ahead, in a background thread at the lowest CPU priority that waits while requests run. Returns the
+        ``Warming`` (``results.stop()`` ends it)."""
+        return self.results.warm(sharing.preset_keys(self.registry, presets),
+                                 lambda key: sharing.compute_key(self.registry, key),
+                                 pause_while=self.requests.busy)
 
     def _use(self, state, request) -> Session:
         """The tab's session, with a trajectory (else a clear error), marked as just used in the pool."""
@@ -173,14 +199,49 @@ class Explorer:
         yield from self._run(sess, sess.stepping(n_steps, threshold_scale), view, "Stepping", self.step_budget_s,
                              request)
 
-    def set_threshold(self, threshold_scale, layer, raster_mode, neurons, state, request: gr.Request = None) -> tuple:
+    def set_threshold(self, threshold_scale, layer, raster_mode, neurons, state, request: gr.Request = None):
         """Re-run the denoiser of the viewed step with this threshold scale: x̂₀, ε̂ and every neuron plot
-        update, beside the step at scale 1.0; the trajectory itself does not change. Returns the THRESHOLD
-        outputs."""
+        update, beside the step at scale 1.0; the trajectory itself does not change. Once the trajectory is
+        finished (or the generated images were asked for), the trio shows the images generated from the same
+        noise at 1.0 and at this scale instead, streamed (``_generate``). Yields THRESHOLD outputs."""
         sess = self._use(state, request)
         view = sess.check_view(layer, raster_mode, neurons)
         sess.preview(threshold_scale)
-        return render(sess, view, THRESHOLD_KEYS)
+        if not sess.wants_generated:
+            yield render(sess, view, THRESHOLD_KEYS)
+            return
+        yield from self._generate(sess, view, threshold_scale, THRESHOLD_KEYS)
+
+    def show_generated(self, threshold_scale, layer, raster_mode, neurons, state, request: gr.Request = None):
+        """Show the images generated from this trajectory's noise at 1.0 and at the slider's scale in the trio, also
+        before the end (the slider then keeps showing them until a new trajectory). Yields THRESHOLD outputs."""
+        sess = self._use(state, request)
+        view = sess.check_view(layer, raster_mode, neurons)
+        with sess.lock:
+            sess.show_generated = True
+        yield from self._generate(sess, view, threshold_scale, THRESHOLD_KEYS)
+
+    def _generate(self, sess: Session, view: View, threshold_scale, keys):
+        """The generated images at 1.0 and at ``threshold_scale`` (``sharing.generated_images``, from the shared
+        results when anyone computed them): the other outputs first, then the trio as the image at s comes in
+        (every ``GENERATED_EVERY_S``), then the trio, its caption and the session info."""
+        stream = sharing.generated_images(sess, self.results, self.registry.signature(sess.settings.checkpoint),
+                                          threshold_scale)
+        yield render_only(sess, view, keys, [k for k in keys if k not in GENERATED_KEYS and k != "info"])
+        skip, shown = tuple(gr.skip() for _ in keys), 0.0
+        try:
+            for _ in within_budget(stream, self.run_budget_s, yield_every_s=GENERATED_EVERY_S / 4):
+                now = time.monotonic()
+                if now - shown > GENERATED_EVERY_S:
+                    shown = now
+                    yield render_only(sess, view, keys, GENERATED_KEYS)
+                else:
+                    yield skip
+        except OverBudget as e:
+            done, n = e.last
+            gr.Info(f"Stopped generating the image at this scale after {done} of {n} steps: one request computes "
+                    f"for at most {self.run_budget_s:.0f} s on this shared server.")
+        yield render_only(sess, view, keys, GENERATED_KEYS + ("state", "info"))
 
     def scrub(self, step, layer, raster_mode, neurons, state, request: gr.Request = None) -> tuple:
         """Show recorded step ``step`` (1-based). Returns the SCRUB outputs (VIEW without the timeline)."""
@@ -213,11 +274,14 @@ class Explorer:
         yield render(sess, view)
 
     def run_to_end(self, threshold_scale, layer, raster_mode, neurons, state, request: gr.Request = None):
-        """Step to the end with the slider's threshold scale (streams the images while it runs)."""
+        """Step to the end with the slider's threshold scale (streams the images while it runs); a trajectory that
+        another session already ran with the same settings is shown from the shared results. At the end the trio
+        shows the images generated at 1.0 and at that scale."""
         sess = self._use(state, request)
         view = sess.check_view(layer, raster_mode, neurons)
-        yield from self._run(sess, sess.stepping(None, threshold_scale), view, "Running to the end",
-                             self.run_budget_s, request)
+        run = sharing.run_to_end(sess, self.results, self.registry.signature(sess.settings.checkpoint),
+                                 threshold_scale)
+        yield from self._run(sess, run, view, "Running to the end", self.run_budget_s, request)
 
     def continue_from_here(self, threshold_scale, layer, raster_mode, neurons, state, request: gr.Request = None):
         """Re-run the viewed step with the slider's scale and carry on to the end from there."""
@@ -350,8 +414,11 @@ def _controls(c: dict, names: list, default: str | None, model_d: dict, trained:
         with gr.Row(elem_classes="buttons"):
             c["play_btn"] = gr.Button("▶ Play", elem_id="btn-play", interactive=False, min_width=60, size="md")
             c["run_btn"] = gr.Button("Run to end", elem_id="btn-run", interactive=False, min_width=60, size="md")
-        c["continue_btn"] = gr.Button("Continue from here", elem_id="btn-continue", interactive=False,
-                                      elem_classes="full-only", size="md")
+        with gr.Row(elem_classes="buttons"):
+            c["continue_btn"] = gr.Button("Continue from here", elem_id="btn-continue", interactive=False,
+                                          elem_classes="full-only", min_width=60, size="md")
+            c["generated_btn"] = gr.Button("Show the generated image", elem_id="btn-generated", interactive=False,
+                                           min_width=60, size="md")
         c["threshold"] = RawSlider(SCALE_MIN, SCALE_MAX, value=DEFAULTS["threshold_scale"], step=SCALE_STEP,
                                    label="Threshold scale s", info=THRESHOLD_INFO, elem_id="threshold")
         c["time_steps"] = RawRadio(spiking_step_radio(trained), value=trained, label=TIME_STEPS_LABEL,
@@ -562,7 +629,16 @@ class _Wiring:
                              show_progress_on=[c["status"]], trigger_mode="always_last",
                              api_description="Re-run the viewed step's denoiser with this threshold scale: x̂₀, ε̂ "
                                              "and the neuron plots change (shown beside scale 1.0), the trajectory "
-                                             "does not.", **INTERACTIVE)
+                                             "does not. Once it is finished (or after /show_generated) the images "
+                                             "generated from the same noise at 1.0 and at this scale are shown "
+                                             "(streamed); the session info's final_difference is their mean "
+                                             "absolute pixel difference in [0, 1] (null before).", **INTERACTIVE)
+        c["generated_btn"].click(user_errors(ex.show_generated), [c["threshold"]] + view_in + [state],
+                                 outs(THRESHOLD_KEYS), api_name="show_generated", show_progress="hidden",
+                                 show_progress_on=[c["status"]],
+                                 api_description="Show the images generated from this trajectory's noise at "
+                                                 "threshold scale 1.0 and at this scale (streamed), also before "
+                                                 "the end; the slider then keeps showing them.", **INTERACTIVE)
         follow(c["timeline"].input(user_errors(ex.scrub), [c["timeline"]] + view_in + [state], outs(SCRUB_KEYS),
                                    api_name="scrub", api_description="View recorded step `step` (1-based).",
                                    show_progress="hidden", show_progress_on=[c["status"]], trigger_mode="always_last",
@@ -643,6 +719,9 @@ def build_demo(explorer: Explorer | None = None) -> gr.Blocks:
         wiring.view_events()
         wiring.heavy_and_page_events()
     atexit.register(ex.pool.close_all)       # the sessions' exported files go with the server
+    if WARM_PRESETS and presets:
+        ex.warm_presets(presets)
+        atexit.register(ex.results.stop)     # the warming stops between two steps at shutdown
     demo.queue(default_concurrency_limit=INTERACTIVE_LIMIT, max_size=QUEUE_MAX_SIZE)
     say_busy(demo)
     return demo

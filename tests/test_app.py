@@ -103,7 +103,7 @@ def test_threshold_change_alters_x0_and_the_firing_rates(explorer):
     v = start(explorer)
     sess = v["state"]
     base = view(drain(explorer.step(2, 1.0, LAYER, "step", [], sess)))
-    t = view(explorer.set_threshold(1.08, LAYER, "step", [], sess), app.THRESHOLD_KEYS)
+    t = view(drain(explorer.set_threshold(1.08, LAYER, "step", [], sess)), app.THRESHOLD_KEYS)
     assert t["info"]["previewing"] and t["info"]["threshold_scale"] == pytest.approx(1.08)
     assert t["info"]["x0_digest"] != base["info"]["x0_digest"]
     assert not np.array_equal(t["img_x0"], base["img_x0"])
@@ -115,7 +115,7 @@ def test_threshold_change_alters_x0_and_the_firing_rates(explorer):
     # the trajectory itself is untouched: same step, same x_t
     assert t["info"]["step"] == 3 and t["info"]["steps_done"] == 3
     # back to the recorded scale: the recorded view again
-    b = view(explorer.set_threshold(1.0, LAYER, "step", [], sess), app.THRESHOLD_KEYS)
+    b = view(drain(explorer.set_threshold(1.0, LAYER, "step", [], sess)), app.THRESHOLD_KEYS)
     assert not b["info"]["previewing"] and b["info"]["x0_digest"] == base["info"]["x0_digest"]
 
 
@@ -124,7 +124,7 @@ def test_continue_from_here_equals_a_run_that_switched_scale_at_that_step(explor
     sess = v["state"]
     drain(explorer.step(4, 1.0, LAYER, "step", [], sess))
     explorer.scrub(3, LAYER, "step", [], sess)
-    explorer.set_threshold(1.05, LAYER, "step", [], sess)
+    drain(explorer.set_threshold(1.05, LAYER, "step", [], sess))
     end = view(drain(explorer.continue_from_here(1.05, LAYER, "step", [], sess)))
     assert end["info"]["done"] and end["info"]["steps_done"] == STEPS
     assert [r.scale for r in sess.records] == [1.0, 1.0] + [1.05] * (STEPS - 2)
@@ -228,7 +228,7 @@ def test_the_side_by_side_threshold_view(explorer):
     white = v["img_diff"]
     assert (white == 255).all() and np.array_equal(v["img_x0_base"], v["img_x0"])        # s = 1.0: no difference
     assert "Move the **threshold slider**" in v["threshold_md"]
-    t = view(explorer.set_threshold(1.08, LAYER, "step", [], sess), app.THRESHOLD_KEYS)
+    t = view(drain(explorer.set_threshold(1.08, LAYER, "step", [], sess)), app.THRESHOLD_KEYS)
     np.testing.assert_array_equal(t["img_x0_base"], v["img_x0_base"])                     # scale 1.0 stays
     assert not np.array_equal(t["img_x0"], v["img_x0"]) and (t["img_diff"] != 255).any()
     effect = display.threshold_effect(sess, LAYER)
@@ -243,6 +243,68 @@ def test_the_side_by_side_threshold_view(explorer):
     s = view(explorer.new_trajectory("tiny-sdm", 0, "ddim", STEPS, 1.05, 1, LAYER, "step", [], None))
     np.testing.assert_array_equal(s["img_x0_base"], v["img_x0_base"])
     assert "s = 1.050 vs 1.0" in s["threshold_md"] and s["info"]["recorded_scale"] == 1.05
+
+
+def test_the_slider_after_the_end_streams_the_generated_image(explorer, monkeypatch):
+    monkeypatch.setattr(app, "GENERATED_EVERY_S", 0.0)      # every step of the run at s refreshes the picture
+    sess = start(explorer, seed=11)["state"]
+    mid = view(drain(explorer.set_threshold(1.05, LAYER, "step", [], sess)), app.THRESHOLD_KEYS)
+    assert mid["info"]["final_difference"] is None           # mid-run, not asked for: the step preview
+    assert mid["threshold_md"].startswith("**Step 1 preview:** **s = 1.050 vs 1.0**, same x_t")
+    end = view(drain(explorer.run_to_end(1.0, LAYER, "step", [], sess)))
+    assert end["info"]["done"] and end["info"]["final_difference"] == 0.0
+    assert end["threshold_md"].startswith("**Generated images from the same noise: s = 1.000 vs s = 1.000**")
+    outs = [view(o, app.THRESHOLD_KEYS) for o in explorer.set_threshold(0.95, LAYER, "step", [], sess)]
+    trio = [o for o in outs if isinstance(o["img_x0"], np.ndarray)]
+    assert len(trio) >= STEPS                                 # a picture after every step, then the final one
+    assert "generating at s: step 1 / 8" in trio[0]["threshold_md"]
+    last = outs[-1]
+    scaled, _ = compare.final_image(sess, 0.95)
+    assert last["info"]["final_difference"] == pytest.approx(
+        float(np.abs((np.clip(scaled, -1, 1) - np.clip(sess.x, -1, 1)) / 2).mean()))
+    assert 0 < last["info"]["final_difference"] < 1 and last["info"]["final_difference_scale"] == 0.95
+    assert np.array_equal(last["img_x0"], panels.grid_image(imaging.to_display(scaled), panels.SMALL_PX))
+    # the same scale again: from the shared results, one output, nothing computed
+    computes = explorer.results.stats()["computes"]
+    again = [view(o, app.THRESHOLD_KEYS) for o in explorer.set_threshold(0.95, LAYER, "step", [], sess)]
+    assert explorer.results.stats()["computes"] == computes
+    assert again[-1]["info"]["final_difference"] == last["info"]["final_difference"]
+
+
+def test_the_generated_image_mid_run_on_request(explorer):
+    sess = start(explorer, seed=12)["state"]
+    drain(explorer.step(2, 1.0, LAYER, "step", [], sess))
+    out = view(drain(explorer.show_generated(1.05, LAYER, "step", [], sess)), app.THRESHOLD_KEYS)
+    assert not out["info"]["done"] and out["info"]["final_difference"] > 0
+    assert out["threshold_md"].startswith("**Generated images from the same noise: s = 1.000 vs s = 1.050**")
+    out = view(drain(explorer.set_threshold(0.95, LAYER, "step", [], sess)), app.THRESHOLD_KEYS)
+    assert out["info"]["final_difference_scale"] == 0.95      # the slider keeps showing them
+    out = start(explorer, seed=12)                            # until a new trajectory
+    assert out["info"]["final_difference"] is None
+
+
+def test_run_to_end_is_shared_and_bitwise_a_solo_run(explorer):
+    a = start(explorer, seed=13)["state"]
+    b = start(explorer, seed=13)["state"]
+    drain(explorer.run_to_end(1.0, LAYER, "step", [], a))
+    computes = explorer.results.stats()["computes"]
+    ib = view(drain(explorer.run_to_end(1.0, LAYER, "step", [], b)))["info"]
+    assert explorer.results.stats()["computes"] == computes and b.records[-1] is a.records[-1]
+    ref = Session()
+    ref.start(explorer.registry.get("tiny-sdm"), "tiny-sdm", seed=13, num_steps=STEPS,
+              ann_counterpart=explorer.registry.ann_counterpart("tiny-sdm"))
+    while not ref.is_done:
+        ref.advance(1, 1.0)
+    ir = display.info(ref)
+    for k in ("sample_digest", "x0_digest", "firing_rates", "energy", "steps_done"):
+        assert ib[k] == ir[k], k
+
+
+def test_the_shared_results_count_against_the_memory_cap():
+    from sdm.explorer.pool import MAX_TOTAL_BYTES
+
+    ex = app.Explorer(ModelRegistry(FIXTURES))
+    assert ex.pool.max_bytes + ex.results.max_bytes == MAX_TOTAL_BYTES and ex.results.max_bytes > 0
 
 
 def test_spiking_time_steps_through_the_app(explorer):
@@ -395,7 +457,7 @@ def test_a_converted_if_model_is_listed_and_its_neuron_views_work(tmp_path):
     assert figure_points(v["raster"]) > 0 and figure_points(v["traces"]) > 0
     out = app.as_dict(ex.select_layer("out.act", "trajectory", [], sess), app.LAYER_KEYS)
     assert figure_points(out["raster"]) > 0 and figure_points(out["tsm_curve"]) == 0
-    t = view(ex.set_threshold(1.05, LAYER, "step", [], sess), app.THRESHOLD_KEYS)
+    t = view(drain(ex.set_threshold(1.05, LAYER, "step", [], sess)), app.THRESHOLD_KEYS)
     assert t["info"]["mean_firing_rate"] < v["info"]["mean_firing_rate"]
 
 
@@ -405,7 +467,7 @@ def test_sessions_do_not_see_each_other(explorer):
     for _ in range(3):
         drain(explorer.step(1, 1.0, LAYER, "step", [], a))
         drain(explorer.step(1, 1.04, LAYER, "step", [], b))
-        explorer.set_threshold(0.95, LAYER, "step", [], b)
+        drain(explorer.set_threshold(0.95, LAYER, "step", [], b))
     solo_a = start(explorer, seed=1)["state"]
     drain(explorer.step(3, 1.0, LAYER, "step", [], solo_a))
     solo_b = start(explorer, seed=2, scale=1.04)["state"]
@@ -518,6 +580,33 @@ def test_gradio_client_new_trajectory_step_threshold_export(served):
     assert "time_steps" in [p["parameter_name"] for p in api["/new_trajectory"]["parameters"]]
 
 
+def test_gradio_client_final_difference_is_null_then_set(served):
+    from gradio_client import Client
+
+    client = Client(served, verbose=False)
+
+    def info(result):
+        return result[app.THRESHOLD_KEYS.index("info") - 1]
+
+    client.predict(checkpoint="tiny-sdm", seed=21, sampler="ddim", num_steps=6, threshold_scale=1.0, grid_size=1,
+                   api_name="/new_trajectory")
+    mid = info(client.predict(threshold_scale=1.05, api_name="/set_threshold"))
+    assert mid["final_difference"] is None and not mid["done"]
+    client.predict(threshold_scale=1.0, api_name="/run_to_end")
+    up = info(client.predict(threshold_scale=1.05, api_name="/set_threshold"))
+    down = info(client.predict(threshold_scale=0.95, api_name="/set_threshold"))
+    assert 0 < up["final_difference"] < 1 and 0 < down["final_difference"] < 1
+    assert (up["final_difference_scale"], down["final_difference_scale"]) == (1.05, 0.95)
+    # the same lesson from another client: the same numbers (one computation, the same images)
+    other = Client(served, verbose=False)
+    other.predict(checkpoint="tiny-sdm", seed=21, sampler="ddim", num_steps=6, threshold_scale=1.0, grid_size=1,
+                  api_name="/new_trajectory")
+    end = other.predict(threshold_scale=1.0, api_name="/run_to_end")
+    assert end[app.VIEW_KEYS.index("info") - 1]["final_difference"] == 0.0
+    assert info(other.predict(threshold_scale=0.95, api_name="/set_threshold"))["final_difference"] == \
+        down["final_difference"]
+
+
 # ------------------------------------------------------------------------------ no silent or misleading state
 
 def heading(status: str) -> str:
@@ -606,7 +695,7 @@ def test_the_spike_change_is_worded_from_its_sign(explorer):
         "more spikes here, although s > 1 gives fewer on average"
     sess = start(explorer)["state"]
     for s in (0.95, 1.05):
-        md = view(explorer.set_threshold(s, LAYER, "step", [], sess), app.THRESHOLD_KEYS)["threshold_md"]
+        md = view(drain(explorer.set_threshold(s, LAYER, "step", [], sess)), app.THRESHOLD_KEYS)["threshold_md"]
         e = display.threshold_effect(sess)
         here = "fewer" if e["spikes"] < e["base_spikes"] else "more"
         assert f"{here} spikes" in md and ("s > 1 gives fewer" not in md or s > 1)

@@ -1,6 +1,6 @@
 """The explorer behind app.py, without gradio: validation of user input, the shared model registry, the per-tab
 session state machine and its time-budgeted runs, what the panels show and draw, the opening checkpoint and lesson
-presets, the comparisons, the trajectory export and the pool of live sessions.
+presets, the comparisons, the trajectory export, the pool of live sessions and the results they share.
 
     from sdm.explorer import ModelRegistry, Session, display
     reg = ModelRegistry()
@@ -9,12 +9,12 @@ presets, the comparisons, the trajectory export and the pool of live sessions.
     sess.advance(10, threshold_scale=1.0)
     display.view_images(sess)["x0"]          # [B, C, H, W] in [0, 1]
 """
-from . import compare, display, panels, presets, trajectory_export, validation
+from . import compare, display, panels, presets, results, sharing, trajectory_export, validation
 from .pool import SessionPool, release_memory
 from .registry import DEFAULT_CHECKPOINT, ModelRegistry
 from .session import (MAX_STATE_BYTES, OverBudget, Preview, Session, StepRecord, Superseded, View,
                       estimate_state_bytes, within_budget)
 
-__all__ = ["compare", "display", "panels", "presets", "trajectory_export", "validation", "DEFAULT_CHECKPOINT",
+__all__ = ["compare", "display", "panels", "presets", "results", "sharing", "trajectory_export", "validation", "DEFAULT_CHECKPOINT",
            "ModelRegistry", "MAX_STATE_BYTES", "OverBudget", "Preview", "Session", "SessionPool", "StepRecord",
            "Superseded", "View", "estimate_state_bytes", "release_memory", "within_budget"]

@@ -262,6 +262,7 @@ def info(sess: Session) -> dict:
     s = sess.settings
     layer_rates = rates(sess)
     e = energy(sess)
+    g = sess.generated_now()
     # a spiking model without an ANN counterpart checkpoint has no ANN figure to compare with
     no_ann = ("ann_mj", "ratio", "ann_factor") if sess.spiking and s.ann_counterpart is None else ()
     return {
@@ -277,6 +278,9 @@ def info(sess: Session) -> dict:
                    for k, v in e.items()},
         "ann_counterpart": s.ann_counterpart,
         "state_mb": round(sess.nbytes() / 2 ** 20, 3),
+        # the images generated at s and at 1.0 from the same noise, once shown: their mean |pixel difference|
+        "final_difference": g.final_difference if g is not None else None,
+        "final_difference_scale": g.scale if g is not None and g.done else None,
     }
 
 

@@ -268,6 +268,36 @@ def no_ann_reason(checkpoint: str) -> str:
             "`<data set>-ann`), so no ANN energy to compare with")
 
 
+def trio_caption(sess: Session) -> str:
+    """The words that say what the side-by-side pictures show: the images generated from the same noise at 1.0 and
+    at s, or the viewed step's x̂₀ at 1.0 and at s. Empty for an ANN."""
+    if not sess.spiking:
+        return ""
+    g = sess.generated_now()
+    if g is not None:
+        head = f"**Generated images from the same noise: s = 1.000 vs s = {g.scale:.3f}**"
+        if g.done:
+            return f"{head} · mean |difference| {g.final_difference:.3f}"
+        return f"{head} · generating at s: step {g.steps_done} / {g.num_steps}…"
+    rec, pv = sess.current()
+    return f"**Step {rec.index + 1} preview: x̂₀ at s = 1.000 vs s = {(pv or rec).scale:.3f}**"
+
+
+def trio_markdown(sess: Session) -> str:
+    """The caption under the side-by-side pictures, one paragraph: ``trio_caption``, then what changed at the viewed
+    step (``threshold_markdown``; with the generated images, only its change in spikes)."""
+    if not sess.spiking or sess.generated_now() is None:
+        if not sess.spiking:
+            return threshold_markdown(sess)
+        rec, _ = sess.current()
+        return f"**Step {rec.index + 1} preview:** {threshold_markdown(sess)}"
+    effect = display.threshold_effect(sess)
+    if effect is None or effect["scale"] == 1.0:
+        return f"{trio_caption(sess)} · move the slider to generate at another scale."
+    return (f"{trio_caption(sess)} · step {sess.current()[0].index + 1}, s = {effect['scale']:.3f} vs 1.0: "
+            f"{_spike_change(effect)}")
+
+
 def energy_markdown(sess: Session) -> str:
     """The energy summary: the SNN's, against its own ANN counterpart's (``Settings.ann_counterpart``) or, when it
     has none, alone and saying why."""
@@ -295,7 +325,13 @@ def energy_figure(sess: Session):
 
 
 def threshold_pictures(sess: Session) -> dict:
-    """x̂₀ at scale 1.0, at the scale shown and their difference, as pictures (the preview's when previewing)."""
+    """x̂₀ at scale 1.0, at the scale shown and their difference, as pictures (the preview's when previewing); the
+    images generated at 1.0 and at s from the same noise instead once they are shown (``Session.generated_now``)."""
+    g = sess.generated_now()
+    if g is not None:
+        diff = imaging.diff_to_rgb(g.image - g.base, display.DIFF_DISPLAY_RANGE)
+        return {"img_x0_base": grid_image(imaging.to_display(g.base), SMALL_PX),
+                "img_x0": grid_image(imaging.to_display(g.image), SMALL_PX), "img_diff": grid_image(diff, SMALL_PX)}
     effect = display.threshold_effect(sess)
     if effect is None:                   # the scale-1.0 run is missing (a streamed update): leave them alone
         return {}

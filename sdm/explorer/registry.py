@@ -58,6 +58,7 @@ class ModelRegistry:
         self.device = check_device(device if device is not None else default_device())
         self._pipes: dict[str, SpikingDiffusionPipeline] = {}
         self._failures: dict[str, tuple[tuple, str]] = {}      # name -> (files' signature, message)
+        self._signatures: dict[str, tuple] = {}                # name -> its files' signature when it was loaded
         self._lock = threading.Lock()
 
     @property
@@ -135,8 +136,16 @@ class ModelRegistry:
                 self._failures[name] = (signature, msg)
                 raise ValueError(msg) from None
             self._failures.pop(name, None)
+            self._signatures[name] = signature
             self._pipes[name] = pipe
             return pipe
+
+    def signature(self, name) -> tuple:
+        """The files' ((file, size, mtime_ns), ...) of a checkpoint as they were when it was loaded (loading it
+        first if need be): what ``sdm.explorer.results.ResultKey`` keys its shared results by."""
+        name = self.check_name(name)
+        self.get(name)
+        return self._signatures[name]
 
     def summary(self, name) -> str:
         """The card's one-line summary, or the reason the checkpoint cannot be used."""

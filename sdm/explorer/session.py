@@ -40,12 +40,14 @@ import torch
 
 from ..energy import EnergyMeter
 from ..pipeline import SpikingDiffusionPipeline
+from .results import final_difference
 from .validation import (MAX_NEURONS, check_grid, check_layer, check_neurons, check_num_steps, check_number,
                          check_raster_mode, check_sampler, check_scale, check_seed, check_spiking_steps,
                          check_step_count)
 
 __all__ = ["MAX_STATE_BYTES", "MAX_CACHED_FINALS", "YIELD_EVERY_S", "Session", "StepRecord", "Preview", "Settings",
-           "View", "Superseded", "OverBudget", "within_budget", "estimate_state_bytes", "numpy_f16", "numpy_f32"]
+           "View", "Generated", "Trajectory", "Superseded", "OverBudget", "within_budget", "estimate_state_bytes",
+           "numpy_f16", "numpy_f32"]
 
 MAX_STATE_BYTES = 160 * 2 ** 20     # recorded data per session
 MAX_CACHED_FINALS = 8               # final images kept for the comparisons
@@ -153,6 +155,49 @@ class Preview:
 
 
 @dataclass(frozen=True)
+class Trajectory:
+    """A whole recorded trajectory, read-only (its arrays are not writeable), as ``SharedResults`` keeps it for every
+    session with the same settings: ``Session.snapshot`` makes it, ``Session.adopt`` shows it."""
+
+    records: tuple[StepRecord, ...]
+    x: np.ndarray                           # float32 [B, C, H, W], the generated image
+    neuron_index: dict[str, np.ndarray]
+    num_neurons: dict[str, int]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(r.nbytes for r in self.records) + self.x.nbytes + sum(a.nbytes for a in self.neuron_index.values())
+
+
+@dataclass(frozen=True)
+class Generated:
+    """The images generated from this trajectory's x_T at threshold scale 1.0 and at ``scale`` (every step at that
+    scale), for the side-by-side view once a trajectory is finished (or on request): while the run at ``scale`` is
+    in progress, ``image`` is its x̂₀ after ``steps_done`` steps.
+
+    Attributes:
+        generation: the session's generation it belongs to (a new trajectory makes it stale).
+        base, image: float32 ``[B, C, H, W]`` in model space ([-1, 1]).
+    """
+
+    generation: int
+    scale: float
+    base: np.ndarray
+    image: np.ndarray
+    steps_done: int
+    num_steps: int
+
+    @property
+    def done(self) -> bool:
+        return self.steps_done >= self.num_steps
+
+    @property
+    def final_difference(self) -> float | None:
+        """Mean absolute pixel difference in [0, 1] of the two generated images; None while the run at s goes on."""
+        return final_difference(self.image, self.base) if self.done else None
+
+
+@dataclass(frozen=True)
 class Settings:
     checkpoint: str
     seed: int
@@ -205,6 +250,9 @@ class Session:
         self.view_index = 0                 # the viewed step (0-based; the timeline shows view_index + 1)
         self.preview_data: Preview | None = None
         self.base_data: tuple[int, Preview] | None = None     # (generation, the viewed step at scale 1.0)
+        self.pure = False                   # every record comes from one run from x_T (no Continue from here)
+        self.generated: Generated | None = None       # the generated images at 1.0 and s (``generated_now``)
+        self.show_generated = False         # asked for the generated images before the end of the trajectory
         self.neuron_index: dict[str, np.ndarray] = {}
         self.num_neurons: dict[str, int] = {}
         self.layers: list[str] = []
@@ -228,6 +276,11 @@ class Session:
         return self.started and len(self.records) >= self.settings.num_steps
 
     @property
+    def wants_generated(self) -> bool:
+        """Whether the threshold slider shows the generated images (finished, or asked for: ``show_generated``)."""
+        return self.started and (self.is_done or self.show_generated)
+
+    @property
     def spiking(self) -> bool:
         return self.pipe is not None and self.pipe.config.spiking
 
@@ -245,7 +298,10 @@ class Session:
             if p is not None:
                 n += p.x0.nbytes + p.eps.nbytes
                 n += sum(a.nbytes for a in p.spikes.values()) + sum(a.nbytes for a in p.v.values())
-        return n + sum(x.nbytes for x, _ in self._finals.values())
+        n += sum(x.nbytes for x, _ in self._finals.values())
+        if self.generated is not None:
+            n += self.generated.base.nbytes + self.generated.image.nbytes
+        return n
 
     # ------------------------------------------------------------------ start / step
     def start(self, pipe: SpikingDiffusionPipeline, checkpoint: str, seed=0, sampler="ddim", num_steps=50,
@@ -280,6 +336,7 @@ class Session:
             self.view_index = 0
             self.preview_data = None
             self.base_data = None
+            self.pure, self.generated, self.show_generated = True, None, False
             self.neuron_index, self.num_neurons = {}, {}
             self.layers = pipe.layer_names()
             try:
@@ -339,7 +396,7 @@ class Session:
             return 0
         cfg = self.pipe.config
         meter = EnergyMeter()
-        x = torch.from_numpy(self.x).to(self.pipe.device, torch.float32)
+        x = torch.tensor(self.x, dtype=torch.float32, device=self.pipe.device)     # (self.x may be shared)
         gen = self.pipe.run_steps(self._sched, x, s.seed, scale, s.spiking_steps, start_index=k, record=cfg.spiking,
                                   max_neurons=self.max_neurons, meter=meter)
         done = 0
@@ -389,7 +446,7 @@ class Session:
 
     def _rerun(self, rec: StepRecord, scale: float) -> Preview:
         """The denoiser of recorded step ``rec`` re-run at another threshold scale (lock held)."""
-        x = torch.from_numpy(rec.x_t)
+        x = torch.tensor(rec.x_t)               # a copy: a shared record's arrays are read-only
         eps, frames = self.pipe.run_denoiser(x, rec.timestep, scale, self.settings.spiking_steps, record=self.spiking,
                                              max_neurons=self.max_neurons, probe_seed=self.settings.seed)
         g = self.pipe.step_noise_generator(self.settings.seed, rec.index, 0)
@@ -445,9 +502,58 @@ class Session:
             self.x = self.records[k].x_t.copy()
             del self.records[k:]
             self.preview_data = None
+            self.pure, self.generated, self.show_generated = False, None, False
             self.generation += 1
             self._advance_locked(1, scale)
             return self.generation
+
+    # ------------------------------------------------------------------ shared trajectories, generated images
+    def uniform_scale(self) -> float | None:
+        """The threshold scale of every recorded step when they all come from one run from x_T at one scale (what a
+        shared trajectory is keyed by), else None. Only reads (caller holds ``lock`` for a consistent answer)."""
+        if not self.started or not self.pure or not self.records:
+            return None
+        scale = self.records[0].scale
+        return scale if all(r.scale == scale for r in self.records) else None
+
+    def snapshot(self) -> Trajectory:
+        """The finished trajectory, read-only (its arrays stop being writeable: nothing here writes into a record),
+        to share with other sessions. Raises ValueError unless it is finished and ``uniform_scale`` is set."""
+        with self.lock:
+            if not self.is_done or self.uniform_scale() is None:
+                raise ValueError("only a finished trajectory run at one threshold scale from x_T can be shared")
+            for r in self.records:
+                for a in (r.x_t, r.x0, r.eps, *r.spikes.values(), *r.v.values()):
+                    a.flags.writeable = False
+            self.x.flags.writeable = False
+            return Trajectory(tuple(self.records), self.x, dict(self.neuron_index), dict(self.num_neurons))
+
+    def adopt(self, traj: Trajectory, generation: int) -> bool:
+        """Show a shared trajectory (``snapshot`` of a session with the same settings and scale: bitwise what this one
+        would record) as if it had run here: its records, image and neurons; the view moves to the last step.
+        Returns False (and changes nothing) when the session was restarted or continued since ``generation``."""
+        with self.lock:
+            if generation != self.generation or not self.started or len(traj.records) != self.settings.num_steps:
+                return False
+            self.records = list(traj.records)
+            self.x = traj.x
+            self.neuron_index, self.num_neurons = dict(traj.neuron_index), dict(traj.num_neurons)
+            self.view_index = len(self.records) - 1
+            self.preview_data = None
+            scale = self.records[-1].scale
+            energy = {"sops": float(sum(r.sops for r in self.records)),
+                      "energy_mj": float(sum(r.energy_mj for r in self.records)),
+                      "ann_mj": float(sum(r.ann_mj for r in self.records))}
+            self.remember_final(self.final_key(scale), self.x, energy)
+            return True
+
+    def generated_now(self) -> Generated | None:
+        """The generated images the side-by-side view shows now: those of this trajectory, once it is finished or
+        when asked for (``show_generated``), else None (the viewed step's x̂₀ is shown). Only reads."""
+        g = self.generated
+        if g is None or g.generation != self.generation or not (self.is_done or self.show_generated):
+            return None
+        return g
 
     # ------------------------------------------------------------------ view arguments
     def check_view(self, layer, raster_mode="step", neurons=None) -> View:
@@ -500,6 +606,7 @@ class Session:
             self.preview_data = None
             self.base_data = None
             self._finals.clear()
+            self.generated = None
             self.x = None
             self.settings = None
             self.generation += 1

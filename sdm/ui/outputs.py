@@ -33,8 +33,8 @@ PLAY_KEYS = VIEW_KEYS + ("timer", "play_btn", "playing")
 #: a VIEW update that changes nothing (a run's cancel points)
 SKIP_VIEW = tuple(gr.skip() for _ in VIEW_KEYS)
 #: buttons that need the tab's session: disabled until the page load has created it
-ACTION_KEYS = ("step_btn", "step10_btn", "play_btn", "run_btn", "continue_btn", "compare_scale_btn",
-               "compare_ann_btn", "export_btn")
+ACTION_KEYS = ("step_btn", "step10_btn", "play_btn", "run_btn", "continue_btn", "generated_btn",
+               "compare_scale_btn", "compare_ann_btn", "export_btn")
 #: ... of them, the ones that take steps forward: disabled once the trajectory is finished
 FORWARD_KEYS = ("step_btn", "step10_btn", "play_btn", "run_btn")
 #: what follows the session after every event that changes it: the buttons, and the controls a checkpoint allows
@@ -43,6 +43,8 @@ CONTROL_KEYS = ACTION_KEYS + ("threshold", "time_steps")
 TSM_KEYS = ("tsm_heat", "tsm_curve", "tsm_note")
 #: the side-by-side pictures: x̂₀ at scale 1.0, at the scale shown, and their difference (drawn together)
 TRIO_KEYS = ("img_x0_base", "img_x0", "img_diff")
+#: what a generated image streaming in refreshes: the pictures and their caption
+GENERATED_KEYS = TRIO_KEYS + ("threshold_md",)
 #: keys that show the viewed step at scale 1.0 beside the scale shown (``Session.ensure_base`` first)
 BASE_KEYS = frozenset(TRIO_KEYS + ("raster", "rate_bars", "threshold_md", "info"))
 
@@ -68,7 +70,7 @@ RENDERERS = {
     "rate_course": panels.rate_course_figure,
     "energy_md": lambda sess, view: panels.energy_markdown(sess),
     "energy_plot": lambda sess, view: panels.energy_figure(sess),
-    "threshold_md": lambda sess, view: panels.threshold_markdown(sess),
+    "threshold_md": lambda sess, view: panels.trio_markdown(sess),
     "info": lambda sess, view: display.info(sess),
     "tsm_curve": lambda sess, view: panels.tsm_figures(sess.pipe, view.layer, sess.settings.spiking_steps)[1],
 }
@@ -91,6 +93,12 @@ def render(sess: Session, view: View, keys=VIEW_KEYS, note: str | None = None) -
         return tuple(trio.get(k, gr.skip()) if k in TRIO_KEYS else
                      panels.status_markdown(sess, note) if k == "status" and note else
                      RENDERERS[k](sess, view) for k in keys)
+
+
+def render_only(sess: Session, view: View, keys, only) -> tuple:
+    """The outputs named in ``keys``, of which only those in ``only`` are drawn (the others are left alone)."""
+    drawn = as_dict(render(sess, view, only), only)
+    return tuple(drawn.get(k, gr.skip()) for k in keys)
 
 
 def render_light(sess: Session, what: str) -> tuple:
