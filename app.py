@@ -22,19 +22,18 @@ import atexit
 import logging
 import math
 import os
-import time
 
 import gradio as gr
 
 from sdm import imaging
-from sdm.explorer import (ModelRegistry, OverBudget, Session, SessionPool, View, compare, panels, release_memory,
-                          sharing, trajectory_export, within_budget)
-from sdm.explorer import display  # noqa: F401 - bench/app_latency.py reads app.display and app.TRIO_KEYS
+from sdm.explorer import (ModelRegistry, Session, SessionPool, View, compare, panels, release_memory,
+                          sharing, trajectory_export)
+from sdm.explorer import display  # noqa: F401 - bench/app_latency.py reads app.display and app.TRIO_KEYS (imported below)
 from sdm.explorer.panels import IMAGE_PX, SMALL_PX, grid_image
 from sdm.explorer.pool import MAX_TOTAL_BYTES
 from sdm.explorer.results import SharedResults
 from sdm.explorer.sharing import InFlight
-from sdm.explorer.presets import DEFAULTS, first_session, lesson_presets, lesson_settings, opening_checkpoint
+from sdm.explorer.presets import DEFAULTS, lesson_presets, lesson_settings, opening_checkpoint
 from sdm.explorer.teaching import (ARCHITECTURE, INTRO, TEACH_ENERGY, TEACH_IMAGES, TEACH_MEMBRANE, TEACH_RASTER,
                                    TEACH_RATE, TEACH_THRESHOLD, TEACH_TSM, TITLE)
 from sdm.explorer.validation import (MAX_NEURONS, MAX_SEED, MAX_STEPS, SCALE_MAX, SCALE_MIN, SCALE_STEP,
@@ -43,12 +42,12 @@ from sdm.explorer.zerogpu import on_gpu
 from sdm.ui.components import RawNumber, RawRadio, RawSlider
 from sdm.ui.errors import user_errors
 from sdm.ui.gradio_patches import drop_tab_state, say_busy
+from sdm.ui import streams
 from sdm.ui.settings import clear_lesson, settings_status, settings_validator
-from sdm.ui.outputs import (COMPARE_ANN_KEYS, COMPARE_SCALE_KEYS, CONTROL_KEYS, EXPORT_KEYS, GENERATED_KEYS,
+from sdm.ui.outputs import (COMPARE_ANN_KEYS, COMPARE_SCALE_KEYS, CONTROL_KEYS, EXPORT_KEYS,
                             LAYER_KEYS, MODEL_KEYS, PLAY_KEYS, SCRUB_KEYS, SKIP_VIEW, THRESHOLD_INFO,
-                            THRESHOLD_KEYS, TIME_STEPS_LABEL, TSM_KEYS, VIEW_KEYS, as_dict, controls, layer_choices,
-                            model_outputs, render, render_light, render_only, spiking_step_radio, tsm_view)
-from sdm.ui.outputs import TRIO_KEYS  # noqa: F401
+                            THRESHOLD_KEYS, TIME_STEPS_LABEL, TRIO_KEYS, TSM_KEYS, VIEW_KEYS, as_dict, controls, layer_choices,
+                            first_view, model_outputs, render, spiking_step_radio, tsm_view)
 from sdm.ui.theme import CSS, THEME
 
 log = logging.getLogger("sdm.app")
@@ -222,26 +221,16 @@ class Explorer:
         yield from self._generate(sess, view, threshold_scale, THRESHOLD_KEYS)
 
     def _generate(self, sess: Session, view: View, threshold_scale, keys):
-        """The generated images at 1.0 and at ``threshold_scale`` (``sharing.generated_images``, from the shared
-        results when anyone computed them): the other outputs first, then the trio as the image at s comes in
-        (every ``GENERATED_EVERY_S``), then the trio, its caption and the session info."""
         stream = sharing.generated_images(sess, self.results, self.registry.signature(sess.settings.checkpoint),
                                           threshold_scale)
-        yield render_only(sess, view, keys, [k for k in keys if k not in GENERATED_KEYS and k != "info"])
-        skip, shown = tuple(gr.skip() for _ in keys), 0.0
-        try:
-            for _ in within_budget(stream, self.run_budget_s, yield_every_s=GENERATED_EVERY_S / 4):
-                now = time.monotonic()
-                if now - shown > GENERATED_EVERY_S:
-                    shown = now
-                    yield render_only(sess, view, keys, GENERATED_KEYS)
-                else:
-                    yield skip
-        except OverBudget as e:
-            done, n = e.last
-            gr.Info(f"Stopped generating the image at this scale after {done} of {n} steps: one request computes "
-                    f"for at most {self.run_budget_s:.0f} s on this shared server.")
-        yield render_only(sess, view, keys, GENERATED_KEYS + ("state", "info"))
+        yield from streams.generated(sess, view, stream, keys, self.run_budget_s, GENERATED_EVERY_S)
+
+    def _run(self, sess: Session, stepping, view: View, what: str, budget_s: float, request):
+        yield from streams.stepping(sess, stepping, view, what, budget_s, STREAM_EVERY_S,
+                                    lambda: self.pool.touch(_owner(request, sess), sess))
+
+    def _ticks(self, steps, keys, progress):
+        return (yield from streams.ticks(steps, keys, progress, self.run_budget_s))
 
     def scrub(self, step, layer, raster_mode, neurons, state, request: gr.Request = None) -> tuple:
         """Show recorded step ``step`` (1-based). Returns the SCRUB outputs (VIEW without the timeline)."""
@@ -249,29 +238,6 @@ class Explorer:
         view = sess.check_view(layer, raster_mode, neurons)
         sess.scrub(step)
         return render(sess, view, SCRUB_KEYS)
-
-    def _run(self, sess: Session, stepping, view: View, what: str, budget_s: float, request):
-        """Drive ``stepping`` (``Session.stepping``) for at most ``budget_s``: a no-change update at every cancel
-        point, the images every ``STREAM_EVERY_S``, and the whole view at the end (over budget: after a note that
-        says how far it got)."""
-        streamed = time.monotonic()
-        generation = sess.generation
-        try:
-            for _ in within_budget(stepping, budget_s):
-                now = time.monotonic()
-                if now - streamed > STREAM_EVERY_S:
-                    streamed = now
-                    yield render_light(sess, what)
-                else:
-                    yield SKIP_VIEW
-        except OverBudget:
-            gr.Info(panels.paused_note(sess, budget_s))
-        self.pool.touch(_owner(request, sess), sess)
-        if sess.started and sess.generation != generation:    # a new trajectory replaced it: that one shows itself
-            gr.Warning(panels.superseded_note(what))
-            yield SKIP_VIEW
-            return
-        yield render(sess, view)
 
     def run_to_end(self, threshold_scale, layer, raster_mode, neurons, state, request: gr.Request = None):
         """Step to the end with the slider's threshold scale (streams the images while it runs); a trajectory that
@@ -317,22 +283,6 @@ class Explorer:
         return out + (stop if sess.is_done else (gr.skip(), gr.skip(), True))
 
     # ------------------------------------------------------------------ compare / export
-    def _ticks(self, steps, keys, progress):
-        """Drive a ``sdm.explorer.compare.*_steps`` generator within the per-request budget: progress and a
-        no-change update at every cancel point. Returns its result."""
-        skip = tuple(gr.skip() for _ in keys)
-        ticks = within_budget(steps, self.run_budget_s)
-        while True:
-            try:
-                frac, desc = next(ticks)
-            except StopIteration as stop:
-                return stop.value
-            except OverBudget:
-                raise ValueError(f"this comparison takes longer than one request may compute on this shared server "
-                                 f"({self.run_budget_s:.0f} s): use fewer steps or a smaller grid") from None
-            progress(frac, desc=desc)
-            yield skip
-
     def compare_scales(self, threshold_scale, state, request: gr.Request = None, progress=gr.Progress()):
         """Final images at threshold scale 1.0 and at the slider's scale, same seed and noise, each labelled with
         its scale (``gr.update`` of value and label)."""
@@ -366,25 +316,6 @@ MODE_JS = "(mode) => { document.body.classList.toggle('classroom', mode === 'cla
 #: ?mode=classroom opens the classroom view
 LOAD_MODE_JS = ("() => new URLSearchParams(window.location.search).get('mode') === 'classroom' "
                 "? 'classroom' : 'full'")
-
-
-def _first_view(ex: Explorer, default: str | None) -> tuple[dict, dict, int]:
-    """The default view, computed once when the app is built: it is the page's content before the tab's own session
-    exists (the first image shows at once), and it warms up the model and plotly for the first user. Returns (VIEW
-    outputs by key, MODEL outputs by key, the T control's value)."""
-    if default is None:
-        return {}, {}, DEFAULT_T
-    model_d = panels.model_panels(ex.registry, default)
-    if not model_d["ok"]:
-        return {}, model_d, DEFAULT_T
-    first = {}
-    warm = first_session(ex.registry, default, model_d["layer"])
-    if warm is not None:
-        sess, view = warm
-        first = as_dict(render(sess, view), VIEW_KEYS)
-        sess.close()
-        first.pop("state", None)
-    return first, model_d, ex.registry.get(default).config.time_steps
 
 
 def _header(c: dict, presets: list) -> None:
@@ -693,7 +624,7 @@ def build_demo(explorer: Explorer | None = None) -> gr.Blocks:
     """The Blocks app. Loads (and warms up) the default checkpoint once, at build time."""
     ex = explorer or Explorer()
     default = ex.registry.default_name()
-    first, model_d, trained = _first_view(ex, default)
+    first, model_d, trained = first_view(ex.registry, default, DEFAULT_T)
     presets = lesson_presets(ex.registry, default)
     img_kw = dict(format="png", interactive=False, elem_classes="pixelated", buttons=["download", "fullscreen"])
 

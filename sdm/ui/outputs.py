@@ -8,6 +8,7 @@ import gradio as gr
 
 from sdm.explorer import Session, View, display, panels
 from sdm.explorer.panels import SMALL_PX, grid_image
+from sdm.explorer.presets import first_session
 from sdm.explorer.validation import spiking_step_choices
 
 THRESHOLD_INFO = "1 = off · < 1: more spikes · > 1: fewer"
@@ -157,3 +158,22 @@ def layer_choices(layers: list[str] | None) -> list[tuple[str, str]]:
 def spiking_step_radio(trained: int) -> list[tuple[str, int]]:
     """The T control: 1, 2, 4, 8 and the checkpoint's own T, which says "trained"."""
     return [(f"{T} (trained)" if T == trained else str(T), T) for T in spiking_step_choices(trained)]
+
+
+def first_view(registry, default: str | None, default_t: int) -> tuple[dict, dict, int]:
+    """The default view, computed once when the app is built: it is the page's content before the tab's own session
+    exists (the first image shows at once), and it warms up the model and plotly for the first user. Returns (VIEW
+    outputs by key, MODEL outputs by key, the T control's value)."""
+    if default is None:
+        return {}, {}, default_t
+    model_d = panels.model_panels(registry, default)
+    if not model_d["ok"]:
+        return {}, model_d, default_t
+    first = {}
+    warm = first_session(registry, default, model_d["layer"])
+    if warm is not None:
+        sess, view = warm
+        first = as_dict(render(sess, view), VIEW_KEYS)
+        sess.close()
+        first.pop("state", None)
+    return first, model_d, registry.get(default).config.time_steps
