@@ -121,7 +121,11 @@ class SpikingDiffusionPipeline:
     def tsm_weights(self, time_steps: int | None = None) -> dict[str, np.ndarray]:
         """{layer: TSM weights [T]}; empty when the model has no TSM. ``time_steps``: the weights a run at that T
         uses (``sdm.neurons.tsm_weights_at``: beyond the trained T the last learned weight repeats)."""
-        T = check_time_steps(time_steps, self.config)
+        return self.run_tsm_weights(check_time_steps(time_steps, self.config))
+
+    def run_tsm_weights(self, time_steps: int | None) -> dict[str, np.ndarray]:
+        """``tsm_weights`` for a ``time_steps`` already checked (None: the trained T)."""
+        T = self.config.time_steps if time_steps is None else int(time_steps)
         return {k: tsm_weights_at(v, T).cpu().numpy().copy() for k, v in self.model.tsm_weights().items()}
 
     # ------------------------------------------------------------------ randomness
@@ -149,11 +153,16 @@ class SpikingDiffusionPipeline:
         return out.to(self.device)
 
     def make_scheduler(self, sampler: str = "ddim", num_inference_steps: int = 50, eta: float = 0.0):
-        """A scheduler with its timesteps set."""
+        """A scheduler with its timesteps set (the library's check of ``sampler`` and ``num_inference_steps``)."""
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        return self.scheduler_for(sampler, _check_int("num_inference_steps", num_inference_steps, 1,
+                                                      self.diffusion.num_train_timesteps), eta)
+
+    def scheduler_for(self, sampler: str, num_inference_steps: int, eta: float = 0.0):
+        """``make_scheduler`` for arguments already checked (the explorer's validator checked them once)."""
         sched = DDIMScheduler(self.diffusion, eta=eta) if sampler == "ddim" else DDPMScheduler(self.diffusion)
-        sched.set_timesteps(_check_int("num_inference_steps", num_inference_steps, 1, self.diffusion.num_train_timesteps))
+        sched.set_timesteps(num_inference_steps)
         return sched
 
     # ------------------------------------------------------------------ one denoiser call

@@ -56,7 +56,7 @@ def _final_image_steps(sess: Session, scale: float, pipe: SpikingDiffusionPipeli
     meter = EnergyMeter()
     out = None
     lo, hi = span
-    sched = pipe.make_scheduler(s.sampler, s.num_steps)
+    sched = pipe.scheduler_for(s.sampler, s.num_steps)
     for out in pipe.run_steps(sched, pipe.initial_noise(s.seed, s.grid), s.seed, scale, T, meter=meter):
         yield lo + (hi - lo) * (out.index + 1) / out.num_steps, desc
     x = numpy_f32(out.sample)

@@ -225,7 +225,7 @@ def rate_course_figure(sess: Session, view: View):
 def tsm_figures(pipe, layer: str | None, spiking_steps: int | None = None):
     """TSM heatmap (all layers) and curve (one layer) of the weights a run at ``spiking_steps`` T uses (None: the
     trained T)."""
-    weights = pipe.tsm_weights(spiking_steps)
+    weights = pipe.run_tsm_weights(spiking_steps)   # checked once, where the session took it
     trained = pipe.config.time_steps
     named = {display.layer_label(k): v for k, v in weights.items()}
     heat = viz.tsm_heatmap(named, title="TSM weights of every layer", trained=trained)

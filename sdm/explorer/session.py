@@ -322,7 +322,7 @@ class Session:
             raise ValueError(f"recording {settings.num_steps} steps of {settings.grid} image(s) would keep about "
                              f"{need / 2 ** 20:.0f} MB (limit {self.max_bytes / 2 ** 20:.0f} MB per session): "
                              "lower the number of steps or the grid size")
-        sched = pipe.make_scheduler(settings.sampler, settings.num_steps)
+        sched = pipe.scheduler_for(settings.sampler, settings.num_steps)
         x = numpy_f32(pipe.initial_noise(settings.seed, settings.grid))
         with self.lock:
             self.generation += 1
