@@ -26,10 +26,15 @@ def info(result, keys=app.VIEW_KEYS) -> dict:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``python app.py`` in its own process, as a Space runs it, serving tiny-sdm at 2 base channels (the same 19
-    recorded layers, about 70 ms a step for 16 images), with a 7 s budget per heavy request."""
+    recorded layers, about 70 ms a step for 16 images), with a 7 s budget per heavy request. No lesson preset is
+    computed ahead (SDM_WARM_PRESETS=0) and no finished result is kept for other sessions (SDM_RESULTS_MB=0): these
+    tests measure what requests compute and what sessions hold, and the warming (a background job that pauses while
+    requests run) and the shared cache (bounded on its own) would be counted as theirs. tests/test_explorer_results.py
+    and tests/test_explorer_sharing.py test those two."""
     root = tmp_path_factory.mktemp("ckpts")
     write_tiny_checkpoint(root, "random weights, for the limits tests")
-    with launch_app(root, SDM_RUN_BUDGET_S=str(RUN_BUDGET_S)) as srv:
+    with launch_app(root, SDM_RUN_BUDGET_S=str(RUN_BUDGET_S), SDM_WARM_PRESETS="0",
+                    SDM_RESULTS_MB="0") as srv:
         yield srv
 
 
