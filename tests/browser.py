@@ -70,6 +70,27 @@ def plot_title(page, elem_id: str) -> str:
                      const t = el && el.layout && el.layout.title; return t ? (t.text || String(t)) : ''; }""", elem_id)
 
 
+def status_text(page) -> str:
+    """The status panel's own text, without the progress timer ("processing | 0.2s") gradio draws inside it while a
+    request is pending."""
+    return page.inner_text("#status [data-testid=markdown]")
+
+
+def wait_settled(page, before: str, timeout: float = 120.0) -> str:
+    """Wait until the status text differs from ``before`` and no request is pending on it (its progress tracker is
+    hidden), and return that text. The tracker's timer alone changes the panel's text, so a plain "text changed"
+    returned before the new status came (a flaky "(was …)" check)."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        idle = page.evaluate("() => [...document.querySelectorAll('#status [data-testid=status-tracker]')]"
+                             ".every(e => e.classList.contains('hide'))")
+        now = status_text(page)
+        if idle and now != before:
+            return now
+        page.wait_for_timeout(200)
+    raise AssertionError(f"the status did not settle on a new text within {timeout:.0f} s")
+
+
 def wait_ready(page) -> None:
     """The buttons are enabled once the first trajectory is in."""
     page.wait_for_selector("#btn-step:not([disabled])")
@@ -438,13 +459,13 @@ def walk_classroom_states(page, url: str) -> dict:
     def check(name):
         page.wait_for_timeout(300)
         states[name] = legibility(page)
-        status[name] = page.inner_text("#status")
+        status[name] = status_text(page)
 
     def after(action):
         """Do ``action`` (it starts a new trajectory) and wait until the status has changed and the buttons are on."""
-        before = page.inner_text("#status")
+        before = status_text(page)
         action()
-        wait_changed(page, lambda: page.inner_text("#status"), before, "status", timeout=120)
+        wait_settled(page, before)
         wait_ready(page)
 
     page.goto(url + "?mode=classroom", wait_until="domcontentloaded")

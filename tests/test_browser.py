@@ -106,7 +106,8 @@ def test_classroom_view_is_readable_from_the_back_in_every_state():
     # end; lesson labels fit their box; the lesson label clears when the checkpoint changes
     for name in ("T = 1", "T = 8", "DDIM 10", "DDIM 20", "DDIM 50", "DDIM 100"):
         assert "New trajectory" in seen["status"][name], (name, seen["status"][name])
-    assert all("(was " in seen["status"][n] for n in names if n.startswith("checkpoint "))
+    for name in (n for n in names if n.startswith("checkpoint ")):
+        assert "(was " in seen["status"][name], (name, seen["status"][name])
     assert seen["continue_at_end"] is False
     assert all(seen["lesson_fits"].values()), seen["lesson_fits"]
     assert seen["lesson_after_checkpoint"] and all(v == "" for v in seen["lesson_after_checkpoint"])
