@@ -182,12 +182,15 @@ class Explorer:
         pipe = self.registry.get(checkpoint)
         sess = state if isinstance(state, Session) else Session()
         view = sess.view_for(pipe.layer_names(), checkpoint, layer, raster_mode, neurons)
+        args = dict(seed=seed, sampler=sampler, num_steps=num_steps, grid=grid_size, threshold_scale=threshold_scale,
+                    time_steps=time_steps, ann_counterpart=self.registry.ann_counterpart(checkpoint))
+        if sess.repeats(pipe, checkpoint, **args):       # the same request twice: nothing to redo, the note stays
+            return render(sess, view, note=sess.restart_note)
         before = (sess.settings, sess.num_recorded, sess.records[0].scale) if sess.started else None
-        sess.start(pipe, checkpoint, seed=seed, sampler=sampler, num_steps=num_steps, grid=grid_size,
-                   threshold_scale=threshold_scale, time_steps=time_steps,
-                   ann_counterpart=self.registry.ann_counterpart(checkpoint))
+        sess.start(pipe, checkpoint, **args)
         self.pool.touch(_owner(request, sess), sess)
-        return render(sess, view, note=panels.restart_note(before, sess))
+        sess.restart_note = panels.restart_note(before, sess)
+        return render(sess, view, note=sess.restart_note)
 
     def step(self, n_steps, threshold_scale, layer, raster_mode, neurons, state, request: gr.Request = None):
         """Take ``n_steps`` steps (1 for Step, 10 for Step ×10) with the slider's threshold scale, for at most

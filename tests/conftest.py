@@ -6,6 +6,12 @@ import torch
 
 from harness import FIXTURES, serve_demo
 
+# Under pytest-xdist (`-n 2`, the README's command) each worker computes with one torch thread: two workers of two
+# threads each on the 2 cores we test on fought for them (a test of 1000 denoiser calls took 4x its solo time).
+# Processes the tests launch (python app.py, python -m sdm.train) choose their own threads.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:

@@ -634,6 +634,27 @@ def test_a_replaced_trajectory_says_why(explorer):
     assert all(s.count("\n\n") == 1 for s in (v["status"], t8["status"], again["status"]))
 
 
+def test_the_same_new_trajectory_twice_keeps_the_session_and_its_note(explorer):
+    """A control that fires twice (the browser sent a checkpoint switch's new trajectory twice, under load) asks for
+    the trajectory the session already holds at its first step: nothing is recomputed and the status keeps saying
+    what was replaced ("(was …)"), where it used to say "New trajectory; the previous one stopped at step 1"."""
+    v = start(explorer)
+    args = ("tiny-sdm-vanilla", 0, "ddim", STEPS, 1.0, 1, LAYER, "step", [], v["state"])
+    first = view(explorer.new_trajectory(*args))
+    sess, generation = first["state"], first["state"].generation
+    record = sess.records[0]
+    twice = view(explorer.new_trajectory(*args))
+    assert sess.generation == generation and sess.records[0] is record           # nothing was redone
+    assert "tiny-sdm-vanilla (was tiny-sdm)" in first["status"] and twice["status"] == first["status"]
+    # anything else that differs still starts anew: another seed, or the same settings after a step
+    seed = view(explorer.new_trajectory("tiny-sdm-vanilla", 1, *args[2:]))
+    assert sess.generation == generation + 1 and "seed 1 (was 0)" in seed["status"]
+    drain(explorer.step(1, 1.0, LAYER, "step", [], sess))
+    again = view(explorer.new_trajectory("tiny-sdm-vanilla", 1, *args[2:]))
+    assert sess.generation == generation + 2 and sess.num_recorded == 1
+    assert "the previous one stopped at step 2" in again["status"]
+
+
 def test_a_run_replaced_mid_run_says_so(explorer, monkeypatch):
     """Switching checkpoint while Run to end runs: the run stops and says why, and leaves the new trajectory's view
     alone (it used to stop silently and redraw with the old view)."""

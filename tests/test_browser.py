@@ -25,11 +25,19 @@ if missing and os.environ.get("SDM_REQUIRE_BROWSER") == "1":
 pytestmark = pytest.mark.skipif(bool(missing), reason="missing " + "; ".join(missing))
 
 
-def test_classroom_walkthrough_in_chromium(tmp_path):
+@pytest.fixture(scope="module")
+def shipped_app():
+    """One ``python app.py`` with the shipped checkpoints for the tests of this module that a worker runs (each
+    test opens its own page, so its own session; a launch costs about 10 s of the suite)."""
+    with launch_app() as app:
+        yield app
+
+
+def test_classroom_walkthrough_in_chromium(tmp_path, shipped_app):
     import imageio.v3 as iio
 
-    with launch_app() as app, browser.browser_page() as page:
-        seen = browser.drive(page, app.url)
+    with browser.browser_page() as page:
+        seen = browser.drive(page, shipped_app.url)
         shot = tmp_path / "app.png"
         page.screenshot(path=str(shot), full_page=True)
 
@@ -54,9 +62,9 @@ def test_classroom_walkthrough_in_chromium(tmp_path):
     assert img[..., :3].std() > 10  # not a blank page
 
 
-def test_classroom_view_fits_a_projector_screen(tmp_path):
-    with launch_app() as app, browser.browser_page(browser.PROJECTOR) as page:
-        seen = browser.drive_classroom(page, app.url)
+def test_classroom_view_fits_a_projector_screen(tmp_path, shipped_app):
+    with browser.browser_page(browser.PROJECTOR) as page:
+        seen = browser.drive_classroom(page, shipped_app.url)
 
     # ?mode=classroom opens the classroom view: one screen, the full explorer's panels hidden
     assert seen["classroom"] and seen["explorer_hidden"]
@@ -85,12 +93,12 @@ def test_classroom_view_fits_a_projector_screen(tmp_path):
     assert seen["grid_item_px"] >= 64, seen["grid_item_px"]
 
 
-def test_classroom_view_is_readable_from_the_back_in_every_state():
+def test_classroom_view_is_readable_from_the_back_in_every_state(shipped_app):
     """Issue 32: at 1280x720, in every state a lesson passes through, the page is at most 720 px tall, every text is
     at least 16 px (titles 20 px) with a contrast of at least 4.5:1, the slider's arrow key steps 0.01, and no state
     changes silently."""
-    with launch_app() as app, browser.browser_page(browser.PROJECTOR) as page:
-        seen = browser.walk_classroom_states(page, app.url)
+    with browser.browser_page(browser.PROJECTOR) as page:
+        seen = browser.walk_classroom_states(page, shipped_app.url)
     states = seen["states"]
     names = list(states)
     assert {"load", "mid-run, s = 1.05", "mid-run, s = 0.95", "Run to end", "at the end, s = 1.05",

@@ -1,6 +1,7 @@
 """sdm.explorer.results: one bounded, read-only cache of finished results shared by every session, computed once."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -192,6 +193,9 @@ def test_warm_fills_entries_in_the_background_and_stop_ends_it_between_steps():
     deadline = time.time() + 20
     while len(steps_run) < 5 and time.time() < deadline:
         time.sleep(0.01)
+    if hasattr(os, "getpriority"):                              # the default: the lowest priority, this thread only
+        assert os.getpriority(os.PRIO_PROCESS, w.native_id_seen) == 19
+        assert os.getpriority(os.PRIO_PROCESS, 0) == os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     t0 = time.perf_counter()
     results.stop()
     assert not w.is_alive() and time.perf_counter() - t0 < 5.0   # (a nice-19 thread on a busy machine)

@@ -5,7 +5,7 @@ A 1000-step DDPM trajectory with recording, at the largest grid (16 images), mus
 
 What a session records per step depends on the image size, the grid, T, the number of spiking layers and the
 neurons recorded per layer (64, fewer than any layer has), not on the layers' widths. So the 1000 real steps run on
-a model with the default checkpoint's config at 2 base channels (same layers, same recording, about 50 ms a step
+a model with the default checkpoint's config at 1 base channel (same layers, same recording, about 40 ms a step
 instead of 400); the test checks that both record the same bytes per step.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ app = import_app()
 
 @pytest.fixture(scope="module")
 def narrow_default():
-    """(name, the shipped default pipeline, the same architecture at 2 base channels with random weights)."""
+    """(name, the shipped default pipeline, the same architecture at 1 base channel with random weights)."""
     reg = ModelRegistry()  # the shipped checkpoints/
     name = reg.default_name()
     if name is None:
@@ -42,7 +42,7 @@ def narrow_default():
     pipe = reg.get(name)
     c = pipe.config
     torch.manual_seed(0)
-    narrow = SpikingUNet(c.replace(base_channels=2, time_embed_dim=8))
+    narrow = SpikingUNet(c.replace(base_channels=1, time_embed_dim=4))
     return name, pipe, SpikingDiffusionPipeline(narrow, pipe.diffusion, dict(pipe.card), name=name)
 
 

@@ -337,17 +337,19 @@ class SharedResults:
 
     # ------------------------------------------------------------------ ahead of time
     def warm(self, keys: Iterable[ResultKey], compute: Callable[[ResultKey], Generator[Any, None, Any]],
-             pause_while: Callable[[], bool] | None = None) -> "Warming":
+             pause_while: Callable[[], bool] | None = None, niceness: int = 19) -> "Warming":
         """Compute ``keys`` not stored yet, one after the other, in a daemon thread at the lowest CPU priority.
 
         Args:
             compute: ``compute(key)`` returns the generator ``get_or_compute`` runs for it.
             pause_while: checked between steps: while it returns True (e.g. the server has requests in flight), the
                 warming waits, unless a request waits on the very result it is computing.
+            niceness: the thread's nice level on Linux (19, the default: it computes only with CPU no one else
+                wants; 0: the process's own priority, for a caller that waits for the result).
         Returns:
             The running ``Warming``: ``.stop()`` ends it between two steps (also ``SharedResults.stop()``).
         """
-        w = Warming(self, list(keys), compute, pause_while)
+        w = Warming(self, list(keys), compute, pause_while, niceness)
         with self._cond:
             self._warmings = [x for x in self._warmings if x.is_alive()] + [w]
         w.start()
@@ -365,9 +367,12 @@ class Warming(threading.Thread):
     """A background run of ``SharedResults.warm``; ``done`` lists the keys it stored (or found stored)."""
 
     def __init__(self, results: SharedResults, keys: list[ResultKey],
-                 compute: Callable[[ResultKey], Generator[Any, None, Any]], pause_while: Callable[[], bool] | None):
+                 compute: Callable[[ResultKey], Generator[Any, None, Any]], pause_while: Callable[[], bool] | None,
+                 niceness: int = 19):
         super().__init__(name="sdm-results-warm", daemon=True)
         self.results, self.keys, self.compute, self.pause_while = results, keys, compute, pause_while
+        self.niceness = int(niceness)
+        self.native_id_seen: int | None = None
         self.done: list[ResultKey] = []
         self.error: BaseException | None = None
         self._stop_asked = threading.Event()
@@ -379,10 +384,12 @@ class Warming(threading.Thread):
             self.join(timeout)
 
     def run(self) -> None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)   # Linux: this thread only
-        except (AttributeError, OSError):
-            pass
+        self.native_id_seen = threading.get_native_id()
+        if self.niceness:
+            try:
+                os.setpriority(os.PRIO_PROCESS, self.native_id_seen, self.niceness)   # Linux: this thread only
+            except (AttributeError, OSError):
+                pass
         try:
             for key in self.keys:
                 if self._stop_asked.is_set():

@@ -253,6 +253,7 @@ class Session:
         self.pure = False                   # every record comes from one run from x_T (no Continue from here)
         self.generated: Generated | None = None       # the generated images at 1.0 and s (``generated_now``)
         self.show_generated = False         # asked for the generated images before the end of the trajectory
+        self.restart_note: str | None = None    # what the status said when this trajectory replaced another one
         self.neuron_index: dict[str, np.ndarray] = {}
         self.num_neurons: dict[str, int] = {}
         self.layers: list[str] = []
@@ -304,6 +305,27 @@ class Session:
         return n
 
     # ------------------------------------------------------------------ start / step
+    @staticmethod
+    def _checked(pipe, checkpoint, seed, sampler, num_steps, grid, threshold_scale, time_steps, ann_counterpart):
+        """The ``Settings`` and threshold scale of a new trajectory, each value checked (ValueError if bad)."""
+        c = pipe.config
+        settings = Settings(checkpoint, check_seed(seed), check_sampler(sampler), check_num_steps(num_steps),
+                            check_grid(grid), check_spiking_steps(time_steps, c.T, c.spiking), ann_counterpart)
+        return settings, check_scale(threshold_scale)
+
+    def repeats(self, pipe: SpikingDiffusionPipeline, checkpoint: str, seed=0, sampler="ddim", num_steps=50,
+                grid=1, threshold_scale=1.0, time_steps=None, ann_counterpart: str | None = None) -> bool:
+        """Whether ``start`` with these arguments would give exactly what the session holds now: the same model and
+        settings, still at its first step, viewed as it was taken (no preview, no generated images). A trajectory
+        is a pure function of its settings, so such a restart changes nothing; the app then keeps the session and
+        its status (a control that fires twice must not replace "New trajectory: B (was A)" by "New trajectory")."""
+        settings, scale = self._checked(pipe, checkpoint, seed, sampler, num_steps, grid, threshold_scale,
+                                        time_steps, ann_counterpart)
+        with self.lock:
+            return (self.started and self.pipe is pipe and self.settings == settings and len(self.records) == 1
+                    and self.records[0].scale == scale and self.view_index == 0 and self.preview_data is None
+                    and not self.show_generated)
+
     def start(self, pipe: SpikingDiffusionPipeline, checkpoint: str, seed=0, sampler="ddim", num_steps=50,
               grid=1, threshold_scale=1.0, time_steps=None, ann_counterpart: str | None = None) -> None:
         """Reset to a new trajectory: draw x_T (from the seed) and take the first step.
@@ -313,10 +335,8 @@ class Session:
         (``ModelRegistry.ann_counterpart``), whose energy the panels compare with; None: they show none. Raises
         ValueError for bad settings, or when the recording would exceed the memory budget.
         """
-        c = pipe.config
-        settings = Settings(checkpoint, check_seed(seed), check_sampler(sampler), check_num_steps(num_steps),
-                            check_grid(grid), check_spiking_steps(time_steps, c.T, c.spiking), ann_counterpart)
-        scale = check_scale(threshold_scale)
+        settings, scale = self._checked(pipe, checkpoint, seed, sampler, num_steps, grid, threshold_scale,
+                                        time_steps, ann_counterpart)
         need = estimate_state_bytes(pipe, settings.num_steps, settings.grid, self.max_neurons, settings.spiking_steps)
         if need > self.max_bytes:
             raise ValueError(f"recording {settings.num_steps} steps of {settings.grid} image(s) would keep about "
