@@ -137,8 +137,7 @@ def test_bad_input_gets_a_clear_error_and_the_server_answers_the_next_request(se
     assert info(r)["step"] == 1 and info(r)["seed"] == 7
 
 
-def _run_alone_or_not(url, spec) -> dict:
-    c = client(url)
+def _run_alone_or_not(c, spec) -> dict:
     r = start(c, checkpoint=spec["checkpoint"], seed=spec["seed"], steps=6, scale=spec["scale"], grid=4)
     r = c.predict(n_steps=2, threshold_scale=spec["scale"], api_name="/step", **LAYER_ARGS)
     mid = info(r)
@@ -154,13 +153,15 @@ def test_eight_concurrent_sessions_each_get_exactly_their_solo_images(served):
     names = ["tiny-sdm", "tiny-sdm-vanilla", "tiny-ann"]
     specs = [{"checkpoint": names[i % 3], "seed": 100 + i, "scale": round(0.95 + 0.013 * i, 3)} for i in range(8)]
     results: dict[int, dict] = {}
+    clients: dict[int, object] = {}
     errors: list[BaseException] = []
     barrier = threading.Barrier(len(specs))
 
     def worker(i):
         try:
             barrier.wait(timeout=60)
-            results[i] = _run_alone_or_not(served, specs[i])
+            clients[i] = client(served)
+            results[i] = _run_alone_or_not(clients[i], specs[i])
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
 
@@ -171,8 +172,8 @@ def test_eight_concurrent_sessions_each_get_exactly_their_solo_images(served):
         t.join(timeout=600)
     assert not errors, errors
     assert len(results) == len(specs)
-    for i, spec in enumerate(specs):
-        alone = _run_alone_or_not(served, spec)
+    for i, spec in enumerate(specs):      # then each alone, one after the other (a new trajectory of the same tab)
+        alone = _run_alone_or_not(clients[i], spec)
         got = results[i]
         assert got["done"] and got["checkpoint"] == spec["checkpoint"] and got["seed"] == spec["seed"]
         for k in ("mid", "end", "x0"):
