@@ -216,6 +216,39 @@ def test_warm_pauses_while_asked_unless_someone_waits_for_its_result():
     assert key() in results
 
 
+def test_a_warming_hands_its_half_done_computation_to_the_request_that_waits_for_it():
+    """A request that waits on a result the (nice 19) warming is computing takes the computation over between two
+    steps and finishes it in its own thread, from where the warming was: nothing is computed twice, and the request
+    no longer waits behind a thread that gets the CPU last (30 students waited 30 s on it beside a busy process)."""
+    results = SharedResults(max_bytes=100_000)
+    threads, calls = [], []                              # the threads of key(1)'s steps
+
+    def compute(k):
+        calls.append(1)
+        for i in range(40):
+            if k == key(1):
+                threads.append(threading.get_native_id())
+            time.sleep(0.01)
+            yield (i + 1) / 40
+        return np.ones(8, np.float32)
+
+    w = results.warm([key(1), key(2)], compute)
+    deadline = time.time() + 20
+    while len(threads) < 5 and time.time() < deadline:
+        time.sleep(0.005)
+    ticks, value = drain(results.get_or_compute(key(1), lambda: compute(key(1))))
+    me = threading.get_native_id()
+    w.join(30)
+    np.testing.assert_array_equal(value, np.ones(8, np.float32))
+    assert not w.is_alive() and w.handed == [key(1)] and w.done == [key(2)]
+    assert key(1) in results and key(2) in results
+    assert len(threads) == 40                            # key(1)'s 40 steps: begun by the warming, ended here
+    assert threads[0] == w.native_id_seen and threads[-1] == me and len(ticks) < 40
+    assert threads == sorted(threads, key=lambda t: t == me)  # one handover: the warming's steps, then this thread's
+    s = results.stats()
+    assert s["handovers"] == 1 and len(calls) == 2 and s["computes"] == 3   # key(1) started once, taken over once
+
+
 def test_final_difference_on_known_arrays():
     a = np.full((1, 1, 2, 2), -1.0, np.float32)                # black
     b = np.ones((1, 1, 2, 2), np.float32)                      # white

@@ -133,7 +133,7 @@ def _size(value: Any, nbytes: int | None) -> int:
 class _Flight:
     """A computation in progress: its latest tick (``version`` counts them) and how it ended."""
 
-    state: str = "running"              # running -> done | abandoned
+    state: str = "running"              # running -> done | abandoned (a handed-over one is abandoned too)
     tick: Any = None
     version: int = 0
     value: Any = None
@@ -158,7 +158,9 @@ class SharedResults:
         self._flights: dict[ResultKey, _Flight] = {}
         self._bytes = 0
         self._cond = threading.Condition()
-        self._counts = dict(hits=0, misses=0, computes=0, joins=0, takeovers=0, evictions=0)
+        self._counts = dict(hits=0, misses=0, computes=0, joins=0, takeovers=0, handovers=0, evictions=0)
+        # computations a background warming left half-way to the request that waits for them: key -> generator
+        self._handed: dict[ResultKey, Generator[Any, None, Any]] = {}
         self._warmings: list[Warming] = []
 
     # ------------------------------------------------------------------ the store
@@ -231,8 +233,8 @@ class SharedResults:
                         in_flight=len(self._flights))
 
     # ------------------------------------------------------------------ compute once
-    def get_or_compute(self, key: ResultKey, compute: Compute,
-                       nbytes: int | None = None) -> Generator[Any, None, Any]:
+    def get_or_compute(self, key: ResultKey, compute: Compute, nbytes: int | None = None,
+                       hand_over: bool = False) -> Generator[Any, None, Any]:
         """The stored value of ``key``, computed once however many ask at the same time.
 
         A generator: iterate it (yielding progress ticks) and take its return value. On a hit it yields nothing. On a
@@ -245,8 +247,13 @@ class SharedResults:
         Args:
             compute: called with no arguments, in the computing caller's thread, to start the computation.
             nbytes: the value's size (default: its ``nbytes``).
+            hand_over: as soon as another caller waits for the value, stop between two ticks and leave the
+                half-done computation to it (it goes on from there, in its own thread), then return None. For a
+                background warming at the lowest CPU priority: a request that waits on it must not compute at nice
+                19 behind every other process (a class waited 30 s on a preset warming beside a busy process).
         Returns:
-            The stored, read-only value (a value too large for the cache is returned, not stored).
+            The stored, read-only value (a value too large for the cache is returned, not stored); None when
+            handed over.
         """
         first = True
         while True:
@@ -271,16 +278,26 @@ class SharedResults:
                         self._counts["joins"] += 1
             first = False
             if lead:
-                return (yield from self._lead(key, flight, compute, nbytes))
+                return (yield from self._lead(key, flight, compute, nbytes, hand_over))
             done, value = yield from self._follow(key, flight)
             if done:
                 return value
 
-    def _lead(self, key: ResultKey, flight: _Flight, compute: Compute, nbytes: int | None):
-        gen = compute()
-        finished = False
+    def _lead(self, key: ResultKey, flight: _Flight, compute: Compute, nbytes: int | None, hand_over: bool):
+        with self._cond:
+            gen = self._handed.pop(key, None)
+            if gen is not None:
+                self._counts["handovers"] += 1
+        gen = gen if gen is not None else compute()
+        finished = handed = False
         try:
             while True:
+                if hand_over:
+                    with self._cond:
+                        if flight.waiters:                       # someone waits: they go on from here
+                            self._handed[key] = gen
+                            handed = True
+                            return None
                 try:
                     tick = next(gen)
                 except StopIteration as stop:
@@ -295,7 +312,7 @@ class SharedResults:
             finished = True
             return stored
         finally:
-            if not finished:
+            if not finished and not handed:
                 gen.close()
             with self._cond:
                 if flight.state == "running":
@@ -361,10 +378,15 @@ class SharedResults:
             warmings = list(self._warmings)
         for w in warmings:
             w.stop(timeout)
+        with self._cond:
+            handed, self._handed = list(self._handed.values()), {}
+        for gen in handed:                  # left by a warming to a waiter that went away before taking it
+            gen.close()
 
 
 class Warming(threading.Thread):
-    """A background run of ``SharedResults.warm``; ``done`` lists the keys it stored (or found stored)."""
+    """A background run of ``SharedResults.warm``; ``done`` lists the keys it stored (or found stored), ``handed``
+    those it left half-way to a request that waited for them."""
 
     def __init__(self, results: SharedResults, keys: list[ResultKey],
                  compute: Callable[[ResultKey], Generator[Any, None, Any]], pause_while: Callable[[], bool] | None,
@@ -374,6 +396,7 @@ class Warming(threading.Thread):
         self.niceness = int(niceness)
         self.native_id_seen: int | None = None
         self.done: list[ResultKey] = []
+        self.handed: list[ResultKey] = []      # left half-way to a request that waited for it (it finishes them)
         self.error: BaseException | None = None
         self._stop_asked = threading.Event()
 
@@ -394,15 +417,15 @@ class Warming(threading.Thread):
             for key in self.keys:
                 if self._stop_asked.is_set():
                     return
-                gen = self.results.get_or_compute(key, lambda key=key: self.compute(key))
+                gen = self.results.get_or_compute(key, lambda key=key: self.compute(key), hand_over=True)
                 try:
                     while True:
                         self._pause(key)
                         if self._stop_asked.is_set():
                             return
                         next(gen)
-                except StopIteration:
-                    self.done.append(key)
+                except StopIteration as stop:
+                    (self.done if stop.value is not None else self.handed).append(key)
                 finally:
                     gen.close()
         except Exception as e:  # noqa: BLE001 - a failed preset must not take the server down; kept for the log
