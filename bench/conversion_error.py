@@ -3,7 +3,7 @@ predictions of the quantised ANN (the source), of the converted SNN, and between
 images. It splits a converted model's loss into what the quantised ANN already loses and what the conversion adds,
 and shows where in t the conversion hurts (small t, where the prediction must resolve fine detail).
 
-    python bench/conversion_error.py --checkpoint fmnist-ann2snn-t3 [--n 64] [--timesteps 20,100,300,600,900]
+    python bench/conversion_error.py --checkpoint fmnist-ann2snn-t3-ft [--n 64] [--timesteps 20,100,300,600,900]
 
 The source quantised ANN is the one the checkpoint's card names (conversion.source), or --source.
 """

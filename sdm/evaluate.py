@@ -3,6 +3,7 @@
     python -m sdm.evaluate --train-classifier fmnist             # once per data set -> checkpoints/classifiers/fmnist/
     python -m sdm.evaluate --checkpoint fmnist-sdm-t4            # 1000 samples, DDIM, 50 steps -> card.json + README.md
     python -m sdm.evaluate --checkpoint fmnist-sdm-t4 --sweep    # + threshold guidance from 0.90 to 1.10
+    python -m sdm.evaluate --checkpoint fmnist-sdm-t4 --sweep-only --sweep-n 200   # the sweep alone, into the card
     python -m sdm.evaluate --checkpoints fmnist-sdm-t4-vanilla fmnist-sdm-t4 fmnist-ann   # one markdown table
 
 FID: Inception weights cannot be downloaded here, so every data set gets its own small classifier (a CNN trained on
@@ -88,6 +89,9 @@ def report_markdown(name: str, m: dict, calibration: dict | None = None) -> str:
             lines.append(f"| {bold}{r['scale']:g}{bold} | {bold}{r['fid']:.2f}{bold} | {r['coverage']:.0%} | "
                          f"{r['mean_confidence']:.3f} |")
         lines += ["", f"Best scale: {m['best_scale']:g} (FID {m['best_fid']:.2f})."]
+        if m.get("sweep_command"):
+            lines += ["", f"The sweep was measured on its own: `{m['sweep_command']}` ({m['sweep_machine']}, "
+                          f"{m['sweep_evaluated_at']})."]
     a = m.get("ann_compare")
     if a:
         ea = a.get("energy")
@@ -123,6 +127,18 @@ def comparison_table(rows: list[tuple[str, dict | None, object]]) -> str:
         lines += ["", f"{first['fid_n']} samples, {first['sampler'].upper()}, {first['steps']} steps, seed "
                       f"{first['seed']}; FID in the features of the {first['fid_features']}."]
     return "\n".join(lines)
+
+
+def _with_sweep(stored: dict, run: dict) -> dict:
+    """A card's metrics (``stored``) with the threshold sweep of a ``--sweep-only`` ``run`` put in (its own command,
+    date and machine under ``sweep_*``); the stored main metrics stay. Raises SystemExit when the card has no main
+    metrics to keep (run a full evaluation first)."""
+    if "fid" not in stored:
+        raise SystemExit("--sweep-only keeps the card's main metrics, but this card has none: evaluate it first")
+    out = {k: v for k, v in stored.items() if k not in ("threshold_sweep", "best_scale", "best_fid")}
+    out.update({k: run[k] for k in ("threshold_sweep", "sweep_n", "best_scale", "best_fid")})
+    out.update(sweep_command=run["command"], sweep_evaluated_at=run["evaluated_at"], sweep_machine=run["machine"])
+    return out
 
 
 def write_evaluation(folder: str | Path, metrics: dict, images: np.ndarray, report: str) -> None:
@@ -173,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold-scale", type=float, default=1.0, help="threshold guidance of the main run")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--sweep", action="store_true", help="threshold-guidance sweep (spiking checkpoints only)")
+    p.add_argument("--sweep-only", action="store_true",
+                   help="only the threshold-guidance sweep: its scale-1.0 point is the main run at --sweep-n "
+                        "samples, and the card keeps its main metrics (FID at --n, energy) beside the new sweep")
     p.add_argument("--sweep-n", type=int, default=500, help="samples per sweep scale")
     p.add_argument("--sweep-scales", help=f"comma-separated scales (default {','.join(map(str, SWEEP_SCALES))})")
     p.add_argument("--compare", help="ANN counterpart sampled on the same seeds (default: the card's "
@@ -284,6 +303,10 @@ def _run_evaluate(args, command: str) -> int:
     table_mode = args.checkpoints is not None
     names = args.checkpoints if table_mode else [args.checkpoint]
     scales = None
+    if args.sweep_only:
+        if args.checkpoints is not None:
+            raise SystemExit("--sweep-only takes one --checkpoint")
+        args.sweep, args.n, args.no_energy, args.compare = True, args.sweep_n, True, "none"
     if args.sweep:
         scales = [float(s) for s in args.sweep_scales.split(",")] if args.sweep_scales else list(SWEEP_SCALES)
     evaluators: dict[str, Evaluator] = {}
@@ -322,6 +345,8 @@ def _run_evaluate(args, command: str) -> int:
         m["evaluated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         m["command"] = command
         m["machine"] = machine_description()
+        if args.sweep_only:
+            m = _with_sweep(pipe.card.get("metrics") or {}, m)
         report = report_markdown(pipe.name, m, ev.classifier.card.get("metrics", {}).get("fid_calibration")
                                  if ev.space is ev.classifier else None)
         if not args.no_write:

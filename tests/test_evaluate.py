@@ -60,6 +60,33 @@ def test_cli_evaluates_a_copy_and_prints_json(fixtures_dir, tmp_path, evaluator,
     assert json.loads((folder / "card.json").read_text())["metrics"]["fid"] == m["fid"]
 
 
+def test_cli_sweep_only_adds_the_sweep_and_keeps_the_main_metrics(fixtures_dir, tmp_path, evaluator, monkeypatch,
+                                                                   capsys):
+    folder = shutil.copytree(fixtures_dir / "tiny-sdm-vanilla", tmp_path / "tiny-sdm-vanilla")
+    monkeypatch.setattr(ev, "make_evaluator", lambda *a, **k: evaluator)
+    args = ["--checkpoint", str(folder), "--data", "digits28", "--steps", "1", "--no-progress", "--threads", "1"]
+    # a card without main metrics: nothing to keep, so it says to evaluate first
+    card = json.loads((folder / "card.json").read_text())
+    card.pop("metrics", None)
+    (folder / "card.json").write_text(json.dumps(card))
+    try:
+        ev.main(args + ["--sweep-only", "--sweep-n", "4"])
+        raise AssertionError("no error")
+    except SystemExit as e:
+        assert "evaluate it first" in str(e)
+    assert ev.main(args + ["--n", "8", "--compare", "none"]) == 0
+    main = json.loads((folder / "card.json").read_text())["metrics"]
+    assert ev.main(args + ["--sweep-only", "--sweep-n", "4", "--sweep-scales", "0.95,1.0,1.05"]) == 0
+    m = json.loads((folder / "card.json").read_text())["metrics"]
+    assert [r["scale"] for r in m["threshold_sweep"]] == [0.95, 1.0, 1.05] and m["sweep_n"] == 4
+    assert m["best_scale"] in (0.95, 1.0, 1.05) and "--sweep-only" in m["sweep_command"]
+    assert {k: m[k] for k in ("fid", "fid_n", "command", "evaluated_at")} == \
+        {k: main[k] for k in ("fid", "fid_n", "command", "evaluated_at")}             # the main run's, kept
+    readme = (folder / "README.md").read_text()
+    assert "Best scale" in readme and "The sweep was measured on its own: `python -m sdm.evaluate" in readme
+    capsys.readouterr()
+
+
 def test_cli_table_of_several_checkpoints(fixtures_dir, evaluator, monkeypatch, capsys):
     monkeypatch.setattr(ev, "make_evaluator", lambda *a, **k: evaluator)
     rc = ev.main(["--checkpoints", "tiny-sdm", "tiny-missing", "tiny-ann", "--checkpoints-dir", str(fixtures_dir),
