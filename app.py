@@ -184,13 +184,9 @@ class Explorer:
         view = sess.view_for(pipe.layer_names(), checkpoint, layer, raster_mode, neurons)
         args = dict(seed=seed, sampler=sampler, num_steps=num_steps, grid=grid_size, threshold_scale=threshold_scale,
                     time_steps=time_steps, ann_counterpart=self.registry.ann_counterpart(checkpoint))
-        if sess.repeats(pipe, checkpoint, **args):       # the same request twice: nothing to redo, the note stays
-            return render(sess, view, note=sess.restart_note)
-        before = (sess.settings, sess.num_recorded, sess.records[0].scale) if sess.started else None
-        sess.start(pipe, checkpoint, **args)
+        note = panels.start_noted(sess, pipe, checkpoint, **args)
         self.pool.touch(_owner(request, sess), sess)
-        sess.restart_note = panels.restart_note(before, sess)
-        return render(sess, view, note=sess.restart_note)
+        return render(sess, view, note=note)
 
     def step(self, n_steps, threshold_scale, layer, raster_mode, neurons, state, request: gr.Request = None):
         """Take ``n_steps`` steps (1 for Step, 10 for Step ×10) with the slider's threshold scale, for at most
@@ -208,7 +204,7 @@ class Explorer:
         noise at 1.0 and at this scale instead, streamed (``_generate``). Yields THRESHOLD outputs."""
         sess = self._use(state, request)
         view = sess.check_view(layer, raster_mode, neurons)
-        sess.preview(threshold_scale)
+        sharing.preview(sess, self.results, self.registry.signature, threshold_scale)
         if not sess.wants_generated:
             yield render(sess, view, THRESHOLD_KEYS)
             return

@@ -13,7 +13,7 @@ from test_explorer_results import drain             # (its ticks, its return val
 from sdm.explorer import ModelRegistry, Session, compare, display, panels
 from sdm.explorer.presets import lesson_presets
 from sdm.explorer.results import SharedResults, final_difference
-from sdm.explorer.sharing import (final_key, generated_images, preset_keys, compute_key, run_to_end,
+from sdm.explorer.sharing import (final_key, generated_images, preset_keys, compute_key, preview, run_to_end,
                                   trajectory_key)
 
 STEPS = 8
@@ -166,6 +166,36 @@ def test_the_image_at_s_streams_from_the_first_step(registry):
     assert [s[1] for s in partial] == sorted(s[1] for s in partial)
     base, _ = compare.final_image(sess, 1.0)
     assert np.array_equal(g.base, base)
+
+
+def test_the_slider_preview_is_computed_once_for_the_class_and_is_what_a_solo_run_gives(registry):
+    """30 students on one lesson move the slider to 1.05 on the same step: the step is re-run once (the preview is
+    shared, read-only), and each sees bitwise what its own re-run gives; another step, scale or a session whose
+    steps ran at several scales computes its own."""
+    results = SharedResults(64 * 2 ** 20)
+    class_ = [started(registry, seed=3) for _ in range(3)]
+    for sess in class_:
+        sess.advance(2, 1.0)
+    firsts = [preview(sess, results, registry.signature, 1.05) for sess in class_]
+    assert results.stats()["computes"] == 1 and all(p is firsts[0] for p in firsts)
+    assert all(sess.preview_data is firsts[0] for sess in class_)
+    alone = started(registry, seed=3)
+    alone.advance(2, 1.0)
+    own = alone.preview(1.05)                                   # not shared: its own re-run
+    for k in ("x0", "eps"):
+        assert np.array_equal(getattr(own, k), getattr(firsts[0], k))
+        assert not getattr(firsts[0], k).flags.writeable
+    assert own.spikes.keys() == firsts[0].spikes.keys()
+    assert all(np.array_equal(own.spikes[n], firsts[0].spikes[n]) for n in own.spikes)
+    assert preview(class_[0], results, registry.signature, 1.0) is None       # the recorded scale: no preview
+    preview(class_[0], results, registry.signature, 0.95)                   # another scale: computed
+    class_[1].scrub(2)
+    preview(class_[1], results, registry.signature, 1.05)                   # another step: computed
+    assert results.stats()["computes"] == 3
+    mixed = started(registry, seed=3)
+    mixed.advance(1, 0.97)                                                  # steps at two scales: not shared
+    preview(mixed, results, registry.signature, 1.05)
+    assert results.stats()["computes"] == 3 and mixed.preview_data.x0.flags.writeable
 
 
 def test_the_lesson_presets_are_computed_ahead_and_the_warming_stops(registry):

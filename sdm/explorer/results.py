@@ -45,7 +45,7 @@ from ..pipeline import SpikingDiffusionPipeline
 
 __all__ = ["KINDS", "Final", "ResultKey", "SharedResults", "Warming", "final_difference", "final_image_stream"]
 
-KINDS = ("final", "trajectory")
+KINDS = ("final", "trajectory", "preview")
 #: a leader whose consumer has not advanced it for this long is presumed gone: a waiter takes over
 STALL_S = 120.0
 
@@ -58,7 +58,8 @@ class ResultKey:
     1.05 from a slider and from the API give the same key).
 
     Attributes:
-        kind: "final" (a generated image batch and its energy) or "trajectory" (a whole recorded run).
+        kind: "final" (a generated image batch and its energy), "trajectory" (a whole recorded run) or "preview"
+            (one recorded step of a trajectory re-run at another threshold scale).
         checkpoint: the checkpoint's name.
         signature: its files' ((file, size, mtime_ns), ...) when the pipeline was loaded: new weights under the
             same name are another entry.

@@ -33,7 +33,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Generator, NamedTuple, TypeVar
+from typing import Callable, Generator, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -152,6 +152,11 @@ class Preview:
     v: dict[str, np.ndarray]
     rates: dict[str, float]
     thresholds: dict[str, float]
+
+    @property
+    def nbytes(self) -> int:
+        return (self.x0.nbytes + self.eps.nbytes + sum(a.nbytes for a in self.spikes.values())
+                + sum(a.nbytes for a in self.v.values()))
 
 
 @dataclass(frozen=True)
@@ -474,10 +479,15 @@ class Session:
         spikes, v, rates, thr = _probe_dicts(frames)
         return Preview(rec.index, scale, numpy_f16(x0), numpy_f16(eps), spikes, v, rates, thr)
 
-    def preview(self, threshold_scale) -> Preview | None:
+    def preview(self, threshold_scale, shared: Callable[[tuple, Callable[[], Preview]], Preview] | None = None
+                ) -> Preview | None:
         """Re-run the denoiser of the viewed step with another threshold scale (Eq. 18) and keep the result as
         a preview: x̂₀, ε̂ and the probes change, the recorded trajectory does not. Returns None (and clears the
-        preview) when the scale is the one the step was recorded with."""
+        preview) when the scale is the one the step was recorded with.
+
+        ``shared(parts, compute)``: where the step is a pure function of the settings (every record from one run
+        from x_T at one scale), gives the preview for ``parts`` = (that scale, the step's index, ``threshold_scale``,
+        max_neurons), calling ``compute()`` only if no other session computed it (``sharing.preview``)."""
         scale = check_scale(threshold_scale)
         with self.lock:
             self.require()
@@ -485,7 +495,12 @@ class Session:
             if abs(scale - rec.scale) < 1e-9:
                 self.preview_data = None
                 return None
-            self.preview_data = self._rerun(rec, scale)
+            uniform = self.uniform_scale()
+            if shared is not None and uniform is not None:
+                self.preview_data = shared((uniform, rec.index, scale, self.max_neurons),
+                                           lambda: self._rerun(rec, scale))
+            else:
+                self.preview_data = self._rerun(rec, scale)
             return self.preview_data
 
     def base_record(self) -> StepRecord | Preview | None:

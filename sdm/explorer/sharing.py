@@ -162,6 +162,39 @@ def generated_images(sess: Session, results: SharedResults, signature,
     return show(Generated(generation, scale, base, image, n, n))
 
 
+# ------------------------------------------------------------------------------------------ the slider's preview
+def preview(sess: Session, results: SharedResults, signature_of: Callable[[str], tuple], threshold_scale):
+    """``sess.preview(threshold_scale)``, computed once for every session that views the same step of the same
+    trajectory (same settings, every step from one run from x_T at one scale) at the same threshold scale: a class
+    moving the slider together re-runs that step once. The shared preview's arrays are read-only; what a session
+    sees is bitwise what it would have computed. ``signature_of``: a checkpoint's file signature by name
+    (``ModelRegistry.signature``). Returns what ``Session.preview`` returns."""
+    def shared(parts, compute):
+        recorded_at, index, scale, max_neurons = parts
+        s = sess.settings
+        key = ResultKey.of("preview", s.checkpoint, signature_of(s.checkpoint), seed=s.seed, sampler=s.sampler,
+                           num_steps=s.num_steps, time_steps=_time_steps(sess.pipe, s), threshold_scale=scale,
+                           grid=s.grid, extra=(("max_neurons", int(max_neurons)), ("step", int(index)),
+                                               ("recorded_at", float(recorded_at))))
+        gen = results.get_or_compute(key, lambda: _frozen_preview(compute))
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                return stop.value
+
+    return sess.preview(threshold_scale, shared)
+
+
+def _frozen_preview(compute):
+    """A one-tick computation of a preview whose arrays are made read-only (it is shared between sessions)."""
+    p = compute()
+    for a in (p.x0, p.eps, *p.spikes.values(), *p.v.values()):
+        a.flags.writeable = False
+    yield 1.0
+    return p
+
+
 # ------------------------------------------------------------------------------------------ ahead of time
 def record_trajectory(pipe: SpikingDiffusionPipeline, checkpoint: str, seed: int, sampler: str, num_steps: int,
                       grid: int, time_steps: int | None, threshold_scale: float,
