@@ -184,7 +184,8 @@ class Explorer:
         view = sess.view_for(pipe.layer_names(), checkpoint, layer, raster_mode, neurons)
         args = dict(seed=seed, sampler=sampler, num_steps=num_steps, grid=grid_size, threshold_scale=threshold_scale,
                     time_steps=time_steps, ann_counterpart=self.registry.ann_counterpart(checkpoint))
-        note = panels.start_noted(sess, pipe, checkpoint, **args)
+        shared = sharing.shared_trajectory(self.results, self.registry.signature)   # the class's first step, once
+        note = panels.start_noted(sess, pipe, checkpoint, shared, **args)
         self.pool.touch(_owner(request, sess), sess)
         return render(sess, view, note=note)
 

@@ -14,7 +14,7 @@ from sdm.explorer import ModelRegistry, Session, compare, display, panels
 from sdm.explorer.presets import lesson_presets
 from sdm.explorer.results import SharedResults, final_difference
 from sdm.explorer.sharing import (final_key, generated_images, preset_keys, compute_key, preview, run_to_end,
-                                  trajectory_key)
+                                  shared_trajectory, trajectory_key)
 
 STEPS = 8
 
@@ -166,6 +166,28 @@ def test_the_image_at_s_streams_from_the_first_step(registry):
     assert [s[1] for s in partial] == sorted(s[1] for s in partial)
     base, _ = compare.final_image(sess, 1.0)
     assert np.array_equal(g.base, base)
+
+
+def test_a_new_trajectory_takes_its_first_step_from_a_stored_one_and_goes_on_bitwise_as_alone(registry, monkeypatch):
+    results, sig = SharedResults(64 * 2 ** 20), registry.signature("tiny-sdm")
+    first = started(registry, seed=4)
+    drain(run_to_end(first, results, sig, 1.0))                 # stores the whole trajectory
+    pipe = registry.get("tiny-sdm")
+    calls = []
+    real = pipe.run_steps
+    monkeypatch.setattr(pipe, "run_steps", lambda *a, **k: calls.append(1) or real(*a, **k))
+    sess = Session()
+    sess.start(pipe, "tiny-sdm", seed=4, num_steps=STEPS, shared=shared_trajectory(results, registry.signature))
+    assert calls == [] and sess.records[0] is first.records[0] and sess.num_recorded == 1
+    while not sess.is_done:                                     # then it steps on its own, from that step's output
+        sess.advance(1, 1.0)
+    assert len(calls) == STEPS - 1
+    assert_same_recording(sess, solo(registry, seed=4))
+    # nothing stored for other settings: computed as before
+    calls.clear()
+    other = Session()
+    other.start(pipe, "tiny-sdm", seed=5, num_steps=STEPS, shared=shared_trajectory(results, registry.signature))
+    assert len(calls) == 1 and other.num_recorded == 1
 
 
 def test_the_slider_preview_is_computed_once_for_the_class_and_is_what_a_solo_run_gives(registry):

@@ -332,13 +332,17 @@ class Session:
                     and not self.show_generated)
 
     def start(self, pipe: SpikingDiffusionPipeline, checkpoint: str, seed=0, sampler="ddim", num_steps=50,
-              grid=1, threshold_scale=1.0, time_steps=None, ann_counterpart: str | None = None) -> None:
+              grid=1, threshold_scale=1.0, time_steps=None, ann_counterpart: str | None = None,
+              shared: Callable[..., "Trajectory | None"] | None = None) -> None:
         """Reset to a new trajectory: draw x_T (from the seed) and take the first step.
 
         ``time_steps``: spiking time steps T of every denoiser call of this trajectory (None: the trained T; see
         ``validation.check_spiking_steps``). ``ann_counterpart``: the checkpoint's ANN counterpart
-        (``ModelRegistry.ann_counterpart``), whose energy the panels compare with; None: they show none. Raises
-        ValueError for bad settings, or when the recording would exceed the memory budget.
+        (``ModelRegistry.ann_counterpart``), whose energy the panels compare with; None: they show none.
+        ``shared(settings, scale, pipe, max_neurons)``: a finished trajectory of these settings run from x_T at
+        ``scale`` that another session recorded, or None (``sharing.shared_trajectory``); its first step is taken
+        instead of computing it (bitwise the same). Raises ValueError for bad settings, or when the recording would
+        exceed the memory budget.
         """
         settings, scale = self._checked(pipe, checkpoint, seed, sampler, num_steps, grid, threshold_scale,
                                         time_steps, ann_counterpart)
@@ -364,6 +368,12 @@ class Session:
             self.pure, self.generated, self.show_generated = True, None, False
             self.neuron_index, self.num_neurons = {}, {}
             self.layers = pipe.layer_names()
+            traj = shared(settings, scale, pipe, self.max_neurons) if shared is not None else None
+            if traj is not None and len(traj.records) == settings.num_steps > 1:
+                self.records = [traj.records[0]]
+                self.x = traj.records[1].x_t                # what its first step gave (read-only: copied on use)
+                self.neuron_index, self.num_neurons = dict(traj.neuron_index), dict(traj.num_neurons)
+                return
             try:
                 self._advance_locked(1, scale)
             except Exception:

@@ -162,6 +162,16 @@ def generated_images(sess: Session, results: SharedResults, signature,
     return show(Generated(generation, scale, base, image, n, n))
 
 
+# ------------------------------------------------------------------------------------------ New trajectory
+def shared_trajectory(results: SharedResults, signature_of: Callable[[str], tuple]) -> Callable:
+    """For ``Session.start(shared=...)``: the finished trajectory another session (or the start-up warming) stored
+    for these settings and scale, or None. A class starting the same lesson then takes its first step from it
+    instead of computing it 30 times."""
+    def lookup(settings: Settings, scale: float, pipe: SpikingDiffusionPipeline, max_neurons: int):
+        return results.get(trajectory_key(settings, pipe, signature_of(settings.checkpoint), scale, max_neurons))
+    return lookup
+
+
 # ------------------------------------------------------------------------------------------ the slider's preview
 def preview(sess: Session, results: SharedResults, signature_of: Callable[[str], tuple], threshold_scale):
     """``sess.preview(threshold_scale)``, computed once for every session that views the same step of the same
