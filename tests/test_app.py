@@ -329,6 +329,7 @@ def test_controls_follow_the_session(explorer):
     sess = start(explorer)["state"]
 
     def interactive(state):
+        state.ui_controls_sent = None       # as a freshly loaded page: everything is sent
         return dict(zip(app.CONTROL_KEYS, (u.interactive for u in explorer.controls(state))))
 
     assert all(interactive(sess).values())
@@ -341,7 +342,16 @@ def test_controls_follow_the_session(explorer):
     # scrubbed back to an earlier step, Continue from here is on again (and not the buttons that step forward)
     explorer.scrub(3, LAYER, "step", [], sess)
     assert [k for k, on in interactive(sess).items() if not on] == list(outputs.FORWARD_KEYS)
+    # what did not change for this tab is not sent again (gradio rebuilds every returned component's config), except
+    # the T control, which a checkpoint switch resets
+    again = dict(zip(app.CONTROL_KEYS, explorer.controls(sess)))
+    assert all(again[k] == gr.skip() for k in outputs.ACTION_KEYS + ("threshold",))
+    assert again["time_steps"].value == 4
+    explorer.scrub(STEPS, LAYER, "step", [], sess)             # back on the last step: Continue goes off again
+    changed = dict(zip(app.CONTROL_KEYS, explorer.controls(sess)))
+    assert changed["continue_btn"].interactive is False and changed["threshold"].interactive
     ann = start(explorer, checkpoint="tiny-ann")["state"]
+    ann.ui_controls_sent = None
     slider = explorer.controls(ann)[app.CONTROL_KEYS.index("threshold")]
     assert not slider.interactive and "an ANN has no thresholds" in slider.info
     assert not interactive(ann)["time_steps"]

@@ -259,6 +259,7 @@ class Session:
         self.generated: Generated | None = None       # the generated images at 1.0 and s (``generated_now``)
         self.show_generated = False         # asked for the generated images before the end of the trajectory
         self.restart_note: str | None = None    # what the status said when this trajectory replaced another one
+        self.ui_controls_sent = None        # what the app's buttons last showed this tab (sdm.ui.outputs.controls)
         self.neuron_index: dict[str, np.ndarray] = {}
         self.num_neurons: dict[str, int] = {}
         self.layers: list[str] = []

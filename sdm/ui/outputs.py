@@ -124,14 +124,24 @@ def controls(state) -> tuple:
         at_end = done and state.view_index == state.num_recorded - 1
         trained = state.pipe.config.time_steps
     off = FORWARD_KEYS + (("continue_btn",) if at_end else ()) if done else ()
-    buttons = tuple(gr.Button(interactive=k not in off) for k in ACTION_KEYS)
+    # Every returned component makes gradio rebuild its config (a pydantic JSON schema: 9% of a class's server
+    # CPU), so the buttons and the slider, which no other event changes, are sent only when they change for this
+    # tab (its Session lives as long as the page). The T control is always sent: a checkpoint switch resets it.
+    sent, shown = getattr(state, "ui_controls_sent", None), (off, spiking)
+    state.ui_controls_sent = shown
+    if sent == shown:
+        buttons = tuple(gr.skip() for _ in ACTION_KEYS) + (gr.skip(),)
+    elif spiking:
+        buttons = tuple(gr.Button(interactive=k not in off) for k in ACTION_KEYS) + (
+            gr.Slider(interactive=True, info=THRESHOLD_INFO),)
+    else:
+        buttons = tuple(gr.Button(interactive=k not in off) for k in ACTION_KEYS) + (
+            gr.Slider(interactive=False, info="off: an ANN has no thresholds to scale"),)
     if spiking:
-        return buttons + (gr.Slider(interactive=True, info=THRESHOLD_INFO),
-                          gr.Radio(choices=spiking_step_radio(trained), value=s.spiking_steps, interactive=True,
-                                   label=TIME_STEPS_LABEL))
-    return buttons + (gr.Slider(interactive=False, info="off: an ANN has no thresholds to scale"),
-                      gr.Radio(choices=[("none", 1)], value=1, interactive=False,
-                               label="Spiking steps T: none, an ANN does not spike"))
+        return buttons + (gr.Radio(choices=spiking_step_radio(trained), value=s.spiking_steps, interactive=True,
+                                   label=TIME_STEPS_LABEL),)
+    return buttons + (gr.Radio(choices=[("none", 1)], value=1, interactive=False,
+                               label="Spiking steps T: none, an ANN does not spike"),)
 
 
 def tsm_view(layer, state) -> tuple:
