@@ -27,7 +27,7 @@ from .session import Generated, Session, Settings, Trajectory
 from .validation import MAX_NEURONS, check_scale
 
 __all__ = ["WARM_SCALES", "InFlight", "trajectory_key", "final_key", "run_to_end", "generated_images", "record_trajectory",
-           "preset_keys", "compute_key"]
+           "preset_keys", "compute_key", "shared_trajectory", "preview"]
 
 #: threshold scales whose generated images the start-up warming computes for the first lesson (the lesson flow's)
 WARM_SCALES = (1.05, 0.95)
