@@ -26,16 +26,16 @@ import os
 import gradio as gr
 
 from sdm import imaging
-from sdm.explorer import (ModelRegistry, Session, SessionPool, View, compare, panels, release_memory,
-                          sharing, trajectory_export)
+from sdm.explorer import (DenoiserBatcher, ModelRegistry, Session, SessionPool, View, compare, panels,
+                          release_memory, sharing, trajectory_export)
 from sdm.explorer import display  # noqa: F401 - bench/app_latency.py reads app.display and app.TRIO_KEYS (imported below)
 from sdm.explorer.panels import IMAGE_PX, SMALL_PX, grid_image
 from sdm.explorer.pool import MAX_TOTAL_BYTES
 from sdm.explorer.results import SharedResults
 from sdm.explorer.sharing import InFlight
 from sdm.explorer.presets import DEFAULTS, lesson_presets, lesson_settings, opening_checkpoint
-from sdm.explorer.teaching import (ARCHITECTURE, INTRO, TEACH_ENERGY, TEACH_IMAGES, TEACH_MEMBRANE, TEACH_RASTER,
-                                   TEACH_RATE, TEACH_THRESHOLD, TEACH_TSM, TITLE)
+from sdm.explorer.teaching import (ARCHITECTURE, INTRO, NO_CHECKPOINTS, TEACH_ENERGY, TEACH_IMAGES, TEACH_MEMBRANE,
+                                   TEACH_RASTER, TEACH_RATE, TEACH_THRESHOLD, TEACH_TSM, TITLE)
 from sdm.explorer.validation import (MAX_NEURONS, MAX_SEED, MAX_STEPS, SCALE_MAX, SCALE_MIN, SCALE_STEP,
                                      STEP_PRESETS)
 from sdm.explorer.zerogpu import on_gpu
@@ -54,7 +54,8 @@ log = logging.getLogger("sdm.app")
 
 # ------------------------------------------------------------------------------------------- settings
 INTERACTIVE_LIMIT = 4          # light events at once (one torch thread each): two heavy runs leave room for others
-HEAVY_LIMIT = 2                # Run to end, Continue, Compare, Export at once
+HEAVY_LIMIT = 2                # Continue, Compare, Export at once
+BATCHED_LIMIT = 16             # Run to end and the slider at once: a DenoiserBatcher computes their calls together
 QUEUE_MAX_SIZE = 64            # waiting events, all users; beyond it gradio answers "Queue is full"
 # one Step request computes at most this long (Step x10 of 16 images: about 4 s); one Run to end / Continue / Compare
 # request at most RUN_BUDGET_S. An operator may change them: SDM_STEP_BUDGET_S, SDM_RUN_BUDGET_S.
@@ -76,14 +77,12 @@ DEFAULT_T = 4                  # the T control's value when there is no checkpoi
 CONTROLS_PX = 270              # controls
 IMAGES_PX = 420                # the sample x_t and, under it, x̂₀ at 1.0 / at s / their difference
 PLOTS_MIN_PX = 400             # the spike raster and the firing-rate bars (the rest of the width)
-RASTER_MODES = [("this diffusion step (T spiking steps τ)", "step"),
-                ("whole trajectory (diffusion steps × τ)", "trajectory")]
-NO_CHECKPOINTS = ("⚠ **No checkpoints found** (in checkpoints/, or the folder $SDM_CHECKPOINTS names). Train one: "
-                  "`python -m sdm.train ...`")
+RASTER_MODES = [("this diffusion step (T spiking steps τ)", "step"), ("whole trajectory (diffusion steps × τ)", "trajectory")]
 
-#: how the events run: light ones and heavy ones each in their own group, at most this many at once
+#: how the events run: light, heavy and batched ones each in their own group, at most this many at once
 INTERACTIVE = dict(concurrency_id="interactive", concurrency_limit=INTERACTIVE_LIMIT)
 HEAVY = dict(concurrency_id="heavy", concurrency_limit=HEAVY_LIMIT)
+BATCHED = dict(concurrency_id="batched", concurrency_limit=BATCHED_LIMIT)
 
 
 def _owner(request, sess: Session) -> str:
@@ -111,8 +110,9 @@ class Explorer:
 
     def __init__(self, registry: ModelRegistry | None = None, pool: SessionPool | None = None,
                  step_budget_s: float = STEP_BUDGET_S, run_budget_s: float = RUN_BUDGET_S,
-                 results: SharedResults | None = None):
+                 results: SharedResults | None = None, batcher: DenoiserBatcher | None = None):
         self.registry = registry or ModelRegistry()
+        self.batcher = batcher or DenoiserBatcher()
         self.results = results or SharedResults(RESULTS_BYTES)
         self.pool = pool or SessionPool(MAX_TOTAL_BYTES - self.results.max_bytes)
         self.step_budget_s = step_budget_s
@@ -205,7 +205,7 @@ class Explorer:
         noise at 1.0 and at this scale instead, streamed (``_generate``). Yields THRESHOLD outputs."""
         sess = self._use(state, request)
         view = sess.check_view(layer, raster_mode, neurons)
-        sharing.preview(sess, self.results, self.registry.signature, threshold_scale)
+        sharing.preview(sess, self.results, self.registry.signature, threshold_scale, self.batcher)
         if not sess.wants_generated:
             yield render(sess, view, THRESHOLD_KEYS)
             return
@@ -222,7 +222,7 @@ class Explorer:
 
     def _generate(self, sess: Session, view: View, threshold_scale, keys):
         stream = sharing.generated_images(sess, self.results, self.registry.signature(sess.settings.checkpoint),
-                                          threshold_scale)
+                                          threshold_scale, self.batcher)
         yield from streams.generated(sess, view, stream, keys, self.run_budget_s, GENERATED_EVERY_S)
 
     def _run(self, sess: Session, stepping, view: View, what: str, budget_s: float, request):
@@ -246,7 +246,7 @@ class Explorer:
         sess = self._use(state, request)
         view = sess.check_view(layer, raster_mode, neurons)
         run = sharing.run_to_end(sess, self.results, self.registry.signature(sess.settings.checkpoint),
-                                 threshold_scale)
+                                 threshold_scale, self.batcher)
         yield from self._run(sess, run, view, "Running to the end", self.run_budget_s, request)
 
     def continue_from_here(self, threshold_scale, layer, raster_mode, neurons, state, request: gr.Request = None):
@@ -563,13 +563,13 @@ class _Wiring:
                                              "does not. Once it is finished (or after /show_generated) the images "
                                              "generated from the same noise at 1.0 and at this scale are shown "
                                              "(streamed); the session info's final_difference is their mean "
-                                             "absolute pixel difference in [0, 1] (null before).", **INTERACTIVE)
+                                             "absolute pixel difference in [0, 1] (null before).", **BATCHED)
         c["generated_btn"].click(user_errors(ex.show_generated), [c["threshold"]] + view_in + [state],
                                  outs(THRESHOLD_KEYS), api_name="show_generated", show_progress="hidden",
                                  show_progress_on=[c["status"]],
                                  api_description="Show the images generated from this trajectory's noise at "
                                                  "threshold scale 1.0 and at this scale (streamed), also before "
-                                                 "the end; the slider then keeps showing them.", **INTERACTIVE)
+                                                 "the end; the slider then keeps showing them.", **BATCHED)
         follow(c["timeline"].input(user_errors(ex.scrub), [c["timeline"]] + view_in + [state], outs(SCRUB_KEYS),
                                    api_name="scrub", api_description="View recorded step `step` (1-based).",
                                    show_progress="hidden", show_progress_on=[c["status"]], trigger_mode="always_last",
@@ -577,7 +577,7 @@ class _Wiring:
         follow(c["run_btn"].click(on_gpu(user_errors(ex.run_to_end)), [c["threshold"]] + view_in + [state],
                                   outs(VIEW_KEYS), api_name="run_to_end",
                                   api_description="Step to the end with this threshold scale (streams while "
-                                                  "running).", **self.view_kw, **HEAVY))
+                                                  "running).", **self.view_kw, **BATCHED))
         follow(c["continue_btn"].click(on_gpu(user_errors(ex.continue_from_here)), [c["threshold"]] + view_in + [state],
                                        outs(VIEW_KEYS), api_name="continue_from_here",
                                        api_description="Re-run the viewed step with this threshold scale and carry on "

@@ -70,10 +70,13 @@ class EnergyReport:
 
 def conv_sops(conv: nn.Conv2d, conv_input: torch.Tensor) -> torch.Tensor:
     """Exact synaptic operations of binary ``conv_input [N, C_in, H, W]`` through ``conv`` (a scalar tensor)."""
-    ones = torch.ones(1, conv.in_channels // conv.groups, *conv.kernel_size, dtype=torch.float32, device=conv_input.device)
     if conv.groups != 1:
         raise NotImplementedError("grouped convolutions are not counted")
-    per_pos = F.conv2d(conv_input.float(), ones, stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
+    # every input channel reaches the same window: sum the spikes over channels first (exact: small integers), then
+    # count the window positions each reaches, a 1-channel convolution: C_in times cheaper than counting per channel
+    ones = torch.ones(1, 1, *conv.kernel_size, dtype=torch.float32, device=conv_input.device)
+    per_pos = F.conv2d(conv_input.float().sum(1, keepdim=True), ones, stride=conv.stride, padding=conv.padding,
+                       dilation=conv.dilation)
     return per_pos.sum() * conv.out_channels
 
 

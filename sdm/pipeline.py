@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -186,13 +186,14 @@ class SpikingDiffusionPipeline:
                                  check_time_steps(time_steps, self.config), record, max_neurons, probe_seed, meter)
 
     @torch.no_grad()
-    def run_denoiser(self, sample: torch.Tensor, timestep: int, threshold_scale: float, time_steps: int,
+    def run_denoiser(self, sample: torch.Tensor, timestep: "int | torch.Tensor", threshold_scale: float, time_steps: int,
                      record: bool = False, max_neurons: int = 256, probe_seed: int = 0,
                      meter: EnergyMeter | None = None):
         """``denoise`` without its checks, for a caller that checked ``threshold_scale`` (> 0) and ``time_steps``
         (an int the model takes) at its own boundary: ``steps()`` once per run, the explorer's validator once per
         request. Nothing below re-checks them."""
-        t = torch.full((sample.shape[0],), int(timestep), dtype=torch.long, device=self.device)
+        t = (timestep.to(self.device, torch.long) if torch.is_tensor(timestep)      # one per image (a batch of sessions)
+             else torch.full((sample.shape[0],), int(timestep), dtype=torch.long, device=self.device))
         if meter is not None:
             meter.start_call(sample.shape[0], time_steps)
         if record:
@@ -208,7 +209,8 @@ class SpikingDiffusionPipeline:
     def steps(self, seed: int = 0, num_inference_steps: int = 50, sampler: str = "ddim", threshold_scale: float = 1.0,
               batch_size: int = 1, record: bool = False, eta: float = 0.0, sample: torch.Tensor | None = None,
               start_index: int = 0, max_neurons: int = 256, meter: EnergyMeter | None = None,
-              image_offset: int = 0, time_steps: int | None = None) -> Iterator[StepOutput]:
+              image_offset: int = 0, time_steps: int | None = None,
+              denoiser: Callable | None = None) -> Iterator[StepOutput]:
         """Yield one StepOutput per reverse step.
 
         Args:
@@ -226,6 +228,8 @@ class SpikingDiffusionPipeline:
             image_offset: index of the first image (for generating large sets in batches).
             time_steps: spiking time steps T of every denoiser call (None: the trained T). The same weights run
                 at any T in 1-64; TSM weights beyond the trained T repeat the last learned one.
+            denoiser: called instead of ``run_denoiser`` (same arguments, same result) for every step; the
+                explorer passes a ``DenoiserBatcher``'s, which computes the calls of several sessions together.
         """
         seed = _check_int("seed", seed, 0, 2 ** 63 - 1)
         threshold_scale = check_threshold_scale(threshold_scale)
@@ -245,11 +249,12 @@ class SpikingDiffusionPipeline:
                 raise ValueError(f"sample must have shape [B, {', '.join(map(str, expected))}], got {tuple(sample.shape)}")
             x = sample.to(self.device, torch.float32)
         yield from self.run_steps(sched, x, seed, threshold_scale, time_steps, start_index, record, max_neurons, meter,
-                                  image_offset)
+                                  image_offset, denoiser)
 
     def run_steps(self, sched, x: torch.Tensor, seed: int, threshold_scale: float, time_steps: int,
                   start_index: int = 0, record: bool = False, max_neurons: int = 256,
-                  meter: EnergyMeter | None = None, image_offset: int = 0) -> Iterator[StepOutput]:
+                  meter: EnergyMeter | None = None, image_offset: int = 0,
+                  denoiser: Callable | None = None) -> Iterator[StepOutput]:
         """The loop of ``steps()`` without its checks, for a caller that checked every argument at its own boundary
         (the explorer's validator): x_t ``[B, C, H, W]`` on ``self.device`` from step ``start_index`` of ``sched``
         (``make_scheduler``), ``time_steps`` an int the model takes."""
@@ -257,8 +262,8 @@ class SpikingDiffusionPipeline:
         stochastic = not (isinstance(sched, DDIMScheduler) and sched.eta == 0)
         for i in range(start_index, n):
             t = int(sched.timesteps[i])
-            eps, frames = self.run_denoiser(x, t, threshold_scale, time_steps, record=record, max_neurons=max_neurons,
-                                            probe_seed=seed, meter=meter)
+            eps, frames = (denoiser or self.run_denoiser)(x, t, threshold_scale, time_steps, record=record,
+                                                          max_neurons=max_neurons, probe_seed=seed, meter=meter)
             # one step() for the whole batch; image j's noise still comes from its own generator
             # (seed, image_offset + j, i), so image j does not depend on the batch it is in
             noise = self.step_noise(seed, i, x.shape[0], image_offset) if stochastic else None

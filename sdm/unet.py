@@ -78,9 +78,26 @@ class ResBlock(nn.Module):
         h = self.conv1(x, ctx)
         C, H, W = h.shape[1:]
         # the time embedding is constant over T: project once, broadcast over the T copies
-        h = (h.view(ctx.T, ctx.batch, C, H, W) + self.temb(temb)[None, :, :, None, None]).view(-1, C, H, W)
+        h = (h.view(ctx.T, ctx.batch, C, H, W) + project(self.temb, temb)[None, :, :, None, None]).view(-1, C, H, W)
         h = self.conv2(h, ctx)
         return h + self.shortcut(x)
+
+
+class RowwiseEmbedding:
+    """The time embedding of a batch at inference: one ``[1, E]`` row per distinct timestep, and each image's row
+    (``inverse [B]``). See ``SpikingUNet.time_embedding``."""
+
+    def __init__(self, rows: list[torch.Tensor], inverse: torch.Tensor):
+        self.rows, self.inverse = rows, inverse
+
+
+def project(linear: nn.Linear, temb: "torch.Tensor | RowwiseEmbedding") -> torch.Tensor:
+    """``linear(temb)`` ``[B, out]``; a ``RowwiseEmbedding``'s rows each projected on their own (batch 1)."""
+    if not isinstance(temb, RowwiseEmbedding):
+        return linear(temb)
+    if len(temb.rows) == 1:
+        return linear(temb.rows[0]).expand(len(temb.inverse), -1)
+    return torch.cat([linear(r) for r in temb.rows])[temb.inverse]
 
 
 class SpikingUNet(nn.Module):
@@ -209,14 +226,28 @@ class SpikingUNet(nn.Module):
                          monitor=monitor)
         return self.run(x, timesteps, ctx)
 
+    def time_embedding(self, timesteps: torch.Tensor) -> "torch.Tensor | RowwiseEmbedding":
+        """silu(time_mlp(sinusoid(t))) ``[B, E]``, which each block projects (as in DDPM).
+
+        Under ``torch.no_grad`` (inference) a ``RowwiseEmbedding`` instead: each distinct timestep embedded and
+        projected on its own, as at batch 1. A linear layer's matrix product rounds differently at batch 1 and at
+        batch B, which can flip a spike; so each image of a batch gets, bitwise, what it gets alone, whatever the
+        other images and their timesteps (cross-session batching relies on it), and a batch of one timestep (an
+        evaluation) embeds it once. Training keeps the batched product."""
+        ch = self.cfg.base_channels
+        if torch.is_grad_enabled():
+            return F.silu(self.time_mlp(timestep_embedding(timesteps, ch)))
+        uniq, inverse = torch.unique(timesteps, return_inverse=True)
+        rows = [F.silu(self.time_mlp(timestep_embedding(u.view(1), ch))) for u in uniq]
+        return RowwiseEmbedding(rows, inverse)
+
     def run(self, x: torch.Tensor, timesteps: torch.Tensor, ctx: RunContext) -> torch.Tensor:
         """``forward`` with its per-call settings already checked (``ctx.batch`` is ``x.shape[0]``): the pipeline
         checks them once per call of its own, not once per denoiser call."""
         B, T = ctx.batch, ctx.T
         if not torch.is_tensor(timesteps) or timesteps.dim() == 0:
             timesteps = torch.full((B,), int(timesteps), device=x.device)
-        temb = self.time_mlp(timestep_embedding(timesteps, self.cfg.base_channels))
-        temb = F.silu(temb)  # each block projects silu(temb), as in DDPM
+        temb = self.time_embedding(timesteps)
 
         h = self.conv_in(x)  # direct encoding: analog pixels, constant over T -> computed once
         if T > 1:
@@ -241,7 +272,12 @@ class SpikingUNet(nn.Module):
         if T > 1:  # readout: the mean over T, then the (linear) output conv once
             w = torch.full((T,), 1.0 / T, device=s.device).to(s.dtype)
             s = torch.einsum("t,tbchw->bchw", w, s.view(T, B, *s.shape[1:]))
-        out = self.out.conv(s)
+        if isinstance(temb, RowwiseEmbedding) and B > 1:
+            # inference: each image on its own, as for the time embedding (this conv, at 1 output channel, rounds
+            # differently at batch 1 and at batch B; the others do not, checked in tests/test_batching.py)
+            out = torch.cat([self.out.conv(s[i:i + 1]) for i in range(B)])
+        else:
+            out = self.out.conv(s)
         if self.cfg.precondition:
             with torch.autocast(x.device.type, enabled=False):  # bf16 would cost the skip its precision
                 x = x.to(torch.promote_types(x.dtype, torch.float32))

@@ -27,6 +27,19 @@ def test_sops_are_spikes_times_fanout():
     assert conv_sops(strided, y).item() == 5
 
 
+def test_sops_equal_counting_every_synapse():
+    # the channel-summed count against the definition: every (spike, output position, output channel) it reaches
+    torch.manual_seed(0)
+    for conv in (nn.Conv2d(5, 7, 3, padding=1), nn.Conv2d(5, 3, 3, stride=2, padding=1), nn.Conv2d(5, 4, 1)):
+        x = (torch.rand(3, 5, 9, 9) < 0.3).float()
+        with torch.no_grad():
+            reached = nn.Conv2d(5, 5 * conv.out_channels, conv.kernel_size, stride=conv.stride,
+                                padding=conv.padding, bias=False, groups=5)
+            reached.weight.fill_(1.0)
+            expected = reached(x).sum()
+        assert conv_sops(conv, x).item() == expected.item() > 0
+
+
 def test_meter_follows_spike_counts():
     layer = SpikingNeuron(4)
     layer.name = "l"

@@ -123,6 +123,48 @@ def test_one_computation_serves_n_sessions_at_once(registry):
         assert_same_recording(s, ref)
 
 
+def test_a_class_on_its_own_seeds_is_batched_and_each_sees_its_solo_run(registry):
+    # Run to end (recorded), then the slider's image at 1.05 and its preview, for 5 students on their own seeds at
+    # once through one DenoiserBatcher: every recording and image bitwise what the student computes alone
+    from sdm.explorer import DenoiserBatcher
+    seeds = [31, 32, 33, 34, 35]
+    refs = {}
+    for seed in seeds:
+        ref = solo(registry, seed=seed)
+        _, g = drain(generated_images(ref, SharedResults(64 * 2 ** 20), registry.signature("tiny-sdm"), 1.05))
+        ref.scrub(3)
+        refs[seed] = (ref, g.image, ref.preview(0.95))
+    results, sig, batcher = SharedResults(64 * 2 ** 20), registry.signature("tiny-sdm"), DenoiserBatcher(workers=1)
+    sessions = {seed: started(registry, seed=seed) for seed in seeds}
+    go, errors, images, previews = threading.Barrier(len(seeds)), [], {}, {}
+
+    def student(seed):
+        try:
+            sess = sessions[seed]
+            go.wait()
+            drain(run_to_end(sess, results, sig, 1.0, batcher))
+            _, g = drain(generated_images(sess, results, sig, 1.05, batcher))
+            images[seed] = g.image
+            sess.scrub(3)
+            previews[seed] = preview(sess, results, registry.signature, 0.95, batcher)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=student, args=(seed,)) for seed in seeds]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    for seed in seeds:
+        ref, image, prev = refs[seed]
+        assert_same_recording(sessions[seed], ref)
+        assert np.array_equal(images[seed], image)
+        assert np.array_equal(previews[seed].x0, prev.x0) and previews[seed].spikes.keys() == prev.spikes.keys()
+        assert all(np.array_equal(previews[seed].spikes[k], prev.spikes[k]) for k in prev.spikes)
+    assert batcher.stats["batched_calls"] > len(seeds), batcher.stats     # it batched, not only checked
+
+
 def test_the_generated_images_at_s_and_at_1(registry):
     results, sig = SharedResults(64 * 2 ** 20), registry.signature("tiny-sdm")
     sess = started(registry, seed=2)

@@ -1,6 +1,7 @@
 """The explorer behind app.py, without gradio: validation of user input, the shared model registry, the per-tab
 session state machine and its time-budgeted runs, what the panels show and draw, the opening checkpoint and lesson
-presets, the comparisons, the trajectory export, the pool of live sessions and the results they share.
+presets, the comparisons, the trajectory export, the pool of live sessions, the results they share and the batching of
+their denoiser calls.
 
     from sdm.explorer import ModelRegistry, Session, display
     reg = ModelRegistry()
@@ -9,12 +10,13 @@ presets, the comparisons, the trajectory export, the pool of live sessions and t
     sess.advance(10, threshold_scale=1.0)
     display.view_images(sess)["x0"]          # [B, C, H, W] in [0, 1]
 """
-from . import compare, display, panels, presets, results, sharing, trajectory_export, validation
+from . import batching, compare, display, panels, presets, results, sharing, trajectory_export, validation
+from .batching import DenoiserBatcher
 from .pool import SessionPool, release_memory
 from .registry import DEFAULT_CHECKPOINT, ModelRegistry
 from .session import (MAX_STATE_BYTES, OverBudget, Preview, Session, StepRecord, Superseded, View,
                       estimate_state_bytes, within_budget)
 
-__all__ = ["compare", "display", "panels", "presets", "results", "sharing", "trajectory_export", "validation", "DEFAULT_CHECKPOINT",
-           "ModelRegistry", "MAX_STATE_BYTES", "OverBudget", "Preview", "Session", "SessionPool", "StepRecord",
+__all__ = ["batching", "compare", "display", "panels", "presets", "results", "sharing", "trajectory_export", "validation", "DEFAULT_CHECKPOINT",
+           "DenoiserBatcher", "ModelRegistry", "MAX_STATE_BYTES", "OverBudget", "Preview", "Session", "SessionPool", "StepRecord",
            "Superseded", "View", "estimate_state_bytes", "release_memory", "within_budget"]

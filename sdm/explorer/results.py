@@ -457,8 +457,8 @@ def final_difference(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def final_image_stream(pipe: SpikingDiffusionPipeline, seed: int, sampler: str, num_steps: int, grid: int,
-                       time_steps: int | None, threshold_scale: float) -> Generator[tuple[float, np.ndarray], None,
-                                                                                    Final]:
+                       time_steps: int | None, threshold_scale: float,
+                       batcher=None) -> Generator[tuple[float, np.ndarray], None, Final]:
     """A whole run from x_T, one denoising step at a time: the image ``compare.final_image`` (or a solo
     ``pipe.steps`` run) gives for these settings, bitwise, with a preview after every step.
 
@@ -466,6 +466,7 @@ def final_image_stream(pipe: SpikingDiffusionPipeline, seed: int, sampler: str, 
         pipe: the model; seed, sampler, num_steps: as ``pipe.steps``; grid: images at once (its ``batch_size``).
         time_steps: spiking time steps T per denoiser call (None: the trained T; None for an ANN).
         threshold_scale: threshold guidance of every step.
+        batcher: a ``DenoiserBatcher`` computing the calls with other sessions' (bitwise the same), or None.
     Yields:
         (fraction done, x̂0 of that step: float32 ``[B, C, H, W]`` in model space), after each step; the first after
         step 1 (at ~22 ms a denoiser call, a picture within 0.5 s is step ~15 of DDIM 50).
@@ -476,7 +477,8 @@ def final_image_stream(pipe: SpikingDiffusionPipeline, seed: int, sampler: str, 
     meter = EnergyMeter()
     out = None
     for out in pipe.steps(seed=seed, num_inference_steps=num_steps, sampler=sampler, threshold_scale=threshold_scale,
-                          batch_size=grid, meter=meter, time_steps=time_steps):
+                          batch_size=grid, meter=meter, time_steps=time_steps,
+                          denoiser=batcher.denoiser(pipe) if batcher is not None else None):
         yield (out.index + 1) / out.num_steps, _f32(out.pred_original_sample)
     rep = meter.report(pipe.config)
     return Final(_f32(out.sample), {"sops": rep.total_sops, "energy_mj": rep.energy_mj, "ann_mj": rep.ann_energy_mj})

@@ -390,12 +390,14 @@ class Session:
         """
         return self._advance_checked(check_step_count(n), check_scale(threshold_scale), generation)
 
-    def stepping(self, n=None, threshold_scale=1.0,
-                 generation: int | None = None) -> Generator[tuple[int, int], None, int]:
+    def stepping(self, n=None, threshold_scale=1.0, generation: int | None = None,
+                 batcher=None) -> Generator[tuple[int, int], None, int]:
         """``advance`` one step at a time, as a generator: takes up to ``n`` steps (None: to the end), yields (steps
         taken, steps asked for) after every step but the last (where a caller may stop: ``within_budget``, a
         cancelled request) and returns the number taken. Stops early, without an error, when the trajectory is
-        restarted or truncated by another event (``Superseded``) since ``generation`` (None: now)."""
+        restarted or truncated by another event (``Superseded``) since ``generation`` (None: now).
+        ``batcher``: a ``DenoiserBatcher`` that computes the denoiser calls together with other sessions' (bitwise
+        the same records), or None."""
         n = None if n is None else check_step_count(n)
         scale = check_scale(threshold_scale)
         generation = self.generation if generation is None else generation
@@ -405,7 +407,7 @@ class Session:
         done = 0
         while done < n:
             try:
-                self._advance_checked(1, scale, generation)
+                self._advance_checked(1, scale, generation, batcher)
             except Superseded:
                 return done
             done += 1
@@ -414,7 +416,7 @@ class Session:
             yield done, n
         return done
 
-    def _advance_checked(self, n: int, scale: float, generation: int | None) -> int:
+    def _advance_checked(self, n: int, scale: float, generation: int | None, batcher=None) -> int:
         with self.lock:
             self.require()
             if generation is not None and generation != self.generation:
@@ -422,9 +424,9 @@ class Session:
             if self.is_done:
                 raise ValueError("the trajectory is finished: press “New trajectory”, or scrub back and "
                                  "“Continue from here”")
-            return self._advance_locked(n, scale)
+            return self._advance_locked(n, scale, batcher)
 
-    def _advance_locked(self, n: int, scale: float) -> int:
+    def _advance_locked(self, n: int, scale: float, batcher=None) -> int:
         s = self.settings
         k = len(self.records)
         n = min(n, s.num_steps - k)
@@ -434,7 +436,8 @@ class Session:
         meter = EnergyMeter()
         x = torch.tensor(self.x, dtype=torch.float32, device=self.pipe.device)     # (self.x may be shared)
         gen = self.pipe.run_steps(self._sched, x, s.seed, scale, s.spiking_steps, start_index=k, record=cfg.spiking,
-                                  max_neurons=self.max_neurons, meter=meter)
+                                  max_neurons=self.max_neurons, meter=meter,
+                                  denoiser=batcher.denoiser(self.pipe) if batcher is not None else None)
         done = 0
         prev = (0.0, 0.0, 0.0)
         try:
@@ -480,25 +483,27 @@ class Session:
             self.preview_data = None
             return self.records[self.view_index]
 
-    def _rerun(self, rec: StepRecord, scale: float) -> Preview:
+    def _rerun(self, rec: StepRecord, scale: float, batcher=None) -> Preview:
         """The denoiser of recorded step ``rec`` re-run at another threshold scale (lock held)."""
         x = torch.tensor(rec.x_t)               # a copy: a shared record's arrays are read-only
-        eps, frames = self.pipe.run_denoiser(x, rec.timestep, scale, self.settings.spiking_steps, record=self.spiking,
-                                             max_neurons=self.max_neurons, probe_seed=self.settings.seed)
+        denoise = batcher.denoiser(self.pipe) if batcher is not None else self.pipe.run_denoiser
+        eps, frames = denoise(x, rec.timestep, scale, self.settings.spiking_steps, record=self.spiking,
+                              max_neurons=self.max_neurons, probe_seed=self.settings.seed)
         g = self.pipe.step_noise_generator(self.settings.seed, rec.index, 0)
         x0 = self._sched.step(eps, rec.timestep, x, generator=g).pred_original_sample
         spikes, v, rates, thr = _probe_dicts(frames)
         return Preview(rec.index, scale, numpy_f16(x0), numpy_f16(eps), spikes, v, rates, thr)
 
-    def preview(self, threshold_scale, shared: Callable[[tuple, Callable[[], Preview]], Preview] | None = None
-                ) -> Preview | None:
+    def preview(self, threshold_scale, shared: Callable[[tuple, Callable[[], Preview]], Preview] | None = None,
+                batcher=None) -> Preview | None:
         """Re-run the denoiser of the viewed step with another threshold scale (Eq. 18) and keep the result as
         a preview: x̂₀, ε̂ and the probes change, the recorded trajectory does not. Returns None (and clears the
         preview) when the scale is the one the step was recorded with.
 
         ``shared(parts, compute)``: where the step is a pure function of the settings (every record from one run
         from x_T at one scale), gives the preview for ``parts`` = (that scale, the step's index, ``threshold_scale``,
-        max_neurons), calling ``compute()`` only if no other session computed it (``sharing.preview``)."""
+        max_neurons), calling ``compute()`` only if no other session computed it (``sharing.preview``).
+        ``batcher``: a ``DenoiserBatcher`` for the re-run (bitwise the same), or None."""
         scale = check_scale(threshold_scale)
         with self.lock:
             self.require()
@@ -509,9 +514,9 @@ class Session:
             uniform = self.uniform_scale()
             if shared is not None and uniform is not None:
                 self.preview_data = shared((uniform, rec.index, scale, self.max_neurons),
-                                           lambda: self._rerun(rec, scale))
+                                           lambda: self._rerun(rec, scale, batcher))
             else:
-                self.preview_data = self._rerun(rec, scale)
+                self.preview_data = self._rerun(rec, scale, batcher)
             return self.preview_data
 
     def base_record(self) -> StepRecord | Preview | None:

@@ -21,6 +21,7 @@ from typing import Callable, Generator, Iterable
 import numpy as np
 
 from ..pipeline import SpikingDiffusionPipeline
+from .batching import DenoiserBatcher
 from .registry import ModelRegistry
 from .results import Final, ResultKey, SharedResults, final_image_stream
 from .session import Generated, Session, Settings, Trajectory
@@ -60,7 +61,8 @@ def final_key(s: Settings, pipe: SpikingDiffusionPipeline, signature, scale: flo
 
 
 # ------------------------------------------------------------------------------------------ Run to end
-def run_to_end(sess: Session, results: SharedResults, signature, threshold_scale) -> Generator[Tick, None, int]:
+def run_to_end(sess: Session, results: SharedResults, signature, threshold_scale,
+               batcher: DenoiserBatcher | None = None) -> Generator[Tick, None, int]:
     """``sess.stepping(None, threshold_scale)`` (Run to end), computed once for every session with the same settings,
     then ``generated_images`` at that scale (the trio shows the generated images once the trajectory is finished).
 
@@ -70,7 +72,8 @@ def run_to_end(sess: Session, results: SharedResults, signature, threshold_scale
     they would have recorded. Otherwise (a trajectory run at several scales, or continued) it steps on its own.
 
     Yields (steps done, steps in all) after every step (this session's, or the one recording it); returns the steps
-    taken (those adopted included).
+    taken (those adopted included). ``batcher``: computes the denoiser calls together with other sessions' (a class
+    on its own seeds), bitwise as alone; None: alone.
     """
     scale = check_scale(threshold_scale)
     with sess.lock:
@@ -80,12 +83,12 @@ def run_to_end(sess: Session, results: SharedResults, signature, threshold_scale
         shareable = not sess.is_done and sess.uniform_scale() == scale == round(scale, 6)
         before = sess.num_recorded
     if not shareable:
-        taken = yield from sess.stepping(None, scale)
+        taken = yield from sess.stepping(None, scale, batcher=batcher)
     else:
         key = trajectory_key(s, pipe, signature, scale, sess.max_neurons)
 
         def compute() -> Generator[Tick, None, Trajectory]:
-            yield from sess.stepping(None, scale, generation)
+            yield from sess.stepping(None, scale, generation, batcher)
             try:
                 if sess.generation != generation:
                     raise ValueError("restarted")
@@ -102,13 +105,13 @@ def run_to_end(sess: Session, results: SharedResults, signature, threshold_scale
     with sess.lock:
         done = sess.is_done and sess.generation == generation
     if done:
-        yield from generated_images(sess, results, signature, scale)
+        yield from generated_images(sess, results, signature, scale, batcher)
     return taken
 
 
 # ------------------------------------------------------------------------------------------ generated images
-def generated_images(sess: Session, results: SharedResults, signature,
-                     threshold_scale) -> Generator[Tick, None, Generated | None]:
+def generated_images(sess: Session, results: SharedResults, signature, threshold_scale,
+                     batcher: DenoiserBatcher | None = None) -> Generator[Tick, None, Generated | None]:
     """Fill ``sess.generated`` with the images generated from this trajectory's x_T at threshold scale 1.0 and at
     ``threshold_scale`` (every step at that scale), and their difference's inputs.
 
@@ -116,7 +119,7 @@ def generated_images(sess: Session, results: SharedResults, signature,
     else the shared result; the image at s comes from ``SharedResults`` (computed once for everyone asking, kept for
     repeated scales). While the run at s goes on, ``sess.generated.image`` is its x̂₀ after every step, so the picture
     follows from the first step. Yields (steps done, steps in all) after every step computed; returns what it stored
-    (None when the session was restarted meanwhile).
+    (None when the session was restarted meanwhile). ``batcher``: as for ``run_to_end``.
     """
     scale = round(check_scale(threshold_scale), 6)     # as keys are: the same image with or without the cache
     with sess.lock:
@@ -145,7 +148,7 @@ def generated_images(sess: Session, results: SharedResults, signature,
             return old.base
         gen = results.get_or_compute(final_key(s, pipe, signature, sc),
                                      lambda: final_image_stream(pipe, s.seed, s.sampler, n, s.grid,
-                                                                _time_steps(pipe, s), sc))
+                                                                _time_steps(pipe, s), sc, batcher))
         while True:
             try:
                 frac, x0 = next(gen)
@@ -173,12 +176,13 @@ def shared_trajectory(results: SharedResults, signature_of: Callable[[str], tupl
 
 
 # ------------------------------------------------------------------------------------------ the slider's preview
-def preview(sess: Session, results: SharedResults, signature_of: Callable[[str], tuple], threshold_scale):
+def preview(sess: Session, results: SharedResults, signature_of: Callable[[str], tuple], threshold_scale,
+            batcher: DenoiserBatcher | None = None):
     """``sess.preview(threshold_scale)``, computed once for every session that views the same step of the same
     trajectory (same settings, every step from one run from x_T at one scale) at the same threshold scale: a class
     moving the slider together re-runs that step once. The shared preview's arrays are read-only; what a session
     sees is bitwise what it would have computed. ``signature_of``: a checkpoint's file signature by name
-    (``ModelRegistry.signature``). Returns what ``Session.preview`` returns."""
+    (``ModelRegistry.signature``); ``batcher``: as for ``run_to_end``. Returns what ``Session.preview`` returns."""
     def shared(parts, compute):
         recorded_at, index, scale, max_neurons = parts
         s = sess.settings
@@ -193,7 +197,7 @@ def preview(sess: Session, results: SharedResults, signature_of: Callable[[str],
             except StopIteration as stop:
                 return stop.value
 
-    return sess.preview(threshold_scale, shared)
+    return sess.preview(threshold_scale, shared, batcher)
 
 
 def _frozen_preview(compute):

@@ -5,9 +5,11 @@ that walks through the lesson presets (``presets.lesson_presets``). Gradio-free:
 from __future__ import annotations
 
 __all__ = ["TITLE", "INTRO", "TEACH_IMAGES", "TEACH_THRESHOLD", "TEACH_RASTER", "TEACH_MEMBRANE", "TEACH_RATE",
-           "TEACH_TSM", "TEACH_ENERGY", "ARCHITECTURE"]
+           "TEACH_TSM", "TEACH_ENERGY", "ARCHITECTURE", "NO_CHECKPOINTS"]
 
 TITLE = "**SDM Explorer** · spiking diffusion"
+NO_CHECKPOINTS = ("⚠ **No checkpoints found** (in checkpoints/, or the folder $SDM_CHECKPOINTS names). Train one: "
+                  "`python -m sdm.train ...`")
 
 INTRO = """A diffusion model turns noise into an image one **diffusion step t** at a time (t = 999 … 0). Here the
 denoiser is a **spiking neural network**: its neurons talk in binary spikes, over **T spiking steps τ** within each

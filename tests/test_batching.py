@@ -1,0 +1,154 @@
+"""Cross-session batching of denoiser calls (sdm.explorer.batching): what a session gets never depends on whom it
+was batched with."""
+import threading
+
+import numpy as np
+
+import pytest
+import torch
+
+from sdm.energy import EnergyMeter
+from sdm.explorer.batching import DenoiserBatcher
+
+
+def _run(pipe, seed, scale, batcher=None, meter=None, grid=1, steps=6, sampler="ddim", record=False):
+    out, frames = None, []
+    for out in pipe.steps(seed=seed, num_inference_steps=steps, sampler=sampler, threshold_scale=scale,
+                          batch_size=grid, meter=meter, denoiser=batcher.denoiser(pipe) if batcher else None,
+                          record=record, max_neurons=8):
+        frames.append(out.probes)
+    return (out.sample, frames) if record else out.sample
+
+
+def _together(pipe, batcher, jobs, **kw):
+    """Run each (seed, scale, grid) of ``jobs`` in its own thread through ``batcher``, all released at once."""
+    results, meters, errors = {}, {}, []
+    barrier = threading.Barrier(len(jobs))
+
+    def one(i, seed, scale, grid):
+        try:
+            meters[i] = EnergyMeter()
+            barrier.wait(timeout=30)
+            results[i] = _run(pipe, seed, scale, batcher, meters[i], grid=grid, **kw)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(i, *job)) for i, job in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    return results, meters
+
+
+def test_unet_rows_do_not_depend_on_the_batch(tiny_pipe, one_torch_thread):
+    # at inference each image's time embedding is its own: rows bitwise equal to a batch-1 call, any timesteps
+    from sdm.neurons import RunContext
+    m, T = tiny_pipe.model, tiny_pipe.config.T
+    xs = [tiny_pipe.initial_noise(s, 1) for s in range(3)]
+    ts = [999, 400, 7]
+    with torch.no_grad():
+        alone = [m.run(x, torch.tensor([t]), RunContext(T=T, batch=1)) for x, t in zip(xs, ts)]
+        together = m.run(torch.cat(xs), torch.tensor(ts), RunContext(T=T, batch=3))
+    for i in range(3):
+        assert torch.equal(alone[i][0], together[i])
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_batched_sessions_get_bitwise_their_solo_images_and_energy(tiny_pipe, one_torch_thread, sampler):
+    jobs = [(seed, 1.05, 1) for seed in (3, 4, 5, 6)] + [(9, 1.05, 2)]
+    solo = {}
+    for i, (seed, scale, grid) in enumerate(jobs):
+        meter = EnergyMeter()
+        solo[i] = (_run(tiny_pipe, seed, scale, meter=meter, grid=grid, sampler=sampler), meter.report(tiny_pipe.config))
+    batcher = DenoiserBatcher(max_rows=8, workers=1)
+    for _ in range(2):          # the first round checks the shapes, the second batches the ones found equal
+        results, meters = _together(tiny_pipe, batcher, jobs, sampler=sampler)
+        for i in range(len(jobs)):
+            assert torch.equal(results[i], solo[i][0]), f"job {i}"
+            rep = meters[i].report(tiny_pipe.config)
+            assert rep.total_sops == solo[i][1].total_sops
+            assert rep.energy_mj == solo[i][1].energy_mj
+            assert {n: l.spikes for n, l in rep.per_layer.items()} == {
+                n: l.spikes for n, l in solo[i][1].per_layer.items()}
+    assert batcher.stats["calls"] == 2 * sum(6 for _ in jobs)
+    assert batcher.stats["batches"] > 0, batcher.stats          # it did batch, after its checks
+    assert batcher.stats["checks"] >= 1
+    assert all(batcher.verdicts().values())
+
+
+def test_recorded_runs_batch_with_their_own_probes(tiny_pipe, one_torch_thread):
+    jobs = [(seed, 0.95, 1) for seed in (21, 22, 23)]
+    solo = {i: _run(tiny_pipe, seed, scale, record=True, steps=4) for i, (seed, scale, _) in enumerate(jobs)}
+    batcher = DenoiserBatcher(workers=1)
+    for _ in range(2):
+        results, _ = _together(tiny_pipe, batcher, jobs, steps=4, record=True)
+        for i in range(len(jobs)):
+            sample, frames = results[i]
+            assert torch.equal(sample, solo[i][0])
+            for got, want in zip(frames, solo[i][1]):
+                assert got.keys() == want.keys() and got
+                for name in want:           # each session's own neurons (seeded by its seed), spikes and potentials
+                    assert np.array_equal(got[name].neuron_index, want[name].neuron_index)
+                    assert np.array_equal(got[name].spikes, want[name].spikes)
+                    assert np.array_equal(got[name].v, want[name].v)
+                    assert got[name].firing_rate == want[name].firing_rate
+    assert batcher.stats["batches"] > 0
+
+
+def test_groups_keep_scales_models_and_row_limits_apart(tiny_pipe, one_torch_thread):
+    batcher = DenoiserBatcher(max_rows=3, workers=1)
+    seen = []
+    real = tiny_pipe.run_denoiser
+
+    def spy(sample, timestep, threshold_scale, *a, **k):
+        seen.append((sample.shape[0], float(threshold_scale)))
+        return real(sample, timestep, threshold_scale, *a, **k)
+
+    tiny_pipe.run_denoiser = spy
+    try:
+        jobs = [(1, 1.05, 1), (2, 1.05, 1), (3, 0.95, 1), (4, 1.05, 1), (5, 1.05, 2)]
+        _together(tiny_pipe, batcher, jobs, steps=3)
+    finally:
+        del tiny_pipe.run_denoiser
+    assert all(rows <= 3 for rows, _ in seen)
+    # a batch never mixes scales: the 0.95 session's calls are each of one image
+    assert sum(rows for rows, s in seen if s == 0.95) == 3
+    assert max(rows for rows, _ in seen) > 1
+
+
+def test_a_failing_batch_reaches_its_callers_and_the_next_call_works(tiny_pipe, one_torch_thread):
+    batcher = DenoiserBatcher()
+    bad = tiny_pipe.initial_noise(0, 1)[:, :, :5]         # a wrong image size: the network raises
+    with pytest.raises(RuntimeError):
+        batcher.denoise(tiny_pipe, bad, 10, 1.0, tiny_pipe.config.T)
+    x = tiny_pipe.initial_noise(0, 1)
+    assert torch.equal(batcher.denoise(tiny_pipe, x, 10, 1.0, tiny_pipe.config.T)[0],
+                       tiny_pipe.run_denoiser(x, 10, 1.0, tiny_pipe.config.T)[0])
+
+
+def test_a_shape_that_rounds_differently_is_computed_one_by_one(tiny_pipe, one_torch_thread, monkeypatch):
+    # stand-in for a convolution whose batch kernel rounds differently: the batched rows are off by one ulp
+    real = tiny_pipe.run_denoiser
+
+    def rounding(sample, timestep, *a, **k):
+        eps, frames = real(sample, timestep, *a, **k)
+        return (eps + 1e-7 if sample.shape[0] > 1 else eps), frames
+
+    monkeypatch.setattr(tiny_pipe, "run_denoiser", rounding)
+    jobs = [(seed, 1.0, 1) for seed in (11, 12, 13)]
+    solo = {i: _run(tiny_pipe, seed, scale) for i, (seed, scale, _) in enumerate(jobs)}
+    batcher = DenoiserBatcher(workers=1)
+    results, _ = _together(tiny_pipe, batcher, jobs, steps=6)
+    for i in range(len(jobs)):
+        assert torch.equal(results[i], solo[i])
+    assert batcher.stats["unbatchable"] >= 1 and not any(batcher.verdicts().values())
+    assert batcher.stats["batches"] == 0
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="max_rows"):
+        DenoiserBatcher(max_rows=0)
+    with pytest.raises(ValueError, match="workers"):
+        DenoiserBatcher(workers=0)
