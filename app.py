@@ -221,12 +221,12 @@ class Explorer:
         yield from self._generate(sess, view, threshold_scale, THRESHOLD_KEYS)
 
     def _generate(self, sess: Session, view: View, threshold_scale, keys):
-        stream = sharing.generated_images(sess, self.results, self.registry.signature(sess.settings.checkpoint),
-                                          threshold_scale, self.batcher)
-        yield from streams.generated(sess, view, stream, keys, self.run_budget_s, GENERATED_EVERY_S)
+        stream = sharing.generated_images(sess, self.results, self.registry.signature(sess.settings.checkpoint), threshold_scale, self.batcher)
+        every = streams.paced(GENERATED_EVERY_S, self.requests)         # under load, fewer refreshes per stream
+        yield from streams.generated(sess, view, stream, keys, self.run_budget_s, every)
 
     def _run(self, sess: Session, stepping, view: View, what: str, budget_s: float, request):
-        yield from streams.stepping(sess, stepping, view, what, budget_s, STREAM_EVERY_S,
+        yield from streams.stepping(sess, stepping, view, what, budget_s, streams.paced(STREAM_EVERY_S, self.requests),
                                     lambda: self.pool.touch(_owner(request, sess), sess))
 
     def _ticks(self, steps, keys, progress):

@@ -168,7 +168,10 @@ def _run_neuron(x: torch.Tensor, thr: float, beta: float, zero_reset: bool, reco
                 v_init: float = 0.0):
     """The recurrence over T with in-place ops. Returns (spikes float [T, ...], v or None, mem history or None)."""
     T = x.shape[0]
-    spikes = torch.empty(x.shape, dtype=torch.bool, device=x.device)
+    # spikes as 0/1 in x's (float) dtype from the start: on a CPU a comparison into a float tensor and a multiply by
+    # a 0/1 mask are several times faster than into bool, a masked_fill and a bool -> float conversion (same values)
+    spikes = torch.empty_like(x)
+    keep = torch.empty_like(x[0]) if zero_reset and T > 1 else None     # 1 - S[t-1]: where the membrane is kept
     hist = torch.empty_like(x) if (record or keep_mem) else None
     mem = x[0].clone()
     if v_init:
@@ -176,18 +179,20 @@ def _run_neuron(x: torch.Tensor, thr: float, beta: float, zero_reset: bool, reco
     for t in range(T):
         if t:
             if zero_reset:
-                mem.masked_fill_(spikes[t - 1], 0.0)
+                mem.mul_(keep)                  # reset to zero where it spiked
                 if beta != 1.0:
                     mem.mul_(beta)
             else:
                 if beta != 1.0:
                     mem.mul_(beta)
-                mem.sub_(spikes[t - 1].to(mem.dtype), alpha=thr)
+                mem.sub_(spikes[t - 1], alpha=thr)
             mem.add_(x[t])
         torch.gt(mem, thr, out=spikes[t])  # S = H(U - theta), as snntorch's ATan forward
+        if keep is not None and t < T - 1:
+            torch.le(mem, thr, out=keep)
         if hist is not None:
             hist[t] = mem
-    return spikes.to(x.dtype), (hist if record else None), hist
+    return spikes, (hist if record else None), hist
 
 
 class _MultiStepNeuron(torch.autograd.Function):

@@ -761,3 +761,18 @@ def test_the_filmstrip_is_drawn_at_the_size_it_is_shown(explorer):
     assert 10 * (28 * panels.FILMSTRIP_SCALE + 3) + 3 <= 900                      # 28 px images: 873 px wide
     film = next(b for b in app.demo.blocks.values() if getattr(b, "elem_id", None) == "filmstrip")
     assert "pixelated" not in (film.elem_classes or [])
+
+
+def test_streams_refresh_less_often_under_load():
+    # a class streaming at once costs the server as many picture refreshes as PACE_STREAMS streams would
+    from sdm.explorer.sharing import InFlight
+    from sdm.ui import streams
+    load = InFlight()
+    every = streams.paced(0.5, load)
+    assert every() == 0.5
+    load.count = streams.PACE_STREAMS
+    assert every() == 0.5
+    load.count = 30
+    assert every() == pytest.approx(0.5 * 30 / streams.PACE_STREAMS)
+    load.count = 0
+    assert every() == 0.5
