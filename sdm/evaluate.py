@@ -187,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threshold-scale", type=float, default=1.0, help="threshold guidance of the main run")
+    p.add_argument("--time-steps", type=int, default=None, metavar="T",
+                   help="spiking time steps T of every denoiser call (default: the trained T; spiking checkpoints)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--sweep", action="store_true", help="threshold-guidance sweep (spiking checkpoints only)")
     p.add_argument("--sweep-only", action="store_true",
@@ -335,11 +337,12 @@ def _run_evaluate(args, command: str) -> int:
         ev = evaluators[data]
         compare = _compare_pipeline(pipe, args, data, args.compare if not table_mode else (args.compare or "none"))
         print(f"evaluating {pipe.name}: {args.n} samples, {args.sampler} {args.steps} steps"
+              + (f", T = {args.time_steps}" if args.time_steps is not None else "")
               + (f", sweep of {len(scales)} scales x {args.sweep_n}" if scales and pipe.config.spiking else "")
               + (f", against {compare.name}" if compare is not None else ""), file=sys.stderr)
         m, images = evaluate_pipeline(
             pipe, ev, n=args.n, seed=args.seed, steps=args.steps, sampler=args.sampler,
-            threshold_scale=args.threshold_scale, batch_size=args.batch_size,
+            threshold_scale=args.threshold_scale, batch_size=args.batch_size, time_steps=args.time_steps,
             sweep_scales=scales if (scales and (pipe.config.spiking or not table_mode)) else None,
             sweep_n=args.sweep_n, compare=compare, energy=not args.no_energy, progress=progress)
         m["evaluated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

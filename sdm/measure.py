@@ -33,10 +33,11 @@ def _sig(x: float, digits: int = 5) -> float:
     return float(f"{x:.{digits}g}")
 
 
-def _energy(pipe, seed: int, steps: int, sampler: str, threshold_scale: float, images: int) -> dict:
+def _energy(pipe, seed: int, steps: int, sampler: str, threshold_scale: float, images: int,
+            time_steps: int | None = None) -> dict:
     """Energy per generated image (paper Eqs. 19-20), metered over the trajectories of the first ``images`` seeds."""
     rep = pipe.energy(seed=seed, threshold_scale=threshold_scale, num_inference_steps=steps, sampler=sampler,
-                      batch_size=images)
+                      batch_size=images, time_steps=time_steps)
     if pipe.config.spiking:
         return {"sops_per_image": _sig(rep.total_sops), "snn_mj": _sig(rep.energy_mj),
                 "ann_mj": _sig(rep.ann_energy_mj), "ratio": _sig(rep.ratio, 4),
@@ -74,7 +75,7 @@ def evaluate_pipeline(pipe, evaluator: Evaluator, n: int = 1000, seed: int = 0, 
                       sampler: str = "ddim", threshold_scale: float = 1.0, batch_size: int = 64,
                       sweep_scales: Sequence[float] | None = None, sweep_n: int = 500, compare=None,
                       energy: bool = True, energy_images: int = ENERGY_IMAGES,
-                      progress: bool = False) -> tuple[dict, np.ndarray]:
+                      progress: bool = False, time_steps: int | None = None) -> tuple[dict, np.ndarray]:
     """Generate ``n`` images and measure them.
 
     Args:
@@ -86,6 +87,7 @@ def evaluate_pipeline(pipe, evaluator: Evaluator, n: int = 1000, seed: int = 0, 
             from the same seed so that every scale starts from the same noise.
         compare: the ANN counterpart's pipeline, sampled on the same seeds; or None.
         energy: meter ``energy_images`` trajectories for the energy per image.
+        time_steps: spiking time steps T of every denoiser call (None: the trained T; a spiking checkpoint's only).
     Returns:
         (metrics dict as stored in card["metrics"], the images ``[n, C, H, W]`` in [0, 1])
     """
@@ -97,8 +99,11 @@ def evaluate_pipeline(pipe, evaluator: Evaluator, n: int = 1000, seed: int = 0, 
         raise ValueError(f"checkpoint {pipe.name!r} is an ANN: threshold guidance needs a spiking checkpoint")
     if sweep_scales and sweep_n < 2:
         raise ValueError(f"sweep_n must be >= 2, got {sweep_n}")
+    if time_steps is not None and not c.spiking:
+        raise ValueError(f"checkpoint {pipe.name!r} is an ANN: --time-steps needs a spiking checkpoint")
     t0 = time.time()
-    kw = dict(seed=seed, num_inference_steps=steps, sampler=sampler, batch_size=batch_size, progress=progress)
+    kw = dict(seed=seed, num_inference_steps=steps, sampler=sampler, batch_size=batch_size, progress=progress,
+              time_steps=time_steps)
     images = pipe.sample(n=n, threshold_scale=threshold_scale, **kw)
     s = evaluator.score(images)
     m = {"fid": round(s["fid"], 4), "fid_n": n, "fid_features": evaluator.space.describe(),
@@ -107,14 +112,16 @@ def evaluate_pipeline(pipe, evaluator: Evaluator, n: int = 1000, seed: int = 0, 
          "class_histogram": dict(zip(evaluator.class_names, s["histogram"])),
          "mean_confidence": round(s["mean_confidence"], 4), "sampler": sampler, "steps": steps, "seed": seed,
          "threshold_scale": threshold_scale}
+    if time_steps is not None:
+        m["time_steps"] = int(time_steps)
     if sweep_scales:
         m.update(_threshold_sweep(pipe, evaluator, images, threshold_scale, sweep_scales, sweep_n, kw))
     if energy:
-        m["energy"] = _energy(pipe, seed, steps, sampler, threshold_scale, min(energy_images, n))
+        m["energy"] = _energy(pipe, seed, steps, sampler, threshold_scale, min(energy_images, n), time_steps)
     if compare is not None:
         cc = compare.config
         evaluator.check_shape(cc.image_channels, cc.image_size, f"checkpoint {compare.name!r}")
-        other = compare.sample(n=n, threshold_scale=1.0, **kw)
+        other = compare.sample(n=n, threshold_scale=1.0, **{**kw, "time_steps": None})
         o = evaluator.score(other)
         m["ann_compare"] = {
             "checkpoint": compare.name, "fid": round(o["fid"], 4), "coverage": o["coverage"],

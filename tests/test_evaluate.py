@@ -7,6 +7,9 @@ import hashlib
 import json
 import shutil
 
+import numpy as np
+import pytest
+
 import sdm
 from sdm import evaluate as ev
 from sdm import measure
@@ -142,3 +145,16 @@ def test_cli_compares_with_the_ann_counterpart_it_finds(fixtures_dir, tmp_path, 
     assert ev.main(args + ["--checkpoints-dir", str(tmp_path)]) == 0         # none there: a note, no comparison
     out = capsys.readouterr()
     assert "ann_compare" not in json.loads(out.out) and "no ANN counterpart 'tiny-ann'" in out.err
+
+
+def test_time_steps_at_inference_are_used_and_recorded(fixtures_dir, evaluator):
+    pipe = sdm.load_pipeline(fixtures_dir / "tiny-sdm")
+    T = pipe.config.T
+    trained, _ = measure.evaluate_pipeline(pipe, evaluator, n=4, steps=2, energy_images=1)
+    doubled, images = measure.evaluate_pipeline(pipe, evaluator, n=4, steps=2, energy_images=1, time_steps=2 * T)
+    assert "time_steps" not in trained and doubled["time_steps"] == 2 * T
+    assert np.array_equal(images, pipe.sample(n=4, num_inference_steps=2, time_steps=2 * T))
+    assert doubled["energy"]["snn_mj"] != trained["energy"]["snn_mj"]       # the energy of the T actually run
+    ann = sdm.load_pipeline(fixtures_dir / "tiny-ann")
+    with pytest.raises(ValueError, match="ANN"):
+        measure.evaluate_pipeline(ann, evaluator, n=4, steps=1, time_steps=2)
