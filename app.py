@@ -41,7 +41,7 @@ from sdm.explorer.validation import (MAX_NEURONS, MAX_SEED, MAX_STEPS, SCALE_MAX
 from sdm.explorer.zerogpu import on_gpu
 from sdm.ui.components import RawNumber, RawRadio, RawSlider
 from sdm.ui.errors import user_errors
-from sdm.ui.gradio_patches import drop_tab_state, say_busy
+from sdm.ui.gradio_patches import drop_tab_state, patch_demo
 from sdm.ui import streams
 from sdm.ui.settings import clear_lesson, settings_status, settings_validator
 from sdm.ui.outputs import (COMPARE_ANN_KEYS, COMPARE_SCALE_KEYS, CONTROL_KEYS, EXPORT_KEYS,
@@ -654,7 +654,7 @@ def build_demo(explorer: Explorer | None = None) -> gr.Blocks:
         ex.warm_presets(presets)
         atexit.register(ex.results.stop)     # the warming stops between two steps at shutdown
     demo.queue(default_concurrency_limit=INTERACTIVE_LIMIT, max_size=QUEUE_MAX_SIZE)
-    say_busy(demo)
+    patch_demo(demo)
     return demo
 
 

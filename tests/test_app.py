@@ -776,3 +776,33 @@ def test_streams_refresh_less_often_under_load():
     assert every() == pytest.approx(0.5 * 30 / streams.PACE_STREAMS)
     load.count = 0
     assert every() == 0.5
+
+
+def test_skipped_outputs_are_answered_as_gradio_would_without_building_components():
+    import asyncio
+    from gradio.blocks import Blocks
+    from gradio.state_holder import SessionState
+    demo = app.build_demo(app.Explorer(ModelRegistry(FIXTURES)))
+    fn = next(f for f in demo.fns.values() if f.api_name == "run_to_end")
+    keys = outputs.VIEW_KEYS
+    image = (np.arange(28 * 28 * 3) % 255).astype(np.uint8).reshape(28, 28, 3)
+    mixed = [gr.skip() for _ in keys]
+    mixed[keys.index("status")] = "**Running** step 3 / 10"
+    mixed[keys.index("img_xt")] = image
+    mixed[keys.index("info")] = {"step": 3}
+
+    async def both(predictions):
+        copy = (lambda p: p if isinstance(p, dict) else list(p))
+        theirs, ours = SessionState(demo), SessionState(demo)
+        want = await Blocks.postprocess_data(demo, fn, copy(predictions), theirs)
+        got = await demo.postprocess_data(fn, copy(predictions), ours)
+        return want, got, theirs, ours
+
+    for predictions in (list(outputs.SKIP_VIEW), mixed, gr.skip()):
+        want, got, theirs, ours = asyncio.run(both(predictions))
+        assert got == want
+        skipped = [b for b, p in zip(fn.outputs, predictions if isinstance(predictions, list) else outputs.SKIP_VIEW)
+                   if isinstance(p, dict) and p == gr.skip() and not b.stateful]
+        # gradio built a new component (and its config) for each skipped output; the patch built none
+        assert skipped and all(theirs.blocks_config.blocks[b._id] is not b for b in skipped)
+        assert all(ours.blocks_config.blocks[b._id] is b for b in skipped)
