@@ -74,9 +74,9 @@ def conv_sops(conv: nn.Conv2d, conv_input: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("grouped convolutions are not counted")
     # every input channel reaches the same window: sum the spikes over channels first (exact: small integers), then
     # count the window positions each reaches, a 1-channel convolution: C_in times cheaper than counting per channel
-    ones = torch.ones(1, 1, *conv.kernel_size, dtype=torch.float32, device=conv_input.device)
-    per_pos = F.conv2d(conv_input.float().sum(1, keepdim=True), ones, stride=conv.stride, padding=conv.padding,
-                       dilation=conv.dilation)
+    x = conv_input if conv_input.dtype == torch.float64 else conv_input.float()
+    ones = torch.ones(1, 1, *conv.kernel_size, dtype=x.dtype, device=x.device)
+    per_pos = F.conv2d(x.sum(1, keepdim=True), ones, stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
     return per_pos.sum() * conv.out_channels
 
 
@@ -88,7 +88,7 @@ class EnergyMeter:
         self.images = 0
         self._calls_at: dict[int | None, int] = {}   # calls per spiking time steps T (None: the model's own)
         self._spikes: dict[str, float] = {}
-        self._sops: dict[str, float] = {}
+        self._synapses: dict[str, tuple[nn.Conv2d, torch.Tensor]] = {}  # layer -> (its conv, spikes per input pixel)
         self._neurons: dict[str, int] = {}
         self._steps: dict[str, int] = {}   # neuron-time-steps seen: T * B per call
 
@@ -106,8 +106,20 @@ class EnergyMeter:
         self._steps[n] = self._steps.get(n, 0) + T * B
 
     def on_synapses(self, layer, conv, conv_input) -> None:
+        # SOPs are linear in the spikes: keep each layer's spikes per input pixel, summed over calls, images, T and
+        # channels (exact integers in float64), and count the synapses they reach once, in ``report``
         n = layer.name
-        self._sops[n] = self._sops.get(n, 0.0) + float(conv_sops(conv, conv_input))
+        per_pixel = conv_input.sum(dim=(0, 1), dtype=torch.float64)
+        if n in self._synapses:
+            self._synapses[n][1].add_(per_pixel)
+        else:
+            self._synapses[n] = (conv, per_pixel)
+
+    def _sops(self, name: str) -> float:
+        if name not in self._synapses:
+            return 0.0
+        conv, per_pixel = self._synapses[name]
+        return float(conv_sops(conv, per_pixel[None, None]))
 
     def report(self, cfg: ModelConfig) -> EnergyReport:
         """Per-image figures for the calls measured so far (``images`` per call)."""
@@ -116,7 +128,7 @@ class EnergyMeter:
         per_image = 1.0 / self.images
         per_layer = {
             n: LayerEnergy(neurons=self._neurons[n], spikes=self._spikes[n] * per_image,
-                           sops=self._sops.get(n, 0.0) * per_image,
+                           sops=self._sops(n) * per_image,
                            firing_rate=self._spikes[n] / (self._neurons[n] * self._steps[n]))
             for n in self._spikes
         }
