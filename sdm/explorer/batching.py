@@ -15,9 +15,12 @@ callers. At most ``workers`` groups run at once (one per core: the app runs one 
 What a session sees never depends on whom it was batched with: an image's rows are bitwise what it gets alone.
 ``SpikingUNet`` computes each image's time embedding at batch 1 at inference for that, but a convolution's kernel
 may still round differently at another batch size (oneDNN picks its algorithm by shape: on this CPU the 1x1
-shortcuts at T = 8 and every convolution of an ANN do). So the first batch of each shape (model, T, images, torch
-threads) is also computed image by image and compared: equal, that shape is batched from then on; not, its calls are
-computed one by one (still correct, without the speed-up). The first batch's callers get the image-by-image rows.
+shortcuts at T = 8, every convolution of an ANN, and at batch 4 and more some of fmnist-sdm-t4's, by about 1e-6
+in a membrane potential). So the first batch of each shape (model, T, recorded or not, images, torch threads) is
+also computed image by image and what a caller can observe is compared: the noise prediction and every layer's
+spikes, and for a recorded call the membrane potentials. Equal, that shape is batched from then on; not, its calls
+are computed one by one (still correct, without the speed-up). The first batch's callers get the image-by-image
+results. On fmnist-sdm-t4 (one torch thread) unrecorded calls batch at 2-16 images, recorded ones at 2.
 """
 from __future__ import annotations
 
@@ -156,13 +159,16 @@ class DenoiserBatcher:
     # ------------------------------------------------------------------ internals
     def _take(self) -> list[_Call]:
         """The oldest waiting call and those waiting with the same settings, up to ``max_rows`` images (under the
-        lock); removed from the queue."""
+        lock; calls of one image each: the largest power of two of them); removed from the queue."""
         first = self._pending[0]
         group, rows = [], 0
         for c in self._pending:
             if c.pipe is first.pipe and c.group_key == first.group_key and (not group or rows + c.rows <= self.max_rows):
                 group.append(c)
                 rows += c.rows
+        if rows == len(group) > 2:
+            # one image each (the usual case): a power of two, so that few batch shapes need their first check
+            group = group[:1 << (len(group).bit_length() - 1)]
         for c in group:
             self._pending.remove(c)
         return group
@@ -201,7 +207,7 @@ class DenoiserBatcher:
             c.alone()
             c.done = True
 
-    def _run_batch(self, group: list[_Call], monitored: bool) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    def _run_batch(self, group: list[_Call]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         pipe, first = group[0].pipe, group[0]
         x = torch.cat([c.sample for c in group])
         t = torch.cat([torch.full((c.rows,), c.timestep, dtype=torch.long) for c in group])
@@ -209,15 +215,13 @@ class DenoiserBatcher:
         for c in group:
             spans.append((a, a + c.rows))
             a += c.rows
-        monitor, probes = None, [None] * len(group)
-        if monitored:
-            for c in group:
-                if c.meter is not None:
-                    c.meter.start_call(c.rows, c.time_steps)
-            probes = [Probe(max_neurons=c.max_neurons, seed=c.probe_seed) if c.record else None for c in group]
-            monitors = [combine(p, c.meter) for p, c in zip(probes, group)]
-            if any(m is not None for m in monitors):
-                monitor = SplitMonitor(monitors, spans, first.time_steps, x.shape[0])
+        for c in group:
+            if c.meter is not None:
+                c.meter.start_call(c.rows, c.time_steps)
+        probes = [Probe(max_neurons=c.max_neurons, seed=c.probe_seed) if c.record else None for c in group]
+        monitors = [combine(p, c.meter) for p, c in zip(probes, group)]
+        monitor = (SplitMonitor(monitors, spans, first.time_steps, x.shape[0])
+                   if any(m is not None for m in monitors) else None)
         with ExitStack() as stack:
             for p in probes:
                 if p is not None:
@@ -229,7 +233,7 @@ class DenoiserBatcher:
         return eps, spans
 
     def _batched(self, group: list[_Call]) -> None:
-        eps, spans = self._run_batch(group, monitored=True)
+        eps, spans = self._run_batch(group)
         for c, (a, b) in zip(group, spans):
             c.eps = eps[a:b]
         with self._cond:
@@ -237,13 +241,58 @@ class DenoiserBatcher:
             self.stats["batched_calls"] += len(group)
 
     def _check(self, group: list[_Call], key: tuple) -> None:
-        """The first batch of a shape: computed both ways; the callers get the image-by-image rows."""
-        eps, spans = self._run_batch(group, monitored=False)
-        self._one_by_one(group)
-        same = all(torch.equal(eps[a:b], c.eps) for c, (a, b) in zip(group, spans))   # (frames: of equal inputs)
+        """The first batch of a shape: computed both ways, and what a caller can observe compared: the result and
+        every layer's spikes (the energy counts them), and for a recorded call the membrane potentials too (a
+        convolution that rounds differently may change a potential and no spike). The callers get the
+        image-by-image results."""
+        pipe, first = group[0].pipe, group[0]
+        x = torch.cat([c.sample for c in group])
+        t = torch.cat([torch.full((c.rows,), c.timestep, dtype=torch.long) for c in group])
+        together = _Layers()
+        eps, _ = pipe.run_denoiser(x, t, first.scale, first.time_steps, meter=together)
+        same, a = True, 0
+        for c in group:
+            alone = _Layers(c.meter)
+            c.eps, c.frames = pipe.run_denoiser(c.sample, c.timestep, c.scale, c.time_steps, record=c.record,
+                                                max_neurons=c.max_neurons, probe_seed=c.probe_seed, meter=alone)
+            c.done = True
+            same = (same and torch.equal(eps[a:a + c.rows], c.eps)
+                    and together.rows_equal(alone, a, a + c.rows, potentials=c.record))
+            a += c.rows
         with self._cond:
             self._verdicts[key] = same
             self.stats["checks"] += 1
             if not same:
                 self.stats["unbatchable"] += 1
 
+
+class _Layers:
+    """A monitor that keeps every spiking layer's spikes and membrane potentials ``[T, B, ...]`` of one call (for
+    ``DenoiserBatcher._check``), and hands everything on to ``meter`` (an ``EnergyMeter``, or None)."""
+
+    def __init__(self, meter: EnergyMeter | None = None):
+        self.seen: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.meter = meter
+
+    def start_call(self, batch: int, time_steps=None) -> None:
+        if self.meter is not None:
+            self.meter.start_call(batch, time_steps)
+
+    def on_spikes(self, layer, spikes, v, threshold) -> None:
+        self.seen[layer.name] = (spikes.clone(), v.clone() if torch.is_tensor(v) else None)
+        if self.meter is not None:
+            self.meter.on_spikes(layer, spikes, v, threshold)
+
+    def on_synapses(self, layer, conv, conv_input) -> None:
+        if self.meter is not None:
+            self.meter.on_synapses(layer, conv, conv_input)
+
+    def rows_equal(self, alone: "_Layers", a: int, b: int, potentials: bool) -> bool:
+        """Rows a:b of this (batched) call's layers are bitwise ``alone``'s: spikes, and potentials if asked."""
+        if self.seen.keys() != alone.seen.keys():
+            return False
+        for name, (spikes, v) in self.seen.items():
+            s1, v1 = alone.seen[name]
+            if not torch.equal(spikes[:, a:b], s1) or (potentials and not torch.equal(v[:, a:b], v1)):
+                return False
+        return True
