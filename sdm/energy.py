@@ -109,7 +109,7 @@ class EnergyMeter:
         # SOPs are linear in the spikes: keep each layer's spikes per input pixel, summed over calls, images, T and
         # channels (exact integers in float64), and count the synapses they reach once, in ``report``
         n = layer.name
-        per_pixel = conv_input.sum(dim=(0, 1), dtype=torch.float64)
+        per_pixel = conv_input.sum(dim=(0, 1)).double()       # (a call's counts are exact in float32)
         if n in self._synapses:
             self._synapses[n][1].add_(per_pixel)
         else:
