@@ -74,10 +74,11 @@ class _Call:
 
 
 class SplitMonitor:
-    """A monitor for a batch of several calls: each call's own meter sees only its rows, as in a call of its own.
+    """A monitor for a batch of several calls: each call's own monitor (its probe and energy meter) sees only its
+    rows, as in a call of its own.
 
     ``on_spikes`` gets ``[T, B, ...]`` tensors, ``on_synapses`` a ``[T*B, ...]`` conv input (``SpikeConv.spikes``);
-    ``spans`` gives each meter's rows ``(start, stop)`` of B.
+    ``spans`` gives each monitor's rows ``(start, stop)`` of B.
     """
 
     def __init__(self, monitors: list, spans: list[tuple[int, int]], T: int, batch: int):
@@ -99,7 +100,7 @@ class SplitMonitor:
 
 
 class DenoiserBatcher:
-    """Gathers concurrent unrecorded denoiser calls into batches (see the module docstring).
+    """Gathers concurrent denoiser calls (recorded or not) into batches (see the module docstring).
 
     Args:
         max_rows: images in one batch at most (16: past it a CPU batch gains little and a caller waits longer).
