@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -68,16 +69,31 @@ class EnergyReport:
 
 
 
+@lru_cache(maxsize=256)
+def _reach(kernel_size: tuple, stride: tuple, padding: tuple, dilation: tuple, h: int, w: int,
+           device: str) -> torch.Tensor:
+    """How many output positions of a convolution each input pixel reaches, ``[h, w]`` (exact integers, float64,
+    read-only): the gradient of the sum of a 1-channel convolution with a kernel of ones."""
+    with torch.enable_grad():
+        x = torch.zeros(1, 1, h, w, dtype=torch.float64, device=device, requires_grad=True)
+        ones = torch.ones(1, 1, *kernel_size, dtype=torch.float64, device=device)
+        F.conv2d(x, ones, stride=stride, padding=padding, dilation=dilation).sum().backward()
+    return x.grad[0, 0].detach()
+
+
 def conv_sops(conv: nn.Conv2d, conv_input: torch.Tensor) -> torch.Tensor:
-    """Exact synaptic operations of binary ``conv_input [N, C_in, H, W]`` through ``conv`` (a scalar tensor)."""
+    """Exact synaptic operations of binary ``conv_input [N, C_in, H, W]`` through ``conv`` (a scalar tensor).
+
+    A spike at pixel (y, x) of any input channel reaches ``out_channels`` synapses at every output position whose
+    window holds it: the spikes summed over images and channels (exact small integers), times each pixel's reach
+    (``_reach``, computed once per layer shape), times ``out_channels``. No convolution per call."""
     if conv.groups != 1:
         raise NotImplementedError("grouped convolutions are not counted")
-    # every input channel reaches the same window: sum the spikes over channels first (exact: small integers), then
-    # count the window positions each reaches, a 1-channel convolution: C_in times cheaper than counting per channel
-    x = conv_input if conv_input.dtype == torch.float64 else conv_input.float()
-    ones = torch.ones(1, 1, *conv.kernel_size, dtype=x.dtype, device=x.device)
-    per_pos = F.conv2d(x.sum(1, keepdim=True), ones, stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
-    return per_pos.sum() * conv.out_channels
+    h, w = conv_input.shape[-2:]
+    reach = _reach(tuple(conv.kernel_size), tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation), int(h),
+                   int(w), str(conv_input.device))
+    per_pixel = conv_input.float().sum(dim=(0, 1)).double()
+    return (per_pixel * reach).sum() * conv.out_channels
 
 
 class EnergyMeter:
@@ -88,7 +104,7 @@ class EnergyMeter:
         self.images = 0
         self._calls_at: dict[int | None, int] = {}   # calls per spiking time steps T (None: the model's own)
         self._spikes: dict[str, float] = {}
-        self._synapses: dict[str, tuple[nn.Conv2d, torch.Tensor]] = {}  # layer -> (its conv, spikes per input pixel)
+        self._sops: dict[str, float] = {}
         self._neurons: dict[str, int] = {}
         self._steps: dict[str, int] = {}   # neuron-time-steps seen: T * B per call
 
@@ -106,20 +122,8 @@ class EnergyMeter:
         self._steps[n] = self._steps.get(n, 0) + T * B
 
     def on_synapses(self, layer, conv, conv_input) -> None:
-        # SOPs are linear in the spikes: keep each layer's spikes per input pixel, summed over calls, images, T and
-        # channels (exact integers in float64), and count the synapses they reach once, in ``report``
         n = layer.name
-        per_pixel = conv_input.sum(dim=(0, 1)).double()       # (a call's counts are exact in float32)
-        if n in self._synapses:
-            self._synapses[n][1].add_(per_pixel)
-        else:
-            self._synapses[n] = (conv, per_pixel)
-
-    def _sops(self, name: str) -> float:
-        if name not in self._synapses:
-            return 0.0
-        conv, per_pixel = self._synapses[name]
-        return float(conv_sops(conv, per_pixel[None, None]))
+        self._sops[n] = self._sops.get(n, 0.0) + float(conv_sops(conv, conv_input))
 
     def report(self, cfg: ModelConfig) -> EnergyReport:
         """Per-image figures for the calls measured so far (``images`` per call)."""
@@ -128,7 +132,7 @@ class EnergyMeter:
         per_image = 1.0 / self.images
         per_layer = {
             n: LayerEnergy(neurons=self._neurons[n], spikes=self._spikes[n] * per_image,
-                           sops=self._sops(n) * per_image,
+                           sops=self._sops.get(n, 0.0) * per_image,
                            firing_rate=self._spikes[n] / (self._neurons[n] * self._steps[n]))
             for n in self._spikes
         }

@@ -12,7 +12,8 @@ their denoiser calls.
 """
 from . import batching, compare, display, panels, presets, results, sharing, trajectory_export, validation
 from .batching import DenoiserBatcher
-from .pool import SessionPool, release_memory
+from .heap import release_memory
+from .pool import SessionPool
 from .registry import DEFAULT_CHECKPOINT, ModelRegistry
 from .session import (MAX_STATE_BYTES, OverBudget, Preview, Session, StepRecord, Superseded, View,
                       estimate_state_bytes, within_budget)

@@ -6,13 +6,10 @@ One ``SessionPool`` belongs to one app (``app.Explorer`` owns it); nothing here 
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import gc
-import sys
 import threading
 from collections import OrderedDict
 
+from .heap import release_memory
 from .session import Session
 
 __all__ = ["MAX_TOTAL_BYTES", "SessionPool", "release_memory"]
@@ -20,28 +17,6 @@ __all__ = ["MAX_TOTAL_BYTES", "SessionPool", "release_memory"]
 MAX_TOTAL_BYTES = 1024 * 2 ** 20    # recorded data of all sessions together
 EVICTED = ("your trajectory was freed to make room for other users (this server keeps at most {mb} MB of "
            "recordings): press “New trajectory” to start again")
-
-_libc = None
-
-
-def release_memory() -> bool:
-    """Return freed heap memory to the operating system (glibc's ``malloc_trim``; elsewhere only a gc pass).
-    Returns whether malloc_trim ran."""
-    global _libc
-    gc.collect()
-    if not sys.platform.startswith("linux"):
-        return False
-    if _libc is None:
-        try:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
-        except (OSError, AttributeError):
-            _libc = False
-    if not _libc:
-        return False
-    _libc.malloc_trim(0)
-    return True
-
 
 class SessionPool:
     """The live sessions by owner (a browser tab's session hash), least recently used first.

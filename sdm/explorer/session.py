@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ..energy import EnergyMeter
+from .heap import release_memory
 from ..pipeline import SpikingDiffusionPipeline
 from .results import final_difference
 from .validation import (MAX_NEURONS, check_grid, check_layer, check_neurons, check_num_steps, check_number,
@@ -52,6 +53,7 @@ __all__ = ["MAX_STATE_BYTES", "MAX_CACHED_FINALS", "YIELD_EVERY_S", "Session", "
 MAX_STATE_BYTES = 160 * 2 ** 20     # recorded data per session
 MAX_CACHED_FINALS = 8               # final images kept for the comparisons
 YIELD_EVERY_S = 0.1                 # a long run hands control back this often (where a cancelled request stops)
+TRIM_AFTER_STEPS = 32               # after a run of this many steps, freed heap memory goes back (heap.release_memory)
 
 Tick = TypeVar("Tick")
 Result = TypeVar("Result")
@@ -388,7 +390,10 @@ class Session:
         is already complete. ``generation``: raise ``Superseded`` if the session was restarted or truncated since
         that generation.
         """
-        return self._advance_checked(check_step_count(n), check_scale(threshold_scale), generation)
+        taken = self._advance_checked(check_step_count(n), check_scale(threshold_scale), generation)
+        if taken >= TRIM_AFTER_STEPS:
+            release_memory(collect=False)
+        return taken
 
     def stepping(self, n=None, threshold_scale=1.0, generation: int | None = None,
                  batcher=None) -> Generator[tuple[int, int], None, int]:
@@ -405,16 +410,20 @@ class Session:
             self.require()
             n = self.settings.num_steps - self.num_recorded
         done = 0
-        while done < n:
-            try:
-                self._advance_checked(1, scale, generation, batcher)
-            except Superseded:
-                return done
-            done += 1
-            if self.is_done or done == n:
-                break
-            yield done, n
-        return done
+        try:
+            while done < n:
+                try:
+                    self._advance_checked(1, scale, generation, batcher)
+                except Superseded:
+                    return done
+                done += 1
+                if self.is_done or done == n:
+                    break
+                yield done, n
+            return done
+        finally:
+            if done >= TRIM_AFTER_STEPS:
+                release_memory(collect=False)
 
     def _advance_checked(self, n: int, scale: float, generation: int | None, batcher=None) -> int:
         with self.lock:
