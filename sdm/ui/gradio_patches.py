@@ -70,7 +70,9 @@ def cheap_skips(demo: gr.Blocks) -> None:
         if keep:
             part = copy.copy(block_fn)
             part.outputs = [outputs[i] for i in keep]
-            done = await original(part, [predictions[i] for i in keep], state)
+            kept = [predictions[i] for i in keep]
+            # (gradio takes a one-output function's return value as that output's value, not a list of values)
+            done = await original(part, kept[0] if len(keep) == 1 else kept, state)
         answer = [None if outputs[i].stateful else dict(_SKIP) for i in range(len(outputs))]
         for i, value in zip(keep, done):
             answer[i] = value
