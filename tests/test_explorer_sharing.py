@@ -57,6 +57,24 @@ def assert_same_recording(a: Session, b: Session) -> None:
         assert ia[k] == ib[k], k
 
 
+def run_class(student, args, timeout: float = 60) -> None:
+    """``student(arg)`` for each of ``args``, each in its own thread, all at once; fails on any student's error."""
+    errors = []
+
+    def guarded(arg):
+        try:
+            student(arg)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=guarded, args=(a,)) for a in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not errors
+
+
 def test_the_signature_is_recorded_when_the_checkpoint_loads(registry):
     sig = registry.signature("tiny-sdm")
     assert [f for f, _, _ in sig] and all(size for _, size, _ in sig)
@@ -102,21 +120,12 @@ def test_one_computation_serves_n_sessions_at_once(registry):
     n = 6
     sessions = [started(registry, seed=7, steps=24) for _ in range(n)]
     go = threading.Barrier(n)
-    errors = []
 
     def student(sess):
-        try:
-            go.wait()
-            drain(run_to_end(sess, results, sig, 1.0))
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+        go.wait()
+        drain(run_to_end(sess, results, sig, 1.0))
 
-    threads = [threading.Thread(target=student, args=(s,)) for s in sessions]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors
+    run_class(student, sessions)
     stats = results.stats()
     assert stats["computes"] == 1 and stats["hits"] + stats["joins"] == n - 1
     for s in sessions:
@@ -136,26 +145,18 @@ def test_a_class_on_its_own_seeds_is_batched_and_each_sees_its_solo_run(registry
         refs[seed] = (ref, g.image, ref.preview(0.95))
     results, sig, batcher = SharedResults(64 * 2 ** 20), registry.signature("tiny-sdm"), DenoiserBatcher(workers=1)
     sessions = {seed: started(registry, seed=seed) for seed in seeds}
-    go, errors, images, previews = threading.Barrier(len(seeds)), [], {}, {}
+    go, images, previews = threading.Barrier(len(seeds)), {}, {}
 
     def student(seed):
-        try:
-            sess = sessions[seed]
-            go.wait()
-            drain(run_to_end(sess, results, sig, 1.0, batcher))
-            _, g = drain(generated_images(sess, results, sig, 1.05, batcher))
-            images[seed] = g.image
-            sess.scrub(3)
-            previews[seed] = preview(sess, results, registry.signature, 0.95, batcher)
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+        sess = sessions[seed]
+        go.wait()
+        drain(run_to_end(sess, results, sig, 1.0, batcher))
+        _, g = drain(generated_images(sess, results, sig, 1.05, batcher))
+        images[seed] = g.image
+        sess.scrub(3)
+        previews[seed] = preview(sess, results, registry.signature, 0.95, batcher)
 
-    threads = [threading.Thread(target=student, args=(seed,)) for seed in seeds]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors
+    run_class(student, seeds, timeout=120)
     for seed in seeds:
         ref, image, prev = refs[seed]
         assert_same_recording(sessions[seed], ref)

@@ -208,14 +208,20 @@ class DenoiserBatcher:
             c.alone()
             c.done = True
 
-    def _run_batch(self, group: list[_Call]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        pipe, first = group[0].pipe, group[0]
+    @staticmethod
+    def _inputs(group: list[_Call]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+        """The batch of a group: its samples, each image's timestep, and each call's rows ``(start, stop)``."""
         x = torch.cat([c.sample for c in group])
         t = torch.cat([torch.full((c.rows,), c.timestep, dtype=torch.long) for c in group])
         spans, a = [], 0
         for c in group:
             spans.append((a, a + c.rows))
             a += c.rows
+        return x, t, spans
+
+    def _run_batch(self, group: list[_Call]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        pipe, first = group[0].pipe, group[0]
+        x, t, spans = self._inputs(group)
         for c in group:
             if c.meter is not None:
                 c.meter.start_call(c.rows, c.time_steps)
@@ -247,19 +253,16 @@ class DenoiserBatcher:
         convolution that rounds differently may change a potential and no spike). The callers get the
         image-by-image results."""
         pipe, first = group[0].pipe, group[0]
-        x = torch.cat([c.sample for c in group])
-        t = torch.cat([torch.full((c.rows,), c.timestep, dtype=torch.long) for c in group])
+        x, t, spans = self._inputs(group)
         together = _Layers()
         eps, _ = pipe.run_denoiser(x, t, first.scale, first.time_steps, meter=together)
-        same, a = True, 0
-        for c in group:
+        same = True
+        for c, (a, b) in zip(group, spans):
             alone = _Layers(c.meter)
             c.eps, c.frames = pipe.run_denoiser(c.sample, c.timestep, c.scale, c.time_steps, record=c.record,
                                                 max_neurons=c.max_neurons, probe_seed=c.probe_seed, meter=alone)
             c.done = True
-            same = (same and torch.equal(eps[a:a + c.rows], c.eps)
-                    and together.rows_equal(alone, a, a + c.rows, potentials=c.record))
-            a += c.rows
+            same = same and torch.equal(eps[a:b], c.eps) and together.rows_equal(alone, a, b, potentials=c.record)
         with self._cond:
             self._verdicts[key] = same
             self.stats["checks"] += 1
