@@ -27,7 +27,7 @@ import gradio as gr
 
 from sdm import imaging
 from sdm.explorer import (DenoiserBatcher, ModelRegistry, Session, SessionPool, View, compare, panels,
-                          release_memory, sharing, trajectory_export)
+                          freeze_heap, release_memory, sharing, trajectory_export)
 from sdm.explorer import display  # noqa: F401 - bench/app_latency.py reads app.display and app.TRIO_KEYS (imported below)
 from sdm.explorer.panels import IMAGE_PX, SMALL_PX, grid_image
 from sdm.explorer.pool import MAX_TOTAL_BYTES
@@ -682,7 +682,7 @@ def __getattr__(name: str):
     """``app.demo``, built on first use (Hugging Face Spaces and ``gradio app.py`` look for it), so that importing
     app.py loads no model."""
     if name == "demo":
-        globals()["demo"] = build_demo()
+        globals()["demo"] = freeze_heap(build_demo())
         return globals()["demo"]
     raise AttributeError(f"module 'app' has no attribute {name!r}")
 
@@ -691,7 +691,7 @@ def main() -> None:
     import torch
     # one intra-op thread per request: concurrent users share the cores instead of fighting over them
     torch.set_num_threads(int(os.environ.get("SDM_TORCH_THREADS", "1")))
-    demo = build_demo()
+    demo = freeze_heap(build_demo())
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
                 server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), **launch_kwargs())
 

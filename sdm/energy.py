@@ -81,17 +81,29 @@ def _reach(kernel_size: tuple, stride: tuple, padding: tuple, dilation: tuple, h
     return x.grad[0, 0].detach()
 
 
+def _conv_reach(conv: nn.Conv2d, conv_input: torch.Tensor) -> torch.Tensor:
+    if conv.groups != 1:
+        raise NotImplementedError("grouped convolutions are not counted")
+    h, w = conv_input.shape[-2:]
+    return _reach(tuple(conv.kernel_size), tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation), int(h),
+                  int(w), str(conv_input.device))
+
+
+def conv_sops_per_image(conv: nn.Conv2d, conv_input: torch.Tensor, T: int, batch: int) -> torch.Tensor:
+    """``conv_sops`` of each image of a ``[T*B, C_in, H, W]`` call at once, ``[B]`` float64: the same exact integers
+    (spikes per pixel and reaches are small integers, so no sum rounds whatever its order)."""
+    reach = _conv_reach(conv, conv_input)
+    per_pixel = conv_input.view(T, batch, *conv_input.shape[1:]).float().sum(dim=(0, 2)).double()   # [B, H, W]
+    return (per_pixel * reach).sum(dim=(1, 2)) * conv.out_channels
+
+
 def conv_sops(conv: nn.Conv2d, conv_input: torch.Tensor) -> torch.Tensor:
     """Exact synaptic operations of binary ``conv_input [N, C_in, H, W]`` through ``conv`` (a scalar tensor).
 
     A spike at pixel (y, x) of any input channel reaches ``out_channels`` synapses at every output position whose
     window holds it: the spikes summed over images and channels (exact small integers), times each pixel's reach
     (``_reach``, computed once per layer shape), times ``out_channels``. No convolution per call."""
-    if conv.groups != 1:
-        raise NotImplementedError("grouped convolutions are not counted")
-    h, w = conv_input.shape[-2:]
-    reach = _reach(tuple(conv.kernel_size), tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation), int(h),
-                   int(w), str(conv_input.device))
+    reach = _conv_reach(conv, conv_input)
     per_pixel = conv_input.float().sum(dim=(0, 1)).double()
     return (per_pixel * reach).sum() * conv.out_channels
 
@@ -116,14 +128,20 @@ class EnergyMeter:
 
     def on_spikes(self, layer, spikes: torch.Tensor, v, threshold) -> None:
         T, B = spikes.shape[:2]
-        n = layer.name
-        self._spikes[n] = self._spikes.get(n, 0.0) + float(spikes.sum())
-        self._neurons[n] = int(spikes[0, 0].numel())
-        self._steps[n] = self._steps.get(n, 0) + T * B
+        self.count_spikes(layer.name, float(spikes.sum()), int(spikes[0, 0].numel()), T * B)
 
     def on_synapses(self, layer, conv, conv_input) -> None:
-        n = layer.name
-        self._sops[n] = self._sops.get(n, 0.0) + float(conv_sops(conv, conv_input))
+        self.count_sops(layer.name, float(conv_sops(conv, conv_input)))
+
+    def count_spikes(self, name: str, spikes: float, neurons: int, steps: int) -> None:
+        """Add a layer's spikes of one call (``neurons`` per image, ``steps`` = T * B neuron-time-steps each)."""
+        self._spikes[name] = self._spikes.get(name, 0.0) + spikes
+        self._neurons[name] = neurons
+        self._steps[name] = self._steps.get(name, 0) + steps
+
+    def count_sops(self, name: str, sops: float) -> None:
+        """Add a layer's synaptic operations of one call."""
+        self._sops[name] = self._sops.get(name, 0.0) + sops
 
     def report(self, cfg: ModelConfig) -> EnergyReport:
         """Per-image figures for the calls measured so far (``images`` per call)."""

@@ -91,7 +91,7 @@ class SpikingDiffusionPipeline:
 
     def __init__(self, model: SpikingUNet, diffusion: DiffusionConfig | None = None, card: dict | None = None,
                  name: str = "", path: Path | None = None):
-        self.model = model.eval().fuse_batchnorm()
+        self.model = model.eval().fuse_batchnorm().channels_last()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.diffusion = diffusion or DiffusionConfig()

@@ -9,8 +9,10 @@ two requests recording at the same time cannot see each other's data::
 """
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -58,7 +60,6 @@ class Probe:
         self.seed = int(seed)
         self.frames: dict[str, ProbeFrame] = {}
         self._active = False
-        self._index_cache: dict[tuple[str, int], np.ndarray] = {}
 
     def __enter__(self) -> "Probe":
         self.frames = {}
@@ -69,37 +70,48 @@ class Probe:
         self._active = False
 
     def neuron_index(self, layer: str, num_neurons: int) -> np.ndarray:
-        """The recorded subset of a layer of ``num_neurons`` neurons (sorted, seeded by seed and layer name)."""
-        key = (layer, num_neurons)
-        if key not in self._index_cache:
-            if num_neurons <= self.max_neurons:
-                idx = np.arange(num_neurons)
-            else:
-                rng = np.random.default_rng([self.seed, zlib.crc32(layer.encode())])
-                idx = np.sort(rng.choice(num_neurons, self.max_neurons, replace=False))
-            self._index_cache[key] = idx
-        return self._index_cache[key]
+        """The recorded subset of a layer of ``num_neurons`` neurons (sorted, seeded by seed and layer name;
+        read-only: the same array for every probe with this seed)."""
+        return _neuron_index(self.seed, self.max_neurons, layer, int(num_neurons))
 
     # ---- monitor protocol
     def on_spikes(self, layer, spikes: torch.Tensor, v: torch.Tensor, threshold: float) -> None:
         if not self._active:
             raise RuntimeError("Probe used outside its `with` block: use `with Probe() as probe: model(..., monitor=probe)`")
-        T, B = spikes.shape[:2]
-        flat_s = spikes.reshape(T, B, -1)
-        idx = self.neuron_index(layer.name, flat_s.shape[-1])
-        tidx = torch.from_numpy(idx).to(spikes.device)
+        shape = tuple(spikes.shape[2:])
+        num = math.prod(shape)
+        idx = self.neuron_index(layer.name, num)
+        at = _positions(self.seed, self.max_neurons, layer.name, shape, str(spikes.device))   # in any memory layout
         self.frames[layer.name] = ProbeFrame(
-            spikes=flat_s.index_select(2, tidx).bool().cpu().numpy(),
-            v=v.reshape(T, B, -1).index_select(2, tidx).to(torch.float16).cpu().numpy(),
+            spikes=spikes[at].bool().cpu().numpy(),
+            v=v[at].to(torch.float16).cpu().numpy(),
             firing_rate=float(spikes.float().mean()),
             threshold=float(threshold),
             neuron_index=idx,
-            num_neurons=int(flat_s.shape[-1]),
-            shape=tuple(spikes.shape[2:]),
+            num_neurons=int(num),
+            shape=shape,
         )
 
     def on_synapses(self, layer, conv, conv_input) -> None:
         pass
+
+
+@lru_cache(maxsize=4096)
+def _neuron_index(seed: int, max_neurons: int, layer: str, num_neurons: int) -> np.ndarray:
+    if num_neurons <= max_neurons:
+        idx = np.arange(num_neurons)
+    else:
+        rng = np.random.default_rng([seed, zlib.crc32(layer.encode())])
+        idx = np.sort(rng.choice(num_neurons, max_neurons, replace=False))
+    idx.flags.writeable = False
+    return idx
+
+
+@lru_cache(maxsize=4096)
+def _positions(seed: int, max_neurons: int, layer: str, shape: tuple, device: str) -> tuple:
+    """An index of ``[T, B, *shape]`` giving ``[T, B, N]``: the recorded neurons of the flattened layer."""
+    coords = np.unravel_index(_neuron_index(seed, max_neurons, layer, math.prod(shape)), shape)
+    return (slice(None), slice(None)) + tuple(torch.from_numpy(np.ascontiguousarray(c)).to(device) for c in coords)
 
 
 class Monitors:

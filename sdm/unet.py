@@ -67,6 +67,8 @@ class SpikeConv(nn.Module):
 
 
 class ResBlock(nn.Module):
+    pointwise_linear = False    # the 1x1 shortcut as a matrix product (``SpikingUNet.channels_last``)
+
     def __init__(self, cfg: ModelConfig, cin: int, cout: int):
         super().__init__()
         self.conv1 = SpikeConv(cfg, cin, cout)
@@ -80,6 +82,8 @@ class ResBlock(nn.Module):
         # the time embedding is constant over T: project once, broadcast over the T copies
         h = (h.view(ctx.T, ctx.batch, C, H, W) + project(self.temb, temb)[None, :, :, None, None]).view(-1, C, H, W)
         h = self.conv2(h, ctx)
+        if self.pointwise_linear and isinstance(self.shortcut, nn.Conv2d):
+            return h + _pointwise(self.shortcut, x)
         return h + self.shortcut(x)
 
 
@@ -199,6 +203,21 @@ class SpikingUNet(nn.Module):
         self.eval()
         return self
 
+    memory_format = None    # the activations' layout, set with the weights' by ``channels_last`` (None: as they come)
+
+    def channels_last(self) -> "SpikingUNet":
+        """Weights and activations in channels-last layout, in place, and the 1x1 shortcuts as matrix products: oneDNN's
+        NHWC convolutions are about 25% faster on a CPU, and each image of a batch gets, bitwise, what it gets alone
+        (NCHW 1x1 convolutions of fmnist-sdm-t4 round differently at 4+ images; NHWC ones of the tiny test model
+        too; the matrix product does not; checked per batch shape by ``sdm.explorer.batching``). For inference (the
+        pipeline calls it)."""
+        self.to(memory_format=torch.channels_last)
+        self.memory_format = torch.channels_last
+        for m in self.modules():
+            if isinstance(m, ResBlock):
+                m.pointwise_linear = True
+        return self
+
     # ------------------------------------------------------------------ forward
     def precondition_weights(self, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(c_skip, c_out), each ``[B]``, for ``cfg.precondition`` (see the module docstring)."""
@@ -248,10 +267,17 @@ class SpikingUNet(nn.Module):
         if not torch.is_tensor(timesteps) or timesteps.dim() == 0:
             timesteps = torch.full((B,), int(timesteps), device=x.device)
         temb = self.time_embedding(timesteps)
+        # inference: the first and the output convolution run image by image, as the time embedding: at 1 input or
+        # output channel they round differently at batch 1 and at batch B (the others do not with channels-last
+        # weights, checked by sdm.explorer.batching), so each image of a batch gets, bitwise, what it gets alone
+        per_image = isinstance(temb, RowwiseEmbedding) and B > 1
 
-        h = self.conv_in(x)  # direct encoding: analog pixels, constant over T -> computed once
+        # direct encoding: analog pixels, constant over T -> computed once
+        h = _each_image(self.conv_in, x) if per_image else self.conv_in(x)
         if T > 1:
             h = h.unsqueeze(0).expand(T, *h.shape).reshape(T * B, *h.shape[1:])
+        if self.memory_format is not None:
+            h = h.contiguous(memory_format=self.memory_format)
         hs = [h]
         for level in self.down:
             for block in level.blocks:
@@ -272,12 +298,7 @@ class SpikingUNet(nn.Module):
         if T > 1:  # readout: the mean over T, then the (linear) output conv once
             w = torch.full((T,), 1.0 / T, device=s.device).to(s.dtype)
             s = torch.einsum("t,tbchw->bchw", w, s.view(T, B, *s.shape[1:]))
-        if isinstance(temb, RowwiseEmbedding) and B > 1:
-            # inference: each image on its own, as for the time embedding (this conv, at 1 output channel, rounds
-            # differently at batch 1 and at batch B; the others do not, checked in tests/test_batching.py)
-            out = torch.cat([self.out.conv(s[i:i + 1]) for i in range(B)])
-        else:
-            out = self.out.conv(s)
+        out = _each_image(self.out.conv, s) if per_image else self.out.conv(s)
         if self.cfg.precondition:
             with torch.autocast(x.device.type, enabled=False):  # bf16 would cost the skip its precision
                 x = x.to(torch.promote_types(x.dtype, torch.float32))
@@ -285,6 +306,18 @@ class SpikingUNet(nn.Module):
                 skip = c_skip[:, None, None, None] * x
             out = skip + c_out[:, None, None, None].to(out.dtype) * out
         return out
+
+
+def _pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution of channels-last ``x [N, C, H, W]`` as one matrix product over its pixels (a view both ways):
+    each pixel's result then does not depend on the batch, which oneDNN's 1x1 convolutions do not promise."""
+    y = F.linear(x.permute(0, 2, 3, 1), conv.weight.reshape(conv.out_channels, -1), conv.bias)
+    return y.permute(0, 3, 1, 2)
+
+
+def _each_image(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for ``x [B, ...]``, one image at a time (as at batch 1)."""
+    return torch.cat([conv(x[i:i + 1]) for i in range(x.shape[0])])
 
 
 def count_parameters(model: nn.Module) -> int:

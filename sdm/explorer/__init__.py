@@ -12,7 +12,7 @@ their denoiser calls.
 """
 from . import batching, compare, display, panels, presets, results, sharing, trajectory_export, validation
 from .batching import DenoiserBatcher
-from .heap import release_memory
+from .heap import freeze_heap, release_memory
 from .pool import SessionPool
 from .registry import DEFAULT_CHECKPOINT, ModelRegistry
 from .session import (MAX_STATE_BYTES, OverBudget, Preview, Session, StepRecord, Superseded, View,
@@ -20,4 +20,4 @@ from .session import (MAX_STATE_BYTES, OverBudget, Preview, Session, StepRecord,
 
 __all__ = ["batching", "compare", "display", "panels", "presets", "results", "sharing", "trajectory_export", "validation", "DEFAULT_CHECKPOINT",
            "DenoiserBatcher", "ModelRegistry", "MAX_STATE_BYTES", "OverBudget", "Preview", "Session", "SessionPool", "StepRecord",
-           "Superseded", "View", "estimate_state_bytes", "release_memory", "within_budget"]
+           "Superseded", "View", "estimate_state_bytes", "freeze_heap", "release_memory", "within_budget"]

@@ -13,14 +13,17 @@ No thread of its own: the first waiting call computes its group (the calls waiti
 callers. At most ``workers`` groups run at once (one per core: the app runs one torch thread per request).
 
 What a session sees never depends on whom it was batched with: an image's rows are bitwise what it gets alone.
-``SpikingUNet`` computes each image's time embedding at batch 1 at inference for that, but a convolution's kernel
-may still round differently at another batch size (oneDNN picks its algorithm by shape: on this CPU the 1x1
-shortcuts at T = 8, every convolution of an ANN, and at batch 4 and more some of fmnist-sdm-t4's, by about 1e-6
-in a membrane potential). So the first batch of each shape (model, T, recorded or not, images, torch threads) is
-also computed image by image and what a caller can observe is compared: the noise prediction and every layer's
-spikes, and for a recorded call the membrane potentials. Equal, that shape is batched from then on; not, its calls
-are computed one by one (still correct, without the speed-up). The first batch's callers get the image-by-image
-results. On fmnist-sdm-t4 (one torch thread) unrecorded calls batch at 2-16 images, recorded ones at 2.
+At inference ``SpikingUNet`` computes each image's time embedding, first and output convolution at batch 1 for that,
+and the pipeline runs channels-last weights, whose convolutions give each image's rows what it gets alone on this
+CPU. A convolution's kernel may still round differently at another batch size on another machine (oneDNN picks its
+algorithm by shape; with NCHW weights the 1x1 shortcuts of fmnist-sdm-t4 did at 4+ images, by about 1e-6 in a
+membrane potential, which flipped a spike, and so the noise prediction, in about 1 image-call of 640). So the first
+batch of each shape (model, T, recorded or not, images, torch threads) is also computed image by image and compared:
+the noise prediction and every layer's spikes and membrane potentials, recorded or not (the potentials: a rounding
+that flips no spike in this batch would in another; a kernel's rounding depends on the shape, not the data). Equal,
+that shape is batched from then on; not, its calls are computed one by one (still correct, without the speed-up).
+The first batch's callers get the image-by-image results. On fmnist-sdm-t4 (one torch thread) every shape checked
+batches, recorded or not.
 """
 from __future__ import annotations
 
@@ -32,9 +35,9 @@ from typing import Callable
 
 import torch
 
-from ..energy import EnergyMeter
+from ..energy import EnergyMeter, conv_sops_per_image
 from ..pipeline import SpikingDiffusionPipeline
-from ..probes import Probe, combine
+from ..probes import Probe
 
 __all__ = ["DenoiserBatcher", "SplitMonitor"]
 
@@ -74,26 +77,33 @@ class _Call:
 
 
 class SplitMonitor:
-    """A monitor for a batch of several calls: each call's own monitor (its probe and energy meter) sees only its
-    rows, as in a call of its own.
+    """A monitor for a batch of several calls: each call's probe and energy meter see only its rows, as in a call of
+    its own. The meters' counts of every call are computed at once per layer (bitwise the same: spike and synapse
+    counts are exact small integers, whatever the order of their sums).
 
     ``on_spikes`` gets ``[T, B, ...]`` tensors, ``on_synapses`` a ``[T*B, ...]`` conv input (``SpikeConv.spikes``);
-    ``spans`` gives each monitor's rows ``(start, stop)`` of B.
+    ``spans`` gives each call's rows ``(start, stop)`` of B; ``probes`` and ``meters`` each call's (or None).
     """
 
-    def __init__(self, monitors: list, spans: list[tuple[int, int]], T: int, batch: int):
-        self.parts = [(m, a, b) for m, (a, b) in zip(monitors, spans) if m is not None]
+    def __init__(self, probes: list, meters: list, spans: list[tuple[int, int]], T: int, batch: int):
+        self.probes = [(p, a, b) for p, (a, b) in zip(probes, spans) if p is not None]
+        self.meters = [(m, a, b) for m, (a, b) in zip(meters, spans) if m is not None]
         self.T, self.batch = T, batch
 
     def on_spikes(self, layer, spikes: torch.Tensor, v, threshold) -> None:
-        for meter, a, b in self.parts:
-            part_v = v[:, a:b] if torch.is_tensor(v) and v.dim() > 1 and v.shape[1] == self.batch else v
-            meter.on_spikes(layer, spikes[:, a:b], part_v, threshold)
+        for probe, a, b in self.probes:
+            probe.on_spikes(layer, spikes[:, a:b], v[:, a:b], threshold)
+        if self.meters:
+            per_image = spikes.sum(dim=tuple(d for d in range(spikes.dim()) if d != 1)).tolist()     # [B]
+            neurons = int(spikes[0, 0].numel())
+            for meter, a, b in self.meters:
+                meter.count_spikes(layer.name, float(sum(per_image[a:b])), neurons, self.T * (b - a))
 
     def on_synapses(self, layer, conv, conv_input: torch.Tensor) -> None:
-        seq = conv_input.view(self.T, self.batch, *conv_input.shape[1:])
-        for meter, a, b in self.parts:
-            meter.on_synapses(layer, conv, seq[:, a:b].reshape(-1, *conv_input.shape[1:]))
+        if self.meters:
+            per_image = conv_sops_per_image(conv, conv_input, self.T, self.batch).tolist()
+            for meter, a, b in self.meters:
+                meter.count_sops(layer.name, float(sum(per_image[a:b])))
 
     def start_call(self, batch: int, time_steps=None) -> None:
         """(``run_denoiser`` starts its meter's call: each part's meter was started for its own rows already.)"""
@@ -226,9 +236,9 @@ class DenoiserBatcher:
             if c.meter is not None:
                 c.meter.start_call(c.rows, c.time_steps)
         probes = [Probe(max_neurons=c.max_neurons, seed=c.probe_seed) if c.record else None for c in group]
-        monitors = [combine(p, c.meter) for p, c in zip(probes, group)]
-        monitor = (SplitMonitor(monitors, spans, first.time_steps, x.shape[0])
-                   if any(m is not None for m in monitors) else None)
+        meters = [c.meter for c in group]
+        monitor = (SplitMonitor(probes, meters, spans, first.time_steps, x.shape[0])
+                   if any(m is not None for m in probes + meters) else None)
         with ExitStack() as stack:
             for p in probes:
                 if p is not None:
@@ -248,9 +258,9 @@ class DenoiserBatcher:
             self.stats["batched_calls"] += len(group)
 
     def _check(self, group: list[_Call], key: tuple) -> None:
-        """The first batch of a shape: computed both ways, and what a caller can observe compared: the result and
-        every layer's spikes (the energy counts them), and for a recorded call the membrane potentials too (a
-        convolution that rounds differently may change a potential and no spike). The callers get the
+        """The first batch of a shape: computed both ways and compared, the result and every layer's spikes and
+        membrane potentials (a convolution that rounds differently changes a potential first, and a spike only
+        where the potential is that close to the threshold: in this batch or in a later one). The callers get the
         image-by-image results."""
         pipe, first = group[0].pipe, group[0]
         x, t, spans = self._inputs(group)
@@ -262,7 +272,7 @@ class DenoiserBatcher:
             c.eps, c.frames = pipe.run_denoiser(c.sample, c.timestep, c.scale, c.time_steps, record=c.record,
                                                 max_neurons=c.max_neurons, probe_seed=c.probe_seed, meter=alone)
             c.done = True
-            same = same and torch.equal(eps[a:b], c.eps) and together.rows_equal(alone, a, b, potentials=c.record)
+            same = same and torch.equal(eps[a:b], c.eps) and together.rows_equal(alone, a, b)
         with self._cond:
             self._verdicts[key] = same
             self.stats["checks"] += 1
@@ -291,12 +301,13 @@ class _Layers:
         if self.meter is not None:
             self.meter.on_synapses(layer, conv, conv_input)
 
-    def rows_equal(self, alone: "_Layers", a: int, b: int, potentials: bool) -> bool:
-        """Rows a:b of this (batched) call's layers are bitwise ``alone``'s: spikes, and potentials if asked."""
+    def rows_equal(self, alone: "_Layers", a: int, b: int) -> bool:
+        """Rows a:b of this (batched) call's layers are bitwise ``alone``'s: spikes and membrane potentials."""
         if self.seen.keys() != alone.seen.keys():
             return False
         for name, (spikes, v) in self.seen.items():
             s1, v1 = alone.seen[name]
-            if not torch.equal(spikes[:, a:b], s1) or (potentials and not torch.equal(v[:, a:b], v1)):
+            if not torch.equal(spikes[:, a:b], s1) or (v is None) != (v1 is None) or \
+                    (v is not None and not torch.equal(v[:, a:b], v1)):
                 return False
         return True

@@ -4,6 +4,10 @@ glibc keeps memory a process freed (its mmap threshold grows after a large block
 the heap, which shrinks only from its top): after a long recording, hundreds of MB of RSS can be free memory the
 process still holds. ``release_memory`` returns it (``malloc_trim``). The session pool calls it when it frees
 sessions, and a session after a run of many steps.
+
+``freeze_heap`` (once the app is built) moves everything alive then out of the garbage collector's sight: a full
+collection of a built app walked about 495,000 objects (0.25 s holding the GIL: 11% of a busy server's time when 30
+tabs closed, and each automatic one as long); after it, only what requests made since.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import ctypes.util
 import gc
 import sys
 
-__all__ = ["release_memory"]
+__all__ = ["freeze_heap", "release_memory"]
 
 _libc = None
 
@@ -35,3 +39,12 @@ def release_memory(collect: bool = True) -> bool:
         return False
     _libc.malloc_trim(0)
     return True
+
+
+def freeze_heap(obj=None):
+    """Collect once, then freeze every object alive (``gc.freeze``: the app's modules, models and UI, which live as
+    long as the process) so that later collections walk only what was made since. Returns ``obj`` (for
+    ``demo = freeze_heap(build_demo())``)."""
+    gc.collect()
+    gc.freeze()
+    return obj
