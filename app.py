@@ -55,7 +55,7 @@ log = logging.getLogger("sdm.app")
 # ------------------------------------------------------------------------------------------- settings
 INTERACTIVE_LIMIT = 4          # light events at once (one torch thread each): two heavy runs leave room for others
 HEAVY_LIMIT = 2                # Continue, Compare, Export at once
-BATCHED_LIMIT = 16             # Run to end and the slider at once: a DenoiserBatcher computes their calls together
+BATCHED_LIMIT = 32             # Run to end and the slider at once: a DenoiserBatcher computes their calls together
 QUEUE_MAX_SIZE = 64            # waiting events, all users; beyond it gradio answers "Queue is full"
 # one Step request computes at most this long (Step x10 of 16 images: about 4 s); one Run to end / Continue / Compare
 # request at most RUN_BUDGET_S. An operator may change them: SDM_STEP_BUDGET_S, SDM_RUN_BUDGET_S.

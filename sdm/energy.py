@@ -111,6 +111,8 @@ def conv_sops(conv: nn.Conv2d, conv_input: torch.Tensor) -> torch.Tensor:
 class EnergyMeter:
     """Monitor that counts spikes and SOPs per layer over any number of denoiser calls."""
 
+    wants_potentials = False        # spikes are enough: the neurons keep no copy of their potentials for it
+
     def __init__(self):
         self.calls = 0
         self.images = 0

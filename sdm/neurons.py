@@ -34,7 +34,12 @@ from torch import nn
 class Monitor(Protocol):
     """Something that watches a denoiser call (see ``sdm.probes.Probe`` and ``sdm.energy.EnergyMeter``)."""
 
-    def on_spikes(self, layer: "SpikingNeuron", spikes: torch.Tensor, v: torch.Tensor, threshold: float) -> None: ...
+    #: whether ``on_spikes`` needs the membrane potentials (an energy meter does not: ``v`` is then None, and the
+    #: neuron keeps no copy of them); a monitor without this attribute gets them
+    wants_potentials: bool
+
+    def on_spikes(self, layer: "SpikingNeuron", spikes: torch.Tensor, v: "torch.Tensor | None",
+                  threshold: float) -> None: ...
 
     def on_synapses(self, layer: "SpikingNeuron", conv: nn.Conv2d, conv_input: torch.Tensor) -> None: ...
 
@@ -48,11 +53,15 @@ class RunContext:
         batch: B, so that ``[T*B, ...]`` tensors can be viewed as ``[T, B, ...]``.
         threshold_scale: threshold guidance, multiplies every neuron's threshold.
         monitor: optional probe / energy meter, or None (costs nothing).
+
+    ``threshold_scale`` may be a float64 tensor ``[B]``, one scale per image, at inference (``DenoiserBatcher``): each
+    image's threshold is then the float32 of theta * its scale, as a float scale gives it; the monitor is then told
+    the threshold of each image (a ``[B]`` float64 tensor).
     """
 
     T: int
     batch: int
-    threshold_scale: float = 1.0
+    threshold_scale: "float | torch.Tensor" = 1.0     # or one per image, float64 [B] (a batch of sessions)
     monitor: Any = None
 
 
@@ -154,9 +163,13 @@ class SpikingNeuron(nn.Module):
         if self.tsm is not None:  # Eq. 16, TSM: the input current of step n is scaled by p[n]
             x = x * tsm_weights_at(self.tsm, T).view(T, *([1] * (x.dim() - 1)))
         thr = self.threshold * threshold_scale
-        record = monitor is not None
+        record = monitor is not None and getattr(monitor, "wants_potentials", True)    # (else v is None: no copy)
         if torch.is_grad_enabled() and x.requires_grad:
             spikes, v = _MultiStepNeuron.apply(x, thr, self.beta, self.reset == "zero", record, self.v_init)
+        elif torch.is_tensor(thr):      # one threshold per image [B] (float64): as float32, broadcast over a row
+            rows = (x.shape[1],) + (1,) * (x.dim() - 2)
+            spikes, v, _ = _run_neuron(x, thr.to(x.dtype).view(rows), self.beta, self.reset == "zero", record,
+                                       v_init=self.v_init, v_start=(self.v_init * thr).to(x.dtype).view(rows))
         else:
             spikes, v, _ = _run_neuron(x, thr, self.beta, self.reset == "zero", record, v_init=self.v_init)
         if monitor is not None:
@@ -164,9 +177,11 @@ class SpikingNeuron(nn.Module):
         return spikes.to(x_seq.dtype)
 
 
-def _run_neuron(x: torch.Tensor, thr: float, beta: float, zero_reset: bool, record: bool, keep_mem: bool = False,
-                v_init: float = 0.0):
-    """The recurrence over T with in-place ops. Returns (spikes float [T, ...], v or None, mem history or None)."""
+def _run_neuron(x: torch.Tensor, thr: "float | torch.Tensor", beta: float, zero_reset: bool, record: bool,
+                keep_mem: bool = False, v_init: float = 0.0, v_start: "torch.Tensor | None" = None):
+    """The recurrence over T with in-place ops. Returns (spikes float [T, ...], v or None, mem history or None).
+    ``thr``: a float, or a float32 tensor that broadcasts over one step ``x[t]`` (one threshold per image), with
+    ``v_start`` the initial potentials ``v_init * thr`` likewise."""
     T = x.shape[0]
     # spikes as 0/1 in x's (float) dtype from the start: on a CPU a comparison into a float tensor and a multiply by
     # a 0/1 mask are several times faster than into bool, a masked_fill and a bool -> float conversion (same values)
@@ -174,8 +189,8 @@ def _run_neuron(x: torch.Tensor, thr: float, beta: float, zero_reset: bool, reco
     keep = torch.empty_like(x[0]) if zero_reset and T > 1 else None     # 1 - S[t-1]: where the membrane is kept
     hist = torch.empty_like(x) if (record or keep_mem) else None
     mem = x[0].clone()
-    if v_init:
-        mem.add_(v_init * thr)  # U[-1] = v_init * theta (the leak of the empty step is not applied)
+    if v_init:   # U[-1] = v_init * theta (the leak of the empty step is not applied)
+        mem.add_(v_init * thr if v_start is None else v_start)
     for t in range(T):
         if t:
             if zero_reset:
@@ -185,7 +200,10 @@ def _run_neuron(x: torch.Tensor, thr: float, beta: float, zero_reset: bool, reco
             else:
                 if beta != 1.0:
                     mem.mul_(beta)
-                mem.sub_(spikes[t - 1], alpha=thr)
+                if torch.is_tensor(thr):
+                    mem.sub_(spikes[t - 1] * thr)       # (0 or theta: exact, as alpha=theta)
+                else:
+                    mem.sub_(spikes[t - 1], alpha=thr)
             mem.add_(x[t])
         torch.gt(mem, thr, out=spikes[t])  # S = H(U - theta), as snntorch's ATan forward
         if keep is not None and t < T - 1:

@@ -119,6 +119,7 @@ class Monitors:
 
     def __init__(self, *monitors):
         self.monitors = [m for m in monitors if m is not None]
+        self.wants_potentials = any(getattr(m, "wants_potentials", True) for m in self.monitors)
 
     def on_spikes(self, layer, spikes, v, threshold):
         for m in self.monitors:

@@ -25,11 +25,12 @@ def _together(pipe, batcher, jobs, **kw):
     results, meters, errors = {}, {}, []
     barrier = threading.Barrier(len(jobs))
 
-    def one(i, seed, scale, grid):
+    def one(i, seed, scale, grid, *record):       # (a job's own record=, else kw's)
         try:
             meters[i] = EnergyMeter()
             barrier.wait(timeout=30)
-            results[i] = _run(pipe, seed, scale, batcher, meters[i], grid=grid, **kw)
+            results[i] = _run(pipe, seed, scale, batcher, meters[i], grid=grid, **{**kw, **(
+                {"record": record[0]} if record else {})})
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -97,13 +98,42 @@ def test_recorded_runs_batch_with_their_own_probes(tiny_pipe, one_torch_thread):
     assert batcher.stats["batches"] > 0
 
 
-def test_groups_keep_scales_models_and_row_limits_apart(tiny_pipe, one_torch_thread):
+def test_sessions_at_other_scales_recorded_or_not_share_a_batch_and_get_their_solo_run(tiny_pipe, one_torch_thread):
+    # one threshold scale per image: the slider's runs at 1.05 and 0.95 and a recorded Run to end at 1.0 batch
+    # together, each bitwise as alone (images, probes with their own threshold, energy)
+    jobs = [(31, 1.05, 1, False), (32, 0.95, 1, False), (33, 1.0, 1, True), (34, 0.95, 1, True)]
+    solo = {}
+    for i, (seed, scale, grid, record) in enumerate(jobs):
+        meter = EnergyMeter()
+        solo[i] = (_run(tiny_pipe, seed, scale, meter=meter, record=record, steps=4), meter.report(tiny_pipe.config))
+    batcher = DenoiserBatcher(workers=1)
+    for _ in range(2):
+        results, meters = _together(tiny_pipe, batcher, jobs, steps=4)
+        for i, (seed, scale, grid, record) in enumerate(jobs):
+            got, want = results[i], solo[i][0]
+            if record:
+                (got, got_frames), (want, want_frames) = got, want
+                for g, w in zip(got_frames, want_frames):
+                    assert g.keys() == w.keys() and g
+                    for name in w:
+                        assert np.array_equal(g[name].spikes, w[name].spikes)
+                        assert np.array_equal(g[name].v, w[name].v)
+                        assert g[name].threshold == w[name].threshold == pytest.approx(scale)
+                        assert g[name].firing_rate == w[name].firing_rate
+            assert torch.equal(got, want), f"job {i}"
+            rep = meters[i].report(tiny_pipe.config)
+            assert (rep.total_sops, rep.energy_mj) == (solo[i][1].total_sops, solo[i][1].energy_mj)
+    assert batcher.stats["batches"] > 0 and all(batcher.verdicts().values()), batcher.verdicts()
+    assert any(key[-1] for key in batcher.verdicts())          # a batch with thresholds per image was checked
+
+
+def test_groups_keep_models_and_row_limits_apart(tiny_pipe, one_torch_thread):
     batcher = DenoiserBatcher(max_rows=3, workers=1)
     seen = []
     real = tiny_pipe.run_denoiser
 
     def spy(sample, timestep, threshold_scale, *a, **k):
-        seen.append((sample.shape[0], float(threshold_scale)))
+        seen.append((sample.shape[0], threshold_scale))
         return real(sample, timestep, threshold_scale, *a, **k)
 
     tiny_pipe.run_denoiser = spy
@@ -113,9 +143,37 @@ def test_groups_keep_scales_models_and_row_limits_apart(tiny_pipe, one_torch_thr
     finally:
         del tiny_pipe.run_denoiser
     assert all(rows <= 3 for rows, _ in seen)
-    # a batch never mixes scales: the 0.95 session's calls are each of one image
-    assert sum(rows for rows, s in seen if s == 0.95) == 3
     assert max(rows for rows, _ in seen) > 1
+    # a batch of several scales gives each image its own: a float64 scale per row
+    mixed = [s for rows, s in seen if torch.is_tensor(s)]
+    assert mixed and all(s.dtype == torch.float64 and set(s.tolist()) <= {1.05, 0.95} for s in mixed)
+
+
+def test_two_models_never_share_a_batch(tiny_pipe, one_torch_thread):
+    import sdm
+    from conftest import FIXTURES
+    other = sdm.load_pipeline("tiny-sdm", FIXTURES)
+    with torch.no_grad():
+        for p in other.model.parameters():      # another model: a batch of both would give one of them wrong images
+            p.mul_(1.5)
+    jobs = [(tiny_pipe, seed) for seed in (1, 2, 3)] + [(other, seed) for seed in (1, 2, 3)]
+    solo = [_run(pipe, seed, 1.0, steps=3) for pipe, seed in jobs]
+    batcher = DenoiserBatcher(workers=1)
+    got, barrier = {}, threading.Barrier(len(jobs))
+
+    def student(i, pipe, seed):
+        barrier.wait(timeout=30)
+        got[i] = _run(pipe, seed, 1.0, batcher, steps=3)
+
+    for _ in range(2):          # the second round batches what the first checked
+        threads = [threading.Thread(target=student, args=(i, *job)) for i, job in enumerate(jobs)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert all(torch.equal(got[i], solo[i]) for i in range(len(jobs)))
+    assert batcher.stats["batches"] > 0
+    assert not torch.equal(solo[0], solo[3])
 
 
 def test_a_failing_batch_reaches_its_callers_and_the_next_call_works(tiny_pipe, one_torch_thread):

@@ -1,14 +1,15 @@
 """Denoiser calls of different sessions computed together: a class on its own seeds shares the CPU's batch speed-up.
 
-A batch of 16 costs about 13 ms per image-step on two CPU cores against 28 ms at batch 1. Thirty students each moving
-the slider run thirty generated-image runs at once, each on its own noise; ``DenoiserBatcher`` gathers the calls
-that wait at the same moment (same model, T and threshold scale; any seed, any diffusion step) into one call of the
-network, and hands each its rows back.
+On one core a denoiser call of fmnist-sdm-t4 costs about 8 ms per image in a batch of 4-8 against 11 ms alone
+(``bench/server_costs.py``). Thirty students each moving the slider run thirty generated-image runs at once, each on
+its own noise; ``DenoiserBatcher`` gathers the calls that wait at the same moment (same model and T; any seed, any
+diffusion step, any threshold scale: each image has its own; recorded or not) into one call of the network, and
+hands each its rows, its probe frames and its energy counts back.
 
     batcher = DenoiserBatcher()
     for out in pipe.steps(seed=7, threshold_scale=1.05, denoiser=batcher.denoiser(pipe)): ...
 
-No thread of its own: the first waiting call computes its group (the calls waiting with the same settings, up to
+No thread of its own: the first waiting call computes its group (the calls waiting with the same model and T, up to
 ``max_rows`` images), the others wait for their rows, and when it is done the next group is computed by one of its
 callers. At most ``workers`` groups run at once (one per core: the app runs one torch thread per request).
 
@@ -18,12 +19,12 @@ and the pipeline runs channels-last weights, whose convolutions give each image'
 CPU. A convolution's kernel may still round differently at another batch size on another machine (oneDNN picks its
 algorithm by shape; with NCHW weights the 1x1 shortcuts of fmnist-sdm-t4 did at 4+ images, by about 1e-6 in a
 membrane potential, which flipped a spike, and so the noise prediction, in about 1 image-call of 640). So the first
-batch of each shape (model, T, recorded or not, images, torch threads) is also computed image by image and compared:
-the noise prediction and every layer's spikes and membrane potentials, recorded or not (the potentials: a rounding
+batch of each shape (model, T, images, torch threads, one threshold scale or several) is also computed image by
+image and compared: the noise prediction and every layer's spikes and membrane potentials (the potentials: a rounding
 that flips no spike in this batch would in another; a kernel's rounding depends on the shape, not the data). Equal,
 that shape is batched from then on; not, its calls are computed one by one (still correct, without the speed-up).
 The first batch's callers get the image-by-image results. On fmnist-sdm-t4 (one torch thread) every shape checked
-batches, recorded or not.
+batches.
 """
 from __future__ import annotations
 
@@ -62,8 +63,9 @@ class _Call:
     group_key: tuple = field(init=False)
 
     def __post_init__(self):
-        self.group_key = (float(self.scale), int(self.time_steps), bool(self.record),
-                          int(self.max_neurons) if self.record else 0, tuple(self.sample.shape[1:]), self.sample.dtype)
+        # what must be the same in one batch: T and the image shape (each image has its own timestep and threshold
+        # scale; a recorded call's probe sees its rows, an unrecorded one's meter its own)
+        self.group_key = (int(self.time_steps), tuple(self.sample.shape[1:]), self.sample.dtype)
 
     def alone(self) -> None:
         """Computed on its own: exactly ``run_denoiser``."""
@@ -89,10 +91,12 @@ class SplitMonitor:
         self.probes = [(p, a, b) for p, (a, b) in zip(probes, spans) if p is not None]
         self.meters = [(m, a, b) for m, (a, b) in zip(meters, spans) if m is not None]
         self.T, self.batch = T, batch
+        self.wants_potentials = bool(self.probes)        # (the meters count spikes only)
 
     def on_spikes(self, layer, spikes: torch.Tensor, v, threshold) -> None:
-        for probe, a, b in self.probes:
-            probe.on_spikes(layer, spikes[:, a:b], v[:, a:b], threshold)
+        for probe, a, b in self.probes:       # threshold: one per image (float64 [B]), as a float for a call alone
+            probe.on_spikes(layer, spikes[:, a:b], v[:, a:b], float(threshold[a]) if torch.is_tensor(threshold)
+                            else threshold)
         if self.meters:
             per_image = spikes.sum(dim=tuple(d for d in range(spikes.dim()) if d != 1)).tolist()     # [B]
             neurons = int(spikes[0, 0].numel())
@@ -208,10 +212,10 @@ class DenoiserBatcher:
 
     def _shape_key(self, group: list[_Call]) -> tuple:
         """What a convolution's algorithm can depend on: the architecture, T, the image shape, the batch, the
-        threads (not the weights or the scale)."""
+        threads (not the weights or what is recorded), and whether the thresholds are given per image."""
         first = group[0]
-        return (repr(first.pipe.config), str(first.pipe.device), first.time_steps, first.group_key[2:],
-                sum(c.rows for c in group), torch.get_num_threads())
+        return (repr(first.pipe.config), str(first.pipe.device), first.group_key, sum(c.rows for c in group),
+                torch.get_num_threads(), len({c.scale for c in group}) > 1)     # (thresholds per image or one)
 
     def _one_by_one(self, group: list[_Call]) -> None:
         for c in group:
@@ -219,19 +223,24 @@ class DenoiserBatcher:
             c.done = True
 
     @staticmethod
-    def _inputs(group: list[_Call]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
-        """The batch of a group: its samples, each image's timestep, and each call's rows ``(start, stop)``."""
+    def _inputs(group: list[_Call]) -> tuple[torch.Tensor, torch.Tensor, "float | torch.Tensor",
+                                             list[tuple[int, int]]]:
+        """The batch of a group: its samples, each image's timestep and threshold scale (a float when they share
+        one), and each call's rows ``(start, stop)``."""
         x = torch.cat([c.sample for c in group])
         t = torch.cat([torch.full((c.rows,), c.timestep, dtype=torch.long) for c in group])
+        scales = {c.scale for c in group}
+        scale = group[0].scale if len(scales) == 1 else \
+            torch.cat([torch.full((c.rows,), c.scale, dtype=torch.float64) for c in group])
         spans, a = [], 0
         for c in group:
             spans.append((a, a + c.rows))
             a += c.rows
-        return x, t, spans
+        return x, t, scale, spans
 
     def _run_batch(self, group: list[_Call]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         pipe, first = group[0].pipe, group[0]
-        x, t, spans = self._inputs(group)
+        x, t, scale, spans = self._inputs(group)
         for c in group:
             if c.meter is not None:
                 c.meter.start_call(c.rows, c.time_steps)
@@ -243,7 +252,7 @@ class DenoiserBatcher:
             for p in probes:
                 if p is not None:
                     stack.enter_context(p)
-            eps, _ = pipe.run_denoiser(x, t, first.scale, first.time_steps, meter=monitor)
+            eps, _ = pipe.run_denoiser(x, t, scale, first.time_steps, meter=monitor)
         for c, p in zip(group, probes):
             if p is not None:
                 c.frames = p.frames
@@ -263,9 +272,9 @@ class DenoiserBatcher:
         where the potential is that close to the threshold: in this batch or in a later one). The callers get the
         image-by-image results."""
         pipe, first = group[0].pipe, group[0]
-        x, t, spans = self._inputs(group)
+        x, t, scale, spans = self._inputs(group)
         together = _Layers()
-        eps, _ = pipe.run_denoiser(x, t, first.scale, first.time_steps, meter=together)
+        eps, _ = pipe.run_denoiser(x, t, scale, first.time_steps, meter=together)
         same = True
         for c, (a, b) in zip(group, spans):
             alone = _Layers(c.meter)

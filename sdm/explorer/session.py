@@ -33,6 +33,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Generator, NamedTuple, TypeVar
 
 import numpy as np
@@ -134,8 +135,10 @@ class StepRecord:
     energy_mj: float = 0.0                  # per image, this model
     ann_mj: float = 0.0                     # per image, the ANN counterpart over the same call
 
-    @property
+    @cached_property
     def nbytes(self) -> int:
+        """(Computed once: a record is not changed after it is made, and the session pool sums every session's
+        records at each request.)"""
         n = self.x_t.nbytes + self.x0.nbytes + self.eps.nbytes + 512
         n += sum(a.nbytes for a in self.spikes.values()) + sum(a.nbytes for a in self.v.values())
         return n + 160 * len(self.rates)
