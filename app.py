@@ -112,7 +112,7 @@ class Explorer:
                  step_budget_s: float = STEP_BUDGET_S, run_budget_s: float = RUN_BUDGET_S,
                  results: SharedResults | None = None, batcher: DenoiserBatcher | None = None):
         self.registry = registry or ModelRegistry()
-        self.batcher = batcher or DenoiserBatcher()
+        self.batcher = batcher or DenoiserBatcher.for_server()
         self.results = results or SharedResults(RESULTS_BYTES)
         self.pool = pool or SessionPool(MAX_TOTAL_BYTES - self.results.max_bytes)
         self.step_budget_s = step_budget_s
@@ -122,9 +122,9 @@ class Explorer:
             setattr(self, name, self.requests.counted(getattr(self, name)))
 
     def warm_presets(self, presets: list):
-        """Compute the lesson presets' trajectories (and the first lesson's generated images at the slider's first
-        scales) ahead, in a background thread at the lowest CPU priority that waits while requests run. Returns the
-        ``Warming`` (``results.stop()`` ends it)."""
+        """Start the batcher's worker processes; compute the lesson presets' trajectories (and the first lesson's
+        generated images at the first slider scales) ahead, in a thread at nice 19 that waits while requests run."""
+        self.batcher.start()
         return self.results.warm(sharing.preset_keys(self.registry, presets),
                                  lambda key: sharing.compute_key(self.registry, key),
                                  pause_while=self.requests.busy)

@@ -11,7 +11,8 @@ T), /run_to_end (drained to its last output), /set_threshold 1.05, then 0.95. Ev
 a request still unanswered then is cancelled and counted as an error.
 
 Prints p50, p95 and max seconds per action and for the whole flow, the errors (of which refused: "the server is
-busy" / "queue is full"), the server's CPU seconds and RSS before and after, and the ``final_difference`` of the last
+busy" / "queue is full"), the server's CPU seconds (its denoiser worker processes included) and RSS (the server's,
+and its workers') before and after, and the ``final_difference`` of the last
 /set_threshold output at 1.05 and 0.95 (the mean absolute pixel difference between the images generated at s and at
 1.0; "n/a" where the app does not report it).
 """
@@ -98,7 +99,7 @@ def percentiles(values: list[float]) -> str:
     return f"{np.percentile(v, 50):7.2f} {np.percentile(v, 95):7.2f} {v.max():7.2f} {len(v):>4}"
 
 
-def report(students: list[Student], before: tuple[float, float], after: tuple[float, float], wall: float,
+def report(students: list[Student], before: tuple[float, ...], after: tuple[float, ...], wall: float,
            args) -> None:
     mode = "own seeds" if args.own_seeds else "same seed (0)"
     print(f"classroom_load: {len(students)} clients, {args.checkpoint}, DDIM {args.steps}, grid 1, {mode}; "
@@ -112,8 +113,9 @@ def report(students: list[Student], before: tuple[float, float], after: tuple[fl
     print(f"errors: {len(errors)} (refused: {sum(s.refused for s in errors)})")
     for s in errors[:5]:
         print(f"  client {s.index}: {s.error[:200]}")
-    print(f"server CPU seconds: {before[0]:.1f} before, {after[0]:.1f} after ({after[0] - before[0]:+.1f}); "
-          f"RSS {before[1]:.0f} MB before, {after[1]:.0f} MB after")
+    print(f"server CPU seconds (with its denoiser processes): {before[0]:.1f} before, {after[0]:.1f} after "
+          f"({after[0] - before[0]:+.1f}); RSS {before[1]:.0f} MB before, {after[1]:.0f} MB after, and its denoiser "
+          f"processes {before[2]:.0f} / {after[2]:.0f} MB")
     for name in ACTIONS[2:]:
         values = [s.infos[name].get("final_difference") for s in students if name in s.infos]
         values = [v for v in values if isinstance(v, (int, float))]
@@ -155,12 +157,12 @@ def main(argv=None) -> int:
             ready.wait(timeout=max(1.0, deadline - time.time()))     # everyone connected: the lesson starts
         except threading.BrokenBarrierError:
             pass
-        before = (srv.cpu_seconds(), srv.rss_mb())
+        before = (srv.cpu_seconds(), srv.rss_mb(), srv.children_rss_mb())
         t0 = time.perf_counter()
         for t in threads:
             t.join(max(0.0, deadline - time.time()) + 15)
         wall = time.perf_counter() - t0
-        after = (srv.cpu_seconds(), srv.rss_mb())
+        after = (srv.cpu_seconds(), srv.rss_mb(), srv.children_rss_mb())
         for s, t in zip(students, threads):
             if t.is_alive() and s.error is None:
                 s.error = "TimeoutError: still running after the global timeout"

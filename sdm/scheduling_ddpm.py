@@ -59,14 +59,21 @@ class SchedulerBase:
         if self.timesteps is None:
             raise ValueError(f"{type(self).__name__}.step() called before set_timesteps(): "
                              "call scheduler.set_timesteps(num_inference_steps) first")
-        idx = (self.timesteps == int(timestep)).nonzero()
-        if len(idx) == 0:
+        if getattr(self, "_next_of", (None,))[0] is not self.timesteps:    # (one lookup table per schedule)
+            ts = [int(t) for t in self.timesteps]
+            table = {}
+            for i, t in enumerate(ts):
+                table.setdefault(t, ts[i + 1] if i + 1 < len(ts) else -1)
+            self._next_of = (self.timesteps, table)
+        prev = self._next_of[1].get(int(timestep))
+        if prev is None:
             raise ValueError(f"timestep {int(timestep)} is not one of the scheduled timesteps")
-        i = int(idx[0]) + 1
-        return int(self.timesteps[i]) if i < len(self.timesteps) else -1
+        return prev
 
     def _alpha_prod(self, t: int) -> float:
-        return float(self.alphas_cumprod[t]) if t >= 0 else 1.0
+        if getattr(self, "_abar", (None,))[0] is not self.alphas_cumprod:    # as floats, once
+            self._abar = (self.alphas_cumprod, self.alphas_cumprod.tolist())
+        return self._abar[1][t] if t >= 0 else 1.0
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """q(x_t | x_0) = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""

@@ -53,11 +53,35 @@ class LaunchedApp:
         from gradio_client import Client
         return Client(self.url, **{"verbose": False, "download_files": False, **kwargs})
 
+    def descendants(self) -> list[int]:
+        """The server's live child processes and theirs (its denoiser workers: sdm.explorer.workers)."""
+        parents: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                parents.setdefault(ppid, []).append(int(entry))
+        found, todo = [], [self.pid]
+        while todo:
+            kids = parents.get(todo.pop(), [])
+            found += kids
+            todo += kids
+        return found
+
     def cpu_seconds(self) -> float:
-        """User + system CPU seconds the server has spent so far."""
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU seconds the server and its live child processes have spent so far."""
+        total = 0.0
+        for pid in [self.pid] + self.descendants():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue                    # (a child that just ended)
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def cpu_seconds_in(self, seconds: float) -> float:
         """CPU seconds the server spends in the next ``seconds`` of wall time (sleeps meanwhile)."""
@@ -75,6 +99,17 @@ class LaunchedApp:
 
     def rss_mb(self) -> float:
         return self.proc_status("VmRSS") / 1024
+
+    def children_rss_mb(self) -> float:
+        """The resident memory of the server's child processes together (MB)."""
+        total = 0
+        for pid in self.descendants():
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    total += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+            except OSError:
+                continue
+        return total / 1024
 
     def threads(self) -> int:
         return self.proc_status("Threads")

@@ -98,15 +98,27 @@ def test_recorded_runs_batch_with_their_own_probes(tiny_pipe, one_torch_thread):
     assert batcher.stats["batches"] > 0
 
 
-def test_sessions_at_other_scales_recorded_or_not_share_a_batch_and_get_their_solo_run(tiny_pipe, one_torch_thread):
+@pytest.fixture(scope="module")
+def worker_processes(one_torch_thread):
+    from sdm.explorer.workers import ProcessWorkers
+    pool = ProcessWorkers(1).start()
+    yield pool
+    pool.close()
+
+
+@pytest.mark.parametrize("where", ["threads", "processes"])
+def test_sessions_at_other_scales_recorded_or_not_share_a_batch_and_get_their_solo_run(tiny_pipe, one_torch_thread,
+                                                                                        request, where):
     # one threshold scale per image: the slider's runs at 1.05 and 0.95 and a recorded Run to end at 1.0 batch
-    # together, each bitwise as alone (images, probes with their own threshold, energy)
+    # together, each bitwise as alone (images, probes with their own threshold, energy), computed in this process
+    # or in a worker process (sdm.explorer.workers)
     jobs = [(31, 1.05, 1, False), (32, 0.95, 1, False), (33, 1.0, 1, True), (34, 0.95, 1, True)]
     solo = {}
     for i, (seed, scale, grid, record) in enumerate(jobs):
         meter = EnergyMeter()
         solo[i] = (_run(tiny_pipe, seed, scale, meter=meter, record=record, steps=4), meter.report(tiny_pipe.config))
-    batcher = DenoiserBatcher(workers=1)
+    pool = request.getfixturevalue("worker_processes") if where == "processes" else None
+    batcher = DenoiserBatcher(workers=1, processes=pool)
     for _ in range(2):
         results, meters = _together(tiny_pipe, batcher, jobs, steps=4)
         for i, (seed, scale, grid, record) in enumerate(jobs):
@@ -125,6 +137,26 @@ def test_sessions_at_other_scales_recorded_or_not_share_a_batch_and_get_their_so
             assert (rep.total_sops, rep.energy_mj) == (solo[i][1].total_sops, solo[i][1].energy_mj)
     assert batcher.stats["batches"] > 0 and all(batcher.verdicts().values()), batcher.verdicts()
     assert any(key[-1] for key in batcher.verdicts())          # a batch with thresholds per image was checked
+    if pool is not None:
+        assert pool.alive and pool.stats["batches"] > 0 and pool.stats["checks"] > 0
+
+
+def test_a_lost_worker_process_leaves_the_batches_to_the_server(tiny_pipe, one_torch_thread):
+    from sdm.explorer.workers import ProcessWorkers
+    jobs = [(41, 1.05, 1), (42, 1.05, 1), (43, 0.95, 1)]
+    solo = {i: _run(tiny_pipe, seed, scale, steps=4) for i, (seed, scale, _) in enumerate(jobs)}
+    pool = ProcessWorkers(1).start()
+    try:
+        pool._procs[0][0].kill()
+        pool._procs[0][0].join(10)
+        batcher = DenoiserBatcher(workers=1, processes=pool)
+        for _ in range(2):
+            results, _ = _together(tiny_pipe, batcher, jobs, steps=4)
+            assert all(torch.equal(results[i], solo[i]) for i in range(len(jobs)))
+        assert pool.broken and "ended" in pool.broken and not pool.alive
+        assert batcher.stats["batches"] > 0 and pool.stats["batches"] == 0
+    finally:
+        pool.close()
 
 
 def test_groups_keep_models_and_row_limits_apart(tiny_pipe, one_torch_thread):

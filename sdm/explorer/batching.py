@@ -28,6 +28,7 @@ batches.
 """
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
 from contextlib import ExitStack
@@ -39,6 +40,7 @@ import torch
 from ..energy import EnergyMeter, conv_sops_per_image
 from ..pipeline import SpikingDiffusionPipeline
 from ..probes import Probe
+from .workers import ProcessWorkers, WorkerLost
 
 __all__ = ["DenoiserBatcher", "SplitMonitor"]
 
@@ -119,17 +121,32 @@ class DenoiserBatcher:
     Args:
         max_rows: images in one batch at most (16: past it a CPU batch gains little and a caller waits longer).
         workers: groups computed at once (default 2, the Space's cores).
+        processes: a ``ProcessWorkers`` pool that computes the batches (and the checks' batched half) outside this
+            process's GIL, or None: in the calling thread.
     """
 
-    def __init__(self, max_rows: int = 16, workers: int = 2):
+    def __init__(self, max_rows: int = 16, workers: int = 2, processes: "ProcessWorkers | None" = None):
         if max_rows < 1 or workers < 1:
             raise ValueError("DenoiserBatcher needs max_rows >= 1 and workers >= 1")
         self.max_rows, self.workers = int(max_rows), int(workers)
+        self.processes = processes
         self._cond = threading.Condition()
         self._pending: list[_Call] = []
         self._running = 0
         self._verdicts: dict[tuple, bool] = {}     # batch shape -> its rows are bitwise the image-by-image ones
         self.stats: Counter = Counter()             # calls, batches, batched_calls, checks, unbatchable
+
+    @classmethod
+    def for_server(cls) -> "DenoiserBatcher":
+        """The app's batcher: its batches computed in ``SDM_DENOISER_PROCESSES`` worker processes (default 2, the
+        Space's cores; 0: in the server's own threads), started by ``start`` or at the first batch."""
+        n = int(os.environ.get("SDM_DENOISER_PROCESSES", "2"))
+        return cls(processes=ProcessWorkers(n) if n > 0 else None)
+
+    def start(self) -> None:
+        """Start the worker processes now (if any), so that the first batch does not wait for them."""
+        if self.processes is not None:
+            self.processes.start()
 
     def denoiser(self, pipe: SpikingDiffusionPipeline) -> Callable:
         """For ``pipe.steps(denoiser=...)`` / ``run_steps``: ``pipe.run_denoiser``, through this batcher."""
@@ -244,6 +261,21 @@ class DenoiserBatcher:
         for c in group:
             if c.meter is not None:
                 c.meter.start_call(c.rows, c.time_steps)
+        if self.processes is not None and self.processes.serves(pipe):
+            try:
+                eps, frames, counts, _ = self.processes.run(
+                    pipe, x, t, scale, first.time_steps, [(c.max_neurons, c.probe_seed) if c.record else None
+                                                          for c in group], spans, [c.meter is not None for c in group])
+            except WorkerLost:
+                pass            # computed here instead (the pool logged why)
+            else:
+                for c, f, n in zip(group, frames, counts):
+                    c.frames = f
+                    for name, (spikes, neurons, steps, sops) in (n or {}).items():
+                        c.meter.count_spikes(name, spikes, neurons, steps)
+                        if sops is not None:
+                            c.meter.count_sops(name, sops)
+                return eps, spans
         probes = [Probe(max_neurons=c.max_neurons, seed=c.probe_seed) if c.record else None for c in group]
         meters = [c.meter for c in group]
         monitor = (SplitMonitor(probes, meters, spans, first.time_steps, x.shape[0])
@@ -274,7 +306,17 @@ class DenoiserBatcher:
         pipe, first = group[0].pipe, group[0]
         x, t, scale, spans = self._inputs(group)
         together = _Layers()
-        eps, _ = pipe.run_denoiser(x, t, scale, first.time_steps, meter=together)
+        eps = None
+        if self.processes is not None and self.processes.serves(pipe):
+            try:    # the batch as the processes compute it, against this process's calls alone
+                eps, _, _, seen = self.processes.run(pipe, x, t, scale, first.time_steps, [], spans, [], full=True)
+            except WorkerLost:
+                pass
+            else:
+                together.seen = {n: (torch.from_numpy(a), None if v is None else torch.from_numpy(v))
+                                 for n, (a, v) in seen.items()}
+        if eps is None:
+            eps, _ = pipe.run_denoiser(x, t, scale, first.time_steps, meter=together)
         same = True
         for c, (a, b) in zip(group, spans):
             alone = _Layers(c.meter)
