@@ -141,6 +141,33 @@ def test_sessions_at_other_scales_recorded_or_not_share_a_batch_and_get_their_so
         assert pool.alive and pool.stats["batches"] > 0 and pool.stats["checks"] > 0
 
 
+def test_a_call_alone_stays_in_the_server_with_worker_processes(tiny_pipe, worker_processes):
+    # nothing to batch with: computed here (a round trip to a worker would cost more than it saves), bitwise solo
+    want, want_frames = _run(tiny_pipe, 51, 0.95, record=True, steps=3)
+    before = dict(worker_processes.stats)
+    batcher = DenoiserBatcher(processes=worker_processes)
+    got, got_frames = _run(tiny_pipe, 51, 0.95, batcher, record=True, steps=3)
+    assert torch.equal(got, want)
+    for g, w in zip(got_frames, want_frames):
+        assert all(np.array_equal(g[n].v, w[n].v) and np.array_equal(g[n].spikes, w[n].spikes) for n in w)
+    assert dict(worker_processes.stats) == before and batcher.stats["calls"] == 3
+
+
+def test_a_check_through_a_worker_finds_a_batch_that_rounds_differently(tiny_pipe, worker_processes, monkeypatch):
+    # the worker's batch is compared with this process's solo calls by digests of every layer's rows: a potential
+    # one ulp off here (a stand-in for another kernel) makes the shape unbatchable
+    import sdm.explorer.batching as batching
+    real = batching.row_digest
+    monkeypatch.setattr(batching, "row_digest",
+                        lambda s, v, i: real(s, None if v is None else torch.nextafter(v, v + 1), i))
+    jobs = [(seed, 1.0, 1) for seed in (61, 62, 63, 64)]
+    solo = {i: _run(tiny_pipe, seed, scale, steps=3) for i, (seed, scale, _) in enumerate(jobs)}
+    batcher = DenoiserBatcher(workers=1, processes=worker_processes)
+    results, _ = _together(tiny_pipe, batcher, jobs, steps=3)
+    assert all(torch.equal(results[i], solo[i]) for i in range(len(jobs)))
+    assert batcher.stats["checks"] >= 1 and not any(batcher.verdicts().values())
+
+
 def test_a_lost_worker_process_leaves_the_batches_to_the_server(tiny_pipe, one_torch_thread):
     from sdm.explorer.workers import ProcessWorkers
     jobs = [(41, 1.05, 1), (42, 1.05, 1), (43, 0.95, 1)]

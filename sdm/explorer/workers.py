@@ -117,8 +117,9 @@ class ProcessWorkers:
         Args:
             probes: per call, ``(max_neurons, seed)`` of its probe or None; spans: each call's rows.
             meters: per call, whether it has an energy meter.
-            full: instead of probes and meters, every layer's spikes and potentials ``{name: (spikes, v)}`` (for the
-                batch check).
+            full: instead of probes and meters, a digest of every layer's spikes and potentials per image
+                ``{name: [digest of image 0, ...]}`` (``batching.row_digest``, for the batch check: a batch of 16
+                images holds some 260 MB of them).
         Returns:
             (eps, frames per call ({} without a probe), counts per call ({layer: (spikes, neurons, steps, sops)} or
             None), layers or None). Raises ``WorkerLost`` if a worker process is gone (the pool is then ``broken``), and
@@ -153,7 +154,7 @@ def _serve(conn, threads: int) -> None:
     from ..energy import EnergyMeter
     from ..pipeline import load_pipeline
     from ..probes import Probe
-    from .batching import SplitMonitor, _Layers
+    from .batching import SplitMonitor, _Layers, row_digest
     from .heap import release_memory
     pipes: dict = {}
     served = 0
@@ -174,9 +175,9 @@ def _serve(conn, threads: int) -> None:
             if full:
                 layers = _Layers()
                 eps, _ = pipe.run_denoiser(x, t, scale, T, meter=layers)
-                seen = {n: (s.numpy(), None if v is None else v.numpy()) for n, (s, v) in layers.seen.items()}
-                conn.send(("ok", (eps.contiguous().numpy(), [], [], seen)))
-                del layers, seen
+                digests = {n: [row_digest(s, v, i) for i in range(x.shape[0])] for n, (s, v) in layers.seen.items()}
+                conn.send(("ok", (eps.contiguous().numpy(), [], [], digests)))
+                del layers, digests
                 release_memory(collect=False)        # (a check's copies of every layer: tens of MB)
                 continue
             meters = [EnergyMeter() if m else None for m in metered]
