@@ -211,9 +211,15 @@ def _caption_font(size: int):
 def _caption_row(strip: np.ndarray, texts: Sequence[str], cell: int, pad: int, font_px: int = 12) -> np.ndarray:
     """``strip`` with a white row under it holding one centred caption per cell (Pillow's built-in font at
     ``font_px`` pixels, ``font_px + 4`` pixels per line)."""
+    return np.concatenate([strip, _caption_pixels(strip.shape[1], tuple(str(t) for t in texts), cell, pad, font_px)],
+                          axis=0)
+
+
+@functools.lru_cache(maxsize=256)
+def _caption_pixels(w: int, texts: tuple, cell: int, pad: int, font_px: int) -> np.ndarray:
+    """The caption row of ``_caption_row`` (uint8 ``[h, w, 3]``, read-only: the same captions are drawn once)."""
     from PIL import Image, ImageDraw
 
-    w = strip.shape[1]
     lines = max(str(t).count("\n") + 1 for t in texts)
     row = Image.new("RGB", (w, lines * (font_px + 4)), (255, 255, 255))
     draw = ImageDraw.Draw(row)
@@ -222,4 +228,6 @@ def _caption_row(strip: np.ndarray, texts: Sequence[str], cell: int, pad: int, f
         left, _, right, _ = draw.multiline_textbbox((0, 0), str(text), font=font, spacing=4)
         x = pad + i * cell + (cell - pad - (right - left)) / 2
         draw.multiline_text((max(0, x), 1), str(text), fill=(17, 17, 17), font=font, spacing=4, align="center")
-    return np.concatenate([strip, np.asarray(row, dtype=np.uint8)], axis=0)
+    pixels = np.asarray(row, dtype=np.uint8).copy()
+    pixels.flags.writeable = False
+    return pixels

@@ -808,3 +808,20 @@ def test_skipped_outputs_are_answered_as_gradio_would_without_building_component
         # gradio built a new component (and its config) for each skipped output; the patch built none
         assert skipped and all(theirs.blocks_config.blocks[b._id] is not b for b in skipped)
         assert all(ours.blocks_config.blocks[b._id] is b for b in skipped)
+
+
+def test_gradio_no_longer_looks_for_matplotlib_around_every_event(monkeypatch):
+    # gradio's call_process_api enters utils.MatplotlibBackendMananger for every event and streamed update, which
+    # imports matplotlib (a failed import, searched for on disk each time, where it is not installed)
+    import builtins
+    import gradio.utils
+    app.build_demo(app.Explorer(ModelRegistry(FIXTURES)))
+    real = builtins.__import__
+
+    def guard(name, *a, **k):
+        assert not name.startswith("matplotlib"), "matplotlib looked for"
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", guard)
+    with gradio.utils.MatplotlibBackendMananger():
+        pass

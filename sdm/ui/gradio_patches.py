@@ -9,7 +9,7 @@ import copy
 
 import gradio as gr
 
-__all__ = ["BUSY", "no_stub_files", "say_busy", "cheap_skips", "patch_demo", "drop_tab_state"]
+__all__ = ["BUSY", "no_stub_files", "say_busy", "cheap_skips", "no_backend_switch", "patch_demo", "drop_tab_state"]
 
 BUSY = ("The server is busy: {n} requests are waiting, the most it queues. Please try again in a minute.")
 
@@ -82,9 +82,30 @@ def cheap_skips(demo: gr.Blocks) -> None:
 
 
 def patch_demo(demo: gr.Blocks) -> None:
-    """Every patch of a built, queued demo: ``say_busy`` and ``cheap_skips``."""
+    """Every patch of a built, queued demo: ``say_busy``, ``cheap_skips`` and ``no_backend_switch``."""
     say_busy(demo)
     cheap_skips(demo)
+    no_backend_switch()
+
+
+class _KeepBackend:
+    """In place of gradio's ``MatplotlibBackendMananger``: leaves matplotlib alone."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def no_backend_switch() -> None:
+    """Gradio sets matplotlib's backend to "agg" and back around every event it processes, each streamed update
+    included (``route_utils.call_process_api``), importing matplotlib twice: where it is not installed (it is not a
+    requirement) two failed imports, each searching sys.path on disk, about 3.5% of the server's own CPU under a
+    class of 30. The app draws no matplotlib figure (its plots are plotly): the switch is skipped, process-wide like
+    gradio's."""
+    import gradio.utils
+    gradio.utils.MatplotlibBackendMananger = _KeepBackend
 
 
 def drop_tab_state(demo: gr.Blocks, owner: str) -> None:
