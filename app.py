@@ -122,12 +122,12 @@ class Explorer:
             setattr(self, name, self.requests.counted(getattr(self, name)))
 
     def warm_presets(self, presets: list):
-        """Start the batcher's worker processes; compute the lesson presets' trajectories (and the first lesson's
-        generated images at the first slider scales) ahead, in a thread at nice 19 that waits while requests run."""
-        self.batcher.start()
-        return self.results.warm(sharing.preset_keys(self.registry, presets),
-                                 lambda key: sharing.compute_key(self.registry, key),
-                                 pause_while=self.requests.busy)
+        """Compute the lesson presets' trajectories (and the first lesson's generated images at the first slider
+        scales) ahead, in a thread at nice 19 that waits while requests run; then start the batcher's processes."""
+        warming = self.results.warm(sharing.preset_keys(self.registry, presets),
+                                    lambda key: sharing.compute_key(self.registry, key), pause_while=self.requests.busy)
+        self.batcher.start(after=warming)        # (a worker importing torch would slow the warming down)
+        return warming
 
     def _use(self, state, request) -> Session:
         """The tab's session, with a trajectory (else a clear error), marked as just used in the pool."""

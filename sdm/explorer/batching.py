@@ -144,10 +144,17 @@ class DenoiserBatcher:
         n = int(os.environ.get("SDM_DENOISER_PROCESSES", "2"))
         return cls(processes=ProcessWorkers(n) if n > 0 else None)
 
-    def start(self) -> None:
-        """Start the worker processes now (if any), so that the first batch does not wait for them."""
-        if self.processes is not None:
+    def start(self, after: "threading.Thread | None" = None) -> None:
+        """Start the worker processes (if any) now, or once the thread ``after`` ends (the start-up warming: a
+        process importing torch beside it slows it down), so that the first batch need not wait for them; a batch
+        before then starts them itself."""
+        if self.processes is None:
+            return
+        if after is None:
             self.processes.start()
+        else:
+            threading.Thread(target=lambda: (after.join(), self.processes.start()), daemon=True,
+                             name="sdm-start-workers").start()
 
     def denoiser(self, pipe: SpikingDiffusionPipeline) -> Callable:
         """For ``pipe.steps(denoiser=...)`` / ``run_steps``: ``pipe.run_denoiser``, through this batcher."""
