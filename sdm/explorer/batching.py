@@ -11,7 +11,9 @@ hands each its rows, its probe frames and its energy counts back.
 
 No thread of its own: the first waiting call computes its group (the calls waiting with the same model and T, up to
 ``max_rows`` images), the others wait for their rows, and when it is done the next group is computed by one of its
-callers. At most ``workers`` groups run at once (one per core: the app runs one torch thread per request).
+callers. At most ``workers`` groups run at once (one per core: the app runs one torch thread per request). With
+``processes`` (``sdm.explorer.workers``, as the app runs it: ``DenoiserBatcher.for_server``) that caller hands the
+batch to a worker process and waits on a pipe, out of the server's GIL.
 
 What a session sees never depends on whom it was batched with: an image's rows are bitwise what it gets alone.
 At inference ``SpikingUNet`` computes each image's time embedding, first and output convolution at batch 1 for that,
