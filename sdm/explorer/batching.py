@@ -1,6 +1,6 @@
 """Denoiser calls of different sessions computed together: a class on its own seeds shares the CPU's batch speed-up.
 
-On one core a denoiser call of fmnist-sdm-t4 costs about 8 ms per image in a batch of 4-8 against 11 ms alone
+On one core a denoiser call of fmnist-sdm-t4 costs about 10-11 ms per image in a batch of 4-16 against 14 ms alone
 (``bench/server_costs.py``). Thirty students each moving the slider run thirty generated-image runs at once, each on
 its own noise; ``DenoiserBatcher`` gathers the calls that wait at the same moment (same model and T; any seed, any
 diffusion step, any threshold scale: each image has its own; recorded or not) into one call of the network, and
