@@ -126,7 +126,7 @@ class Explorer:
         scales) ahead, in a thread at nice 19 that waits while requests run; then start the batcher's processes."""
         warming = self.results.warm(sharing.preset_keys(self.registry, presets),
                                     lambda key: sharing.compute_key(self.registry, key), pause_while=self.requests.busy)
-        self.batcher.start(after=warming)        # (a worker importing torch would slow the warming down)
+        self.batcher.start(after=warming)        # (a worker importing torch slowed the warming down)
         return warming
 
     def _use(self, state, request) -> Session:

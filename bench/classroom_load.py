@@ -5,7 +5,9 @@
     python bench/classroom_load.py --clients 3 --checkpoints-dir tests/fixtures --checkpoint tiny-sdm --steps 10
 
 Starts the app of a checkout (``--repo``, default this one) in its own process on a free loopback port
-(``tests/harness.py``), connects N ``gradio_client`` clients (one thread each), and once all are connected each runs
+(``tests/harness.py``), waits until it is idle (its start-up warming done and its denoiser processes up, as a server
+is before a lesson; ``--no-settle``: at once), connects N ``gradio_client`` clients (one thread each), and once all
+are connected each runs
 the lesson flow at once: /new_trajectory (DDIM, ``--steps`` steps, grid 1, threshold scale 1.0, the checkpoint's own
 T), /run_to_end (drained to its last output), /set_threshold 1.05, then 0.95. Everything is bounded by ``--timeout``:
 a request still unanswered then is cancelled and counted as an error.
@@ -92,6 +94,15 @@ def lesson(srv: LaunchedApp, student: Student, args, ready: threading.Barrier, d
             client.close()
 
 
+def settle(srv: LaunchedApp, idle_cpu_s: float = 0.05, window_s: float = 1.0, limit_s: float = 120.0) -> float:
+    """Wait until the server (with its child processes) spends under ``idle_cpu_s`` CPU seconds in ``window_s``:
+    its start-up warming of the lesson presets is done and its denoiser processes have started. Returns the wait."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < limit_s and srv.cpu_seconds_in(window_s) >= idle_cpu_s:
+        pass
+    return time.perf_counter() - t0
+
+
 def percentiles(values: list[float]) -> str:
     if not values:
         return f"{'-':>7} {'-':>7} {'-':>7} {0:>4}"
@@ -140,12 +151,18 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=600.0,
                    help="seconds for the whole class to connect and finish (default 600); later requests are "
                         "cancelled and counted as errors")
+    p.add_argument("--no-settle", dest="settle", action="store_false",
+                   help="start the class as soon as the server answers, during its start-up warming (default: once "
+                        "the server and its denoiser processes are idle, as before a lesson)")
     args = p.parse_args(argv)
     if args.clients < 1:
         p.error("--clients must be at least 1")
     checkpoints = args.checkpoints_dir.resolve() if args.checkpoints_dir is not None else None
     repo = args.repo.resolve()
     with launch_app(checkpoints, repo=repo, timeout=180, PYTHONPATH=str(repo)) as srv:
+        if args.settle:
+            settled = settle(srv)
+            print(f"server settled {settled:.1f} s after it answered (start-up warming done, denoiser processes up)")
         deadline = time.time() + args.timeout
         students = [Student(i) for i in range(args.clients)]
         ready = threading.Barrier(args.clients + 1)

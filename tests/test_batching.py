@@ -1,6 +1,7 @@
 """Cross-session batching of denoiser calls (sdm.explorer.batching): what a session gets never depends on whom it
 was batched with."""
 import threading
+import time
 
 import numpy as np
 
@@ -102,6 +103,10 @@ def test_recorded_runs_batch_with_their_own_probes(tiny_pipe, one_torch_thread):
 def worker_processes(one_torch_thread):
     from sdm.explorer.workers import ProcessWorkers
     pool = ProcessWorkers(1).start()
+    deadline = time.monotonic() + 60
+    while not pool.usable and time.monotonic() < deadline:      # (until then the batches are computed here)
+        time.sleep(0.05)
+    assert pool.usable
     yield pool
     pool.close()
 
@@ -136,7 +141,8 @@ def test_sessions_at_other_scales_recorded_or_not_share_a_batch_and_get_their_so
             rep = meters[i].report(tiny_pipe.config)
             assert (rep.total_sops, rep.energy_mj) == (solo[i][1].total_sops, solo[i][1].energy_mj)
     assert batcher.stats["batches"] > 0 and all(batcher.verdicts().values()), batcher.verdicts()
-    assert any(key[-1] for key in batcher.verdicts())          # a batch with thresholds per image was checked
+    assert any(key[-2] for key in batcher.verdicts())          # a batch with thresholds per image was checked
+    assert all(key[-1] == (pool is not None) for key in batcher.verdicts())      # (computed where asked)
     if pool is not None:
         assert pool.alive and pool.stats["batches"] > 0 and pool.stats["checks"] > 0
 
@@ -168,12 +174,30 @@ def test_a_check_through_a_worker_finds_a_batch_that_rounds_differently(tiny_pip
     assert batcher.stats["checks"] >= 1 and not any(batcher.verdicts().values())
 
 
+def test_batches_are_computed_in_the_server_until_the_workers_are_ready(tiny_pipe, one_torch_thread):
+    from sdm.explorer.workers import ProcessWorkers
+    jobs = [(71, 1.05, 1), (72, 0.95, 1), (73, 1.05, 1)]
+    solo = {i: _run(tiny_pipe, seed, scale, steps=3) for i, (seed, scale, _) in enumerate(jobs)}
+    pool = ProcessWorkers(1)                     # not started: the first batch starts it and does not wait for it
+    try:
+        batcher = DenoiserBatcher(workers=1, processes=pool)
+        results, _ = _together(tiny_pipe, batcher, jobs, steps=3)
+        assert all(torch.equal(results[i], solo[i]) for i in range(len(jobs)))
+        assert pool._procs and pool.stats["batches"] == 0 and batcher.stats["batches"] + batcher.stats["checks"] > 0
+    finally:
+        pool.close()
+
+
 def test_a_lost_worker_process_leaves_the_batches_to_the_server(tiny_pipe, one_torch_thread):
     from sdm.explorer.workers import ProcessWorkers
     jobs = [(41, 1.05, 1), (42, 1.05, 1), (43, 0.95, 1)]
     solo = {i: _run(tiny_pipe, seed, scale, steps=4) for i, (seed, scale, _) in enumerate(jobs)}
     pool = ProcessWorkers(1).start()
     try:
+        deadline = time.monotonic() + 60
+        while not pool.usable and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pool.ready and pool.usable
         pool._procs[0][0].kill()
         pool._procs[0][0].join(10)
         batcher = DenoiserBatcher(workers=1, processes=pool)

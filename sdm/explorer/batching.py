@@ -147,9 +147,10 @@ class DenoiserBatcher:
         return cls(processes=ProcessWorkers(n) if n > 0 else None)
 
     def start(self, after: "threading.Thread | None" = None) -> None:
-        """Start the worker processes (if any) now, or once the thread ``after`` ends (the start-up warming: a
-        process importing torch beside it slows it down), so that the first batch need not wait for them; a batch
-        before then starts them itself."""
+        """Start the worker processes (if any; one after the other, see ``ProcessWorkers``) now, or once the thread
+        ``after`` ends (the app's start-up warming of the lesson presets: started beside it, they delayed the lesson's
+        generated images by seconds). Until they are ready the batches are computed in the server; a batch before
+        then starts them."""
         if self.processes is None:
             return
         if after is None:
@@ -157,6 +158,15 @@ class DenoiserBatcher:
         else:
             threading.Thread(target=lambda: (after.join(), self.processes.start()), daemon=True,
                              name="sdm-start-workers").start()
+
+    def _remote(self, pipe) -> bool:
+        """Whether this batch goes to a worker process: there are workers for this pipeline and they are ready."""
+        if self.processes is None or not self.processes.serves(pipe):
+            return False
+        if not self.processes.usable:
+            self.processes.start()      # (no-op once started: their imports go on meanwhile)
+            return False
+        return True
 
     def denoiser(self, pipe: SpikingDiffusionPipeline) -> Callable:
         """For ``pipe.steps(denoiser=...)`` / ``run_steps``: ``pipe.run_denoiser``, through this batcher."""
@@ -220,13 +230,14 @@ class DenoiserBatcher:
             if len(group) == 1:
                 self._one_by_one(group)
                 return
-            key = self._shape_key(group)
+            remote = self._remote(group[0].pipe)
+            key = self._shape_key(group, remote)
             with self._cond:
                 verdict = self._verdicts.get(key)
             if verdict is None:
-                self._check(group, key)
+                self._check(group, key, remote)
             elif verdict:
-                self._batched(group)
+                self._batched(group, remote)
             else:
                 self._one_by_one(group)
         except BaseException as e:  # noqa: BLE001 - every caller of the group gets the error
@@ -237,12 +248,14 @@ class DenoiserBatcher:
             for c in group:
                 c.done = True
 
-    def _shape_key(self, group: list[_Call]) -> tuple:
+    def _shape_key(self, group: list[_Call], remote: bool = False) -> tuple:
         """What a convolution's algorithm can depend on: the architecture, T, the image shape, the batch, the
-        threads (not the weights or what is recorded), and whether the thresholds are given per image."""
+        threads (not the weights or what is recorded), whether the thresholds are given per image, and where the
+        batch is computed."""
         first = group[0]
         return (repr(first.pipe.config), str(first.pipe.device), first.group_key, sum(c.rows for c in group),
-                torch.get_num_threads(), len({c.scale for c in group}) > 1)     # (thresholds per image or one)
+                torch.get_num_threads(), len({c.scale for c in group}) > 1,      # (thresholds per image or one)
+                remote)                                                         # (in a worker process or here)
 
     def _one_by_one(self, group: list[_Call]) -> None:
         for c in group:
@@ -265,13 +278,13 @@ class DenoiserBatcher:
             a += c.rows
         return x, t, scale, spans
 
-    def _run_batch(self, group: list[_Call]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    def _run_batch(self, group: list[_Call], remote: bool = False) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         pipe, first = group[0].pipe, group[0]
         x, t, scale, spans = self._inputs(group)
         for c in group:
             if c.meter is not None:
                 c.meter.start_call(c.rows, c.time_steps)
-        if self.processes is not None and self.processes.serves(pipe):
+        if remote:
             try:
                 eps, frames, counts, _ = self.processes.run(
                     pipe, x, t, scale, first.time_steps, [(c.max_neurons, c.probe_seed) if c.record else None
@@ -300,15 +313,15 @@ class DenoiserBatcher:
                 c.frames = p.frames
         return eps, spans
 
-    def _batched(self, group: list[_Call]) -> None:
-        eps, spans = self._run_batch(group)
+    def _batched(self, group: list[_Call], remote: bool = False) -> None:
+        eps, spans = self._run_batch(group, remote)
         for c, (a, b) in zip(group, spans):
             c.eps = eps[a:b]
         with self._cond:
             self.stats["batches"] += 1
             self.stats["batched_calls"] += len(group)
 
-    def _check(self, group: list[_Call], key: tuple) -> None:
+    def _check(self, group: list[_Call], key: tuple, remote: bool = False) -> None:
         """The first batch of a shape: computed both ways and compared, the result and every layer's spikes and
         membrane potentials (a convolution that rounds differently changes a potential first, and a spike only
         where the potential is that close to the threshold: in this batch or in a later one). The callers get the
@@ -316,7 +329,7 @@ class DenoiserBatcher:
         pipe, first = group[0].pipe, group[0]
         x, t, scale, spans = self._inputs(group)
         together, digests, eps = _Layers(), None, None
-        if self.processes is not None and self.processes.serves(pipe):
+        if remote:
             try:    # the batch as the processes compute it, against this process's calls alone
                 eps, _, _, digests = self.processes.run(pipe, x, t, scale, first.time_steps, [], spans, [],
                                                         full=True)

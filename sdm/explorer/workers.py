@@ -22,6 +22,7 @@ import logging
 import multiprocessing as mp
 import queue
 import threading
+import time
 import weakref
 from collections import Counter
 from pathlib import Path
@@ -29,9 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["ProcessWorkers", "WorkerLost"]
+__all__ = ["ProcessWorkers", "WorkerLost", "READY_TIMEOUT_S"]
 
 log = logging.getLogger("sdm.workers")
+
+READY_TIMEOUT_S = 60.0      # a worker that has not imported torch and sdm by then is given up
 
 
 class WorkerLost(RuntimeError):
@@ -62,6 +65,7 @@ class ProcessWorkers:
         self._procs: list = []
         self._lock = threading.Lock()
         self._keys: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # pipeline -> (folder, signature)
+        self._ready, self._started_at, self._closed = 0, 0.0, False
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "ProcessWorkers":
@@ -69,20 +73,57 @@ class ProcessWorkers:
         with self._lock:
             if self._procs or self.broken:
                 return self
-            ctx = mp.get_context("spawn")
-            threads = int(self.threads or torch.get_num_threads())
-            for _ in range(self.n):
-                here, there = ctx.Pipe()
-                proc = ctx.Process(target=_serve, args=(there, threads), daemon=True, name="sdm-denoiser")
-                proc.start()
-                there.close()
-                self._procs.append((proc, here))
-                self._idle.put((proc, here))
+            self._started_at = time.monotonic()
+            self._spawn_locked()
         return self
+
+    def _spawn_locked(self) -> None:
+        """Start the next worker (under ``_lock``). One at a time: each imports torch and sdm (a few CPU seconds),
+        and two at once took both cores from the app's start-up warming."""
+        if self._closed or len(self._procs) >= self.n or self.broken:
+            return
+        ctx = mp.get_context("spawn")
+        here, there = ctx.Pipe()
+        proc = ctx.Process(target=_serve, args=(there, int(self.threads or torch.get_num_threads())), daemon=True,
+                           name="sdm-denoiser")
+        proc.start()
+        there.close()
+        self._procs.append((proc, here))
+        threading.Thread(target=self._await_ready, args=(proc, here), daemon=True, name="sdm-denoiser-ready").start()
+
+    def _await_ready(self, proc, conn) -> None:
+        """A worker says "ready" once it has imported torch and sdm; only then does it take batches, and the next
+        one starts."""
+        try:
+            if not conn.poll(READY_TIMEOUT_S) or conn.recv() != "ready":
+                raise EOFError("no answer")
+        except (EOFError, OSError) as e:
+            self.broken = f"a worker process did not start ({type(e).__name__}: {e})"
+            log.error("denoiser worker %s: %s; the server computes the batches itself", proc.pid, self.broken)
+            self._idle.put(None)                # wakes a batch that waits for a worker: it is computed here
+            return
+        with self._lock:
+            self._ready += 1
+            self._spawn_locked()
+        self._idle.put((proc, conn))
+
+    @property
+    def usable(self) -> bool:
+        """Started, every worker ready, none lost: a batch sent now is computed at once (else the batcher computes
+        it in the server meanwhile)."""
+        return bool(self._procs) and self.broken is None and self._ready >= self.n
+
+    @property
+    def ready(self) -> bool:
+        """Whether starting is over: every worker took its imports (or failed, or ``READY_TIMEOUT_S`` passed);
+        True before ``start``. (The start-up warming of the app waits for it: see ``app.Explorer.warm_presets``.)"""
+        return (not self._procs or self.broken is not None or self._ready >= self.n
+                or time.monotonic() - self._started_at > self.n * READY_TIMEOUT_S)
 
     def close(self) -> None:
         """Stop the processes (they are daemons: they also end with the server)."""
         with self._lock:
+            self._closed = True
             procs, self._procs = self._procs, []
         for proc, conn in procs:
             try:
@@ -131,7 +172,11 @@ class ProcessWorkers:
         folder, signature = self._key(pipe)
         sc = scale.numpy() if torch.is_tensor(scale) else float(scale)
         msg = (folder, signature, x.numpy(), t.numpy(), sc, int(time_steps), probes, spans, meters, bool(full))
-        proc, conn = self._idle.get()
+        worker = self._idle.get()
+        if worker is None:                      # (a worker failed to start meanwhile)
+            self._idle.put(None)
+            raise WorkerLost(f"the denoiser worker processes stopped: {self.broken}")
+        proc, conn = worker
         try:
             conn.send(msg)
             status, payload = conn.recv()
@@ -156,6 +201,7 @@ def _serve(conn, threads: int) -> None:
     from ..probes import Probe
     from .batching import SplitMonitor, _Layers, row_digest
     from .heap import release_memory
+    conn.send("ready")
     pipes: dict = {}
     served = 0
     while True:
