@@ -199,7 +199,7 @@ def _serve(conn, threads: int) -> None:
     from ..energy import EnergyMeter
     from ..pipeline import load_pipeline
     from ..probes import Probe
-    from .batching import SplitMonitor, _Layers, row_digest
+    from .split import SplitMonitor, _Layers, row_digest
     from .heap import release_memory
     conn.send("ready")
     pipes: dict = {}
