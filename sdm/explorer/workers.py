@@ -18,6 +18,7 @@ computing its batches itself (``broken``), with a log line.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing as mp
 import queue
@@ -74,6 +75,7 @@ class ProcessWorkers:
             if self._procs or self.broken:
                 return self
             self._started_at = time.monotonic()
+            atexit.register(self._exiting)      # (runs before multiprocessing ends the workers)
             self._spawn_locked()
         return self
 
@@ -98,6 +100,8 @@ class ProcessWorkers:
             if not conn.poll(READY_TIMEOUT_S) or conn.recv() != "ready":
                 raise EOFError("no answer")
         except (EOFError, OSError) as e:
+            if self._closed:                    # (closed, or the server exits: multiprocessing ends its daemons)
+                return
             self.broken = f"a worker process did not start ({type(e).__name__}: {e})"
             log.error("denoiser worker %s: %s; the server computes the batches itself", proc.pid, self.broken)
             self._idle.put(None)                # wakes a batch that waits for a worker: it is computed here
@@ -119,6 +123,9 @@ class ProcessWorkers:
         True before ``start``. (The start-up warming of the app waits for it: see ``app.Explorer.warm_presets``.)"""
         return (not self._procs or self.broken is not None or self._ready >= self.n
                 or time.monotonic() - self._started_at > self.n * READY_TIMEOUT_S)
+
+    def _exiting(self) -> None:
+        self._closed = True
 
     def close(self) -> None:
         """Stop the processes (they are daemons: they also end with the server)."""
