@@ -102,8 +102,8 @@ class ProcessWorkers:
         except (EOFError, OSError) as e:
             if self._closed:                    # (closed, or the server exits: multiprocessing ends its daemons)
                 return
-            self.broken = f"a worker process did not start ({type(e).__name__}: {e})"
-            log.error("denoiser worker %s: %s; the server computes the batches itself", proc.pid, self.broken)
+            self.broken = f"a worker process ended before it was ready ({type(e).__name__}: {e})"
+            log.warning("denoiser worker %s: %s; the server computes the batches itself", proc.pid, self.broken)
             self._idle.put(None)                # wakes a batch that waits for a worker: it is computed here
             return
         with self._lock:
