@@ -141,6 +141,11 @@ class EnergyMeter:
         self._neurons[name] = neurons
         self._steps[name] = self._steps.get(name, 0) + steps
 
+    def layer_counts(self) -> dict[str, tuple[float, int, int, "float | None"]]:
+        """What ``count_spikes`` and ``count_sops`` added so far, per layer: (spikes, neurons, steps, SOPs or None);
+        another meter given them counts the same (``sdm.explorer.workers`` hands a worker's counts back so)."""
+        return {n: (self._spikes[n], self._neurons[n], self._steps[n], self._sops.get(n)) for n in self._spikes}
+
     def count_sops(self, name: str, sops: float) -> None:
         """Add a layer's synaptic operations of one call."""
         self._sops[name] = self._sops.get(name, 0.0) + sops

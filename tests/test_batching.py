@@ -197,7 +197,7 @@ def test_a_lost_worker_process_leaves_the_batches_to_the_server(tiny_pipe, one_t
         deadline = time.monotonic() + 60
         while not pool.usable and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert pool.ready and pool.usable
+        assert pool.usable
         pool._procs[0][0].kill()
         pool._procs[0][0].join(10)
         batcher = DenoiserBatcher(workers=1, processes=pool)
@@ -286,6 +286,16 @@ def test_a_shape_that_rounds_differently_is_computed_one_by_one(tiny_pipe, one_t
         assert torch.equal(results[i], solo[i])
     assert batcher.stats["unbatchable"] >= 1 and not any(batcher.verdicts().values())
     assert batcher.stats["batches"] == 0
+
+
+def test_the_servers_batcher_takes_its_processes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("SDM_DENOISER_PROCESSES", "0")
+    assert DenoiserBatcher.for_server().processes is None
+    monkeypatch.setenv("SDM_DENOISER_PROCESSES", "3")
+    assert DenoiserBatcher.for_server().processes.n == 3          # (not started: a batch or start() starts them)
+    monkeypatch.setenv("SDM_DENOISER_PROCESSES", "two")
+    with pytest.raises(ValueError, match="SDM_DENOISER_PROCESSES must be a whole number"):
+        DenoiserBatcher.for_server()
 
 
 def test_bad_arguments():

@@ -47,6 +47,27 @@ def test_fused_batchnorm_matches_unfused():
     assert torch.allclose(ref, fused, atol=1e-4)
 
 
+def test_channels_last_inference_matches_the_plain_model_and_keeps_its_layout():
+    # channels-last weights and activations, 1x1 shortcuts as a matrix product: the same noise prediction (up to
+    # rounding), and every convolution fed by spikes in that layout (a copy would cost a pass per layer), but the
+    # readout's: its input is the mean over T, one small image per sample
+    torch.manual_seed(0)
+    model = SpikingUNet(ModelConfig(**SMALL)).eval()
+    torch.nn.init.normal_(model.out.conv.weight, std=0.1)
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor([3, 600, 999])
+    fast = copy.deepcopy(model).channels_last()
+    layouts = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args: layouts.append(
+        args[0].is_contiguous(memory_format=torch.channels_last))) for m in fast.modules()
+        if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1 and m is not fast.out.conv]
+    with torch.no_grad():
+        ref, got = model(x, t), fast(x, t)
+    for h in hooks:
+        h.remove()
+    assert torch.allclose(ref, got, atol=1e-4) and layouts and all(layouts)
+    assert fast.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_readout_equals_mean_of_per_step_outputs():
     """The output conv applied to the mean of the spikes equals the mean of T conv outputs."""
     model = SpikingUNet(ModelConfig(**SMALL)).eval()

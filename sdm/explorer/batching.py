@@ -108,7 +108,10 @@ class DenoiserBatcher:
     def for_server(cls) -> "DenoiserBatcher":
         """The app's batcher: its batches computed in ``SDM_DENOISER_PROCESSES`` worker processes (default 2, the
         Space's cores; 0: in the server's own threads), started by ``start`` or at the first batch."""
-        n = int(os.environ.get("SDM_DENOISER_PROCESSES", "2"))
+        raw = os.environ.get("SDM_DENOISER_PROCESSES", "2")
+        if not raw.strip().isdigit():
+            raise ValueError(f"SDM_DENOISER_PROCESSES must be a whole number of worker processes (0: none), got {raw!r}")
+        n = int(raw)
         return cls(processes=ProcessWorkers(n) if n > 0 else None)
 
     def start(self, after: "threading.Thread | None" = None) -> None:

@@ -23,7 +23,6 @@ import logging
 import multiprocessing as mp
 import queue
 import threading
-import time
 import weakref
 from collections import Counter
 from pathlib import Path
@@ -66,7 +65,7 @@ class ProcessWorkers:
         self._procs: list = []
         self._lock = threading.Lock()
         self._keys: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # pipeline -> (folder, signature)
-        self._ready, self._started_at, self._closed = 0, 0.0, False
+        self._ready, self._closed = 0, False
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "ProcessWorkers":
@@ -74,7 +73,6 @@ class ProcessWorkers:
         with self._lock:
             if self._procs or self.broken:
                 return self
-            self._started_at = time.monotonic()
             atexit.register(self._exiting)      # (runs before multiprocessing ends the workers)
             self._spawn_locked()
         return self
@@ -116,13 +114,6 @@ class ProcessWorkers:
         """Started, every worker ready, none lost: a batch sent now is computed at once (else the batcher computes
         it in the server meanwhile)."""
         return bool(self._procs) and self.broken is None and self._ready >= self.n
-
-    @property
-    def ready(self) -> bool:
-        """Whether starting is over: every worker took its imports (or failed, or ``READY_TIMEOUT_S`` passed);
-        True before ``start``. (The start-up warming of the app waits for it: see ``app.Explorer.warm_presets``.)"""
-        return (not self._procs or self.broken is not None or self._ready >= self.n
-                or time.monotonic() - self._started_at > self.n * READY_TIMEOUT_S)
 
     def _exiting(self) -> None:
         self._closed = True
@@ -245,8 +236,7 @@ def _serve(conn, threads: int) -> None:
                     p.__enter__()
             eps, _ = pipe.run_denoiser(x, t, scale, T, meter=monitor)
             frames = [p.frames if p is not None else {} for p in probes]
-            counts = [None if m is None else {n: (m._spikes[n], m._neurons[n], m._steps[n], m._sops.get(n))
-                                              for n in m._spikes} for m in meters]
+            counts = [None if m is None else m.layer_counts() for m in meters]
             conn.send(("ok", (eps.contiguous().numpy(), frames, counts, None)))
             served += 1
             if served % 64 == 0:
