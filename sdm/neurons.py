@@ -181,7 +181,8 @@ def _run_neuron(x: torch.Tensor, thr: "float | torch.Tensor", beta: float, zero_
                 keep_mem: bool = False, v_init: float = 0.0, v_start: "torch.Tensor | None" = None):
     """The recurrence over T with in-place ops. Returns (spikes float [T, ...], v or None, mem history or None).
     ``thr``: a float, or a float32 tensor that broadcasts over one step ``x[t]`` (one threshold per image), with
-    ``v_start`` the initial potentials ``v_init * thr`` likewise."""
+    ``v_start`` the initial potentials ``v_init * thr`` likewise (passed, not derived here: computed from the float64
+    thresholds and then rounded, as a float threshold's product is, bitwise)."""
     T = x.shape[0]
     # spikes as 0/1 in x's (float) dtype from the start: on a CPU a comparison into a float tensor and a multiply by
     # a 0/1 mask are several times faster than into bool, a masked_fill and a bool -> float conversion (same values)
