@@ -122,11 +122,11 @@ class Explorer:
             setattr(self, name, self.requests.counted(getattr(self, name)))
 
     def warm_presets(self, presets: list):
-        """Compute the lesson presets' trajectories (and the first lesson's generated images at the first slider
-        scales) ahead, in a thread at nice 19 that waits while requests run; then start the batcher's processes."""
+        """Compute the lesson presets' trajectories (the first lesson's generated images at the first slider scales)
+        ahead, at nice 19, waiting while requests run; then start the batcher's workers and check its batch shapes."""
         warming = self.results.warm(sharing.preset_keys(self.registry, presets),
                                     lambda key: sharing.compute_key(self.registry, key), pause_while=self.requests.busy)
-        self.batcher.start(after=warming)        # (a worker importing torch slowed the warming down)
+        self.batcher.start(after=warming, prepare=sharing.preset_models(self.registry, presets))
         return warming
 
     def _use(self, state, request) -> Session:
@@ -185,7 +185,7 @@ class Explorer:
         args = dict(seed=seed, sampler=sampler, num_steps=num_steps, grid=grid_size, threshold_scale=threshold_scale,
                     time_steps=time_steps, ann_counterpart=self.registry.ann_counterpart(checkpoint))
         shared = sharing.shared_trajectory(self.results, self.registry.signature)   # the class's first step, once
-        note = panels.start_noted(sess, pipe, checkpoint, shared, **args)
+        note = panels.start_noted(sess, pipe, checkpoint, shared, self.batcher, **args)
         self.pool.touch(_owner(request, sess), sess)
         return render(sess, view, note=note)
 

@@ -124,8 +124,9 @@ def report(students: list[Student], before: tuple[float, ...], after: tuple[floa
     print(f"errors: {len(errors)} (refused: {sum(s.refused for s in errors)})")
     for s in errors[:5]:
         print(f"  client {s.index}: {s.error[:200]}")
+    own, kids = after[3] - before[3], after[4] - before[4]
     print(f"server CPU seconds (with its denoiser processes): {before[0]:.1f} before, {after[0]:.1f} after "
-          f"({after[0] - before[0]:+.1f}); RSS {before[1]:.0f} MB before, {after[1]:.0f} MB after, and its denoiser "
+          f"({after[0] - before[0]:+.1f}: server {own:.1f}, denoiser processes {kids:.1f}); RSS {before[1]:.0f} MB before, {after[1]:.0f} MB after, and its denoiser "
           f"processes {before[2]:.0f} / {after[2]:.0f} MB")
     for name in ACTIONS[2:]:
         values = [s.infos[name].get("final_difference") for s in students if name in s.infos]
@@ -174,12 +175,12 @@ def main(argv=None) -> int:
             ready.wait(timeout=max(1.0, deadline - time.time()))     # everyone connected: the lesson starts
         except threading.BrokenBarrierError:
             pass
-        before = (srv.cpu_seconds(), srv.rss_mb(), srv.children_rss_mb())
+        before = (srv.cpu_seconds(), srv.rss_mb(), srv.children_rss_mb(), *srv.cpu_split())
         t0 = time.perf_counter()
         for t in threads:
             t.join(max(0.0, deadline - time.time()) + 15)
         wall = time.perf_counter() - t0
-        after = (srv.cpu_seconds(), srv.rss_mb(), srv.children_rss_mb())
+        after = (srv.cpu_seconds(), srv.rss_mb(), srv.children_rss_mb(), *srv.cpu_split())
         for s, t in zip(students, threads):
             if t.is_alive() and s.error is None:
                 s.error = "TimeoutError: still running after the global timeout"

@@ -147,6 +147,49 @@ def test_sessions_at_other_scales_recorded_or_not_share_a_batch_and_get_their_so
         assert pool.alive and pool.stats["batches"] > 0 and pool.stats["checks"] > 0
 
 
+@pytest.mark.parametrize("where", ["threads", "processes"])
+def test_prepare_checks_a_class_s_batch_shapes_ahead(tiny_pipe, one_torch_thread, request, where):
+    # groups of 2 and 4 one-image calls, one scale and several: checked before any class arrives, so the class's
+    # own batches are computed batched at once (no check), bitwise as alone
+    processes = request.getfixturevalue("worker_processes") if where == "processes" else None
+    batcher = DenoiserBatcher(max_rows=4, workers=1, processes=processes)
+    T = tiny_pipe.config.T
+    assert batcher.prepare(tiny_pipe, T) == 4
+    keys = batcher.verdicts()
+    assert sorted((k[3], k[5]) for k in keys) == [(2, False), (2, True), (4, False), (4, True)]
+    assert all(k[6] is (where == "processes") for k in keys)      # where they will be computed
+    assert batcher.prepare(tiny_pipe, T) == 0 and batcher.stats["checks"] == 4
+    jobs = [(seed, 1.05 if seed % 2 else 0.95, 1) for seed in (81, 82, 83, 84)]
+    solo = {i: _run(tiny_pipe, seed, scale, steps=3) for i, (seed, scale, _) in enumerate(jobs)}
+    results, _ = _together(tiny_pipe, batcher, jobs, steps=3)
+    assert all(torch.equal(results[i], solo[i]) for i in range(len(jobs)))
+    assert batcher.stats["checks"] == 4 and batcher.stats["batches"] > 0
+    if processes is not None:
+        assert processes.stats["batches"] > 0
+
+
+def test_start_prepares_after_the_warming_in_a_thread_of_its_own(tiny_pipe, one_torch_thread):
+    warming = threading.Thread(target=time.sleep, args=(0.3,))
+    warming.start()
+    batcher = DenoiserBatcher(max_rows=2, workers=1)
+    # (niceness 0: this test waits for it; at 19 beside the other pytest worker it could starve)
+    thread = batcher.start(after=warming, prepare=[(tiny_pipe, tiny_pipe.config.T)], niceness=0)
+    assert thread is not None and not batcher.verdicts()         # not before the warming ends
+    thread.join(60)
+    assert not warming.is_alive() and len(batcher.verdicts()) == 2
+    assert batcher.start() is None                                # (no processes, nothing to prepare: no thread)
+
+
+def test_a_session_s_first_step_goes_through_the_batcher(tiny_pipe, one_torch_thread):
+    from sdm.explorer import Session
+    alone, through = Session(), Session()
+    alone.start(tiny_pipe, "tiny-sdm", seed=5, num_steps=4, threshold_scale=1.05)
+    batcher = DenoiserBatcher()
+    through.start(tiny_pipe, "tiny-sdm", seed=5, num_steps=4, threshold_scale=1.05, batcher=batcher)
+    assert batcher.stats["calls"] == 1
+    assert np.array_equal(alone.x, through.x) and np.array_equal(alone.records[0].x0, through.records[0].x0)
+
+
 def test_a_call_alone_stays_in_the_server_with_worker_processes(tiny_pipe, worker_processes):
     # nothing to batch with: computed here (a round trip to a worker would cost more than it saves), bitwise solo
     want, want_frames = _run(tiny_pipe, 51, 0.95, record=True, steps=3)

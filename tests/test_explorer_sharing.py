@@ -13,8 +13,8 @@ from test_explorer_results import drain             # (its ticks, its return val
 from sdm.explorer import ModelRegistry, Session, compare, display, panels
 from sdm.explorer.presets import lesson_presets
 from sdm.explorer.results import SharedResults, final_difference
-from sdm.explorer.sharing import (final_key, generated_images, preset_keys, compute_key, preview, run_to_end,
-                                  shared_trajectory, trajectory_key)
+from sdm.explorer.sharing import (final_key, generated_images, preset_keys, preset_models, compute_key, preview,
+                                  run_to_end, shared_trajectory, trajectory_key)
 
 STEPS = 8
 
@@ -315,3 +315,12 @@ def test_requests_in_flight_are_counted_while_they_run():
     assert next(it) == 2 and flight.busy()
     it.close()                                      # a cancelled stream stops counting too
     assert not flight.busy() and seen == [1, 1]
+
+
+def test_preset_models_are_the_distinct_spiking_checkpoints_and_T_of_the_lessons(registry):
+    presets = [("a", ["tiny-sdm", 0, "ddim", 8, 1.0, 1, None]), ("b", ["tiny-sdm", 3, "ddpm", 20, 1.05, 4, None]),
+               ("c", ["tiny-sdm", 0, "ddim", 8, 1.0, 1, 8]), ("d", ["tiny-ann", 0, "ddim", 8, 1.0, 1, None]),
+               ("e", ["no-such-checkpoint", 0, "ddim", 8, 1.0, 1, None])]
+    got = preset_models(registry, presets)
+    pipe = registry.get("tiny-sdm")
+    assert [(p is pipe, T) for p, T in got] == [(True, pipe.config.time_steps), (True, 8)]

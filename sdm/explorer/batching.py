@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -43,9 +44,19 @@ from ..energy import EnergyMeter
 from ..pipeline import SpikingDiffusionPipeline
 from ..probes import Probe
 from .split import SplitMonitor, _Layers, row_digest
-from .workers import ProcessWorkers, WorkerLost
+from .workers import READY_TIMEOUT_S, ProcessWorkers, WorkerLost
 
 __all__ = ["DenoiserBatcher", "SplitMonitor"]
+
+
+def _set_niceness(niceness: int) -> None:
+    """This thread at nice ``niceness`` (Linux: a thread's own priority; 19, as the start-up warming: spare CPU only)."""
+    if not niceness:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):
+        pass
 
 
 @dataclass(eq=False)
@@ -114,18 +125,58 @@ class DenoiserBatcher:
         n = int(raw)
         return cls(processes=ProcessWorkers(n) if n > 0 else None)
 
-    def start(self, after: "threading.Thread | None" = None) -> None:
+    def start(self, after: "threading.Thread | None" = None, prepare: list | None = None,
+              niceness: int = 19) -> "threading.Thread | None":
         """Start the worker processes (if any; one after the other, see ``ProcessWorkers``) now, or once the thread
         ``after`` ends (the app's start-up warming of the lesson presets: started beside it, they delayed the lesson's
         generated images by seconds). Until they are ready the batches are computed in the server; a batch before
-        then starts them."""
-        if self.processes is None:
-            return
-        if after is None:
+        then starts them. ``prepare``: ``(pipe, time_steps)`` pairs whose batch shapes to check once the workers are
+        ready (``prepare``), in the same thread, at nice ``niceness`` (19: only with CPU no one else wants); the thread
+        is returned (None when there is nothing to do in one)."""
+        if not prepare and (self.processes is None or after is None):
+            if self.processes is not None:
+                self.processes.start()
+            return None
+
+        def run():
+            if after is not None:
+                after.join()
+            if self.processes is not None:
+                self.processes.start()
+            _set_niceness(niceness)     # (only now: a process or thread started from this one would inherit it)
+            for pipe, time_steps in prepare or ():
+                self.prepare(pipe, time_steps)
+        thread = threading.Thread(target=run, daemon=True, name="sdm-start-workers")
+        thread.start()
+        return thread
+
+    def prepare(self, pipe: SpikingDiffusionPipeline, time_steps: int, wait_s: float = READY_TIMEOUT_S) -> int:
+        """Check ahead the batch shapes a class will ask for with ``pipe`` at ``time_steps``: one-image calls in
+        groups of 2, 4, ... up to ``max_rows`` (``_take``), at one threshold scale and at several, where they will be
+        computed (once the worker processes are ready: waits up to ``wait_s`` for them). Without it the first
+        batch of each shape is checked while a class waits (its images computed one by one in the server). The
+        inputs are noise at spread timesteps (a kernel's rounding depends on the shape, not the data). Returns the
+        shapes checked now (those checked before are skipped)."""
+        if self.processes is not None and self.processes.serves(pipe):
             self.processes.start()
-        else:
-            threading.Thread(target=lambda: (after.join(), self.processes.start()), daemon=True,
-                             name="sdm-start-workers").start()
+            deadline = time.monotonic() + wait_s
+            while not self.processes.usable and self.processes.broken is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+        remote = self._remote(pipe)
+        checked, n = 0, 2
+        steps = pipe.diffusion.num_train_timesteps
+        while n <= self.max_rows:
+            for mixed in (False, True):
+                group = [_Call(pipe, pipe.initial_noise(i, 1), (61 * i + 7) % steps,
+                               1.0 + 0.01 * i if mixed else 1.0, time_steps, None) for i in range(n)]
+                key = self._shape_key(group, remote)
+                with self._cond:
+                    known = key in self._verdicts
+                if not known:
+                    self._check(group, key, remote)
+                    checked += 1
+            n *= 2
+        return checked
 
     def _remote(self, pipe) -> bool:
         """Whether this batch goes to a worker process: there are workers for this pipeline and they are ready."""

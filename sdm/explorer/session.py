@@ -339,7 +339,7 @@ class Session:
 
     def start(self, pipe: SpikingDiffusionPipeline, checkpoint: str, seed=0, sampler="ddim", num_steps=50,
               grid=1, threshold_scale=1.0, time_steps=None, ann_counterpart: str | None = None,
-              shared: Callable[..., "Trajectory | None"] | None = None) -> None:
+              shared: Callable[..., "Trajectory | None"] | None = None, batcher=None) -> None:
         """Reset to a new trajectory: draw x_T (from the seed) and take the first step.
 
         ``time_steps``: spiking time steps T of every denoiser call of this trajectory (None: the trained T; see
@@ -347,8 +347,9 @@ class Session:
         (``ModelRegistry.ann_counterpart``), whose energy the panels compare with; None: they show none.
         ``shared(settings, scale, pipe, max_neurons)``: a finished trajectory of these settings run from x_T at
         ``scale`` that another session recorded, or None (``sharing.shared_trajectory``); its first step is taken
-        instead of computing it (bitwise the same). Raises ValueError for bad settings, or when the recording would
-        exceed the memory budget.
+        instead of computing it (bitwise the same). ``batcher``: a ``DenoiserBatcher`` that computes the first step
+        together with other sessions' (a class starting at once; bitwise the same), or None. Raises ValueError for bad
+        settings, or when the recording would exceed the memory budget.
         """
         settings, scale = self._checked(pipe, checkpoint, seed, sampler, num_steps, grid, threshold_scale,
                                         time_steps, ann_counterpart)
@@ -381,7 +382,7 @@ class Session:
                 self.neuron_index, self.num_neurons = dict(traj.neuron_index), dict(traj.num_neurons)
                 return
             try:
-                self._advance_locked(1, scale)
+                self._advance_locked(1, scale, batcher)
             except Exception:
                 self.settings = None        # never leave a started session without a step
                 raise

@@ -28,7 +28,7 @@ from .session import Generated, Session, Settings, Trajectory
 from .validation import MAX_NEURONS, check_scale
 
 __all__ = ["WARM_SCALES", "InFlight", "trajectory_key", "final_key", "run_to_end", "generated_images", "record_trajectory",
-           "preset_keys", "compute_key", "shared_trajectory", "preview"]
+           "preset_keys", "preset_models", "compute_key", "shared_trajectory", "preview"]
 
 #: threshold scales whose generated images the start-up warming computes for the first lesson (the lesson flow's)
 WARM_SCALES = (1.05, 0.95)
@@ -250,6 +250,20 @@ def preset_keys(registry: ModelRegistry, presets: Iterable[tuple[str, list]],
             keys += [final_key(s, pipe, sig, sc) for sc in scales]
         first = False
     return keys
+
+
+def preset_models(registry: ModelRegistry, presets: Iterable[tuple[str, list]]) -> list[tuple]:
+    """The distinct ``(pipeline, T)`` of the lesson presets' spiking checkpoints that load: the batch shapes a class
+    will ask for (``DenoiserBatcher.prepare``)."""
+    found: dict = {}
+    for _, (checkpoint, _seed, _sampler, _steps, _scale, _grid, T) in presets:
+        try:
+            pipe = registry.get(checkpoint)
+        except ValueError:
+            continue
+        if pipe.config.spiking:
+            found.setdefault((checkpoint, T if T is not None else pipe.config.time_steps), pipe)
+    return [(pipe, T) for (_, T), pipe in found.items()]
 
 
 class InFlight:

@@ -198,7 +198,8 @@ def _serve(conn, threads: int) -> None:
     from ..pipeline import load_pipeline
     from ..probes import Probe
     from .split import SplitMonitor, _Layers, row_digest
-    from .heap import release_memory
+    from .heap import keep_freed_blocks, release_memory
+    keep_freed_blocks()             # a batch reuses the previous one's pages (13% of a call went to page faults)
     conn.send("ready")
     pipes: dict = {}
     served = 0
