@@ -12,6 +12,14 @@ from harness import FIXTURES, serve_demo
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
+# The explorers the tests build in this process compute their batches in its own threads: each would otherwise spawn
+# two denoiser worker processes (torch imported in each, some 300 MB) once its start-up warming ends. The tests of
+# the workers build their own ``ProcessWorkers``; an app the tests launch gets the server's default
+# (``harness.launch_app`` does not pass this on).
+if "SDM_DENOISER_PROCESSES" not in os.environ:
+    os.environ["SDM_DENOISER_PROCESSES"] = "0"
+    os.environ["SDM_DENOISER_PROCESSES_FROM_TESTS"] = "1"
+
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:

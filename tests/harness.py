@@ -142,10 +142,15 @@ def launch_app(checkpoints: str | Path | None = None, *, repo: str | Path = ROOT
         port: the port on 127.0.0.1; None picks a free one.
         timeout: seconds to wait for the first page.
         env: more environment for the server, e.g. ``SDM_RUN_BUDGET_S="7"``, ``SDM_TORCH_THREADS="1"``.
-    The server's output goes to /dev/null; ``SDM_QUIET_APP=0`` in the environment shows it.
+    The server's output goes to /dev/null; ``SDM_QUIET_APP=0`` in the environment shows it. Under pytest the server
+    computes its batches in its denoiser worker processes, as in production (the tests' own explorers do not:
+    conftest.py), unless ``env`` says otherwise.
     """
     port = port or free_port()
-    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1",
+    inherited = dict(os.environ)
+    if inherited.pop("SDM_DENOISER_PROCESSES_FROM_TESTS", None):
+        inherited.pop("SDM_DENOISER_PROCESSES", None)
+    env = dict(inherited, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1",
                GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1", **env)
     if checkpoints is not None:
         env["SDM_CHECKPOINTS"] = str(checkpoints)

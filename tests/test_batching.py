@@ -346,3 +346,32 @@ def test_bad_arguments():
         DenoiserBatcher(max_rows=0)
     with pytest.raises(ValueError, match="workers"):
         DenoiserBatcher(workers=0)
+
+
+_EXIT_EARLY = """
+import logging, sys, time
+logging.basicConfig()
+sys.path.insert(0, "tests")
+from conftest import import_app, FIXTURES
+app = import_app()
+from sdm.explorer import ModelRegistry
+demo = app.build_demo(app.Explorer(ModelRegistry(FIXTURES)))
+time.sleep(float(sys.argv[1]))      # the app exits while its warming runs, or its workers start, or they are up
+"""
+
+
+@pytest.mark.parametrize("after_s", [0.5, 4.0])
+def test_a_server_that_exits_while_its_workers_start_exits_cleanly(after_s):
+    # (it used to start its workers during its own exit, once the warming was stopped: "a worker process ended
+    # before it was ready", and at times a C++ abort)
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    env = {k: v for k, v in os.environ.items() if k != "SDM_DENOISER_PROCESSES_FROM_TESTS"}
+    env["SDM_DENOISER_PROCESSES"] = "1"
+    out = subprocess.run([sys.executable, "-c", _EXIT_EARLY, str(after_s)], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "before it was ready" not in out.stderr and "terminate called" not in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]

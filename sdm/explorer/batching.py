@@ -30,9 +30,11 @@ batches.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
+import weakref
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -47,6 +49,12 @@ from .split import SplitMonitor, _Layers, row_digest
 from .workers import READY_TIMEOUT_S, ProcessWorkers, WorkerLost
 
 __all__ = ["DenoiserBatcher", "SplitMonitor"]
+
+
+def _stop_at_exit(ref: "weakref.ref[DenoiserBatcher]") -> None:
+    batcher = ref()
+    if batcher is not None:
+        batcher.stop()
 
 
 def _set_niceness(niceness: int) -> None:
@@ -114,6 +122,8 @@ class DenoiserBatcher:
         self._running = 0
         self._verdicts: dict[tuple, bool] = {}     # batch shape -> its rows are bitwise the image-by-image ones
         self.stats: Counter = Counter()             # calls, batches, batched_calls, checks, unbatchable
+        self._stopping = threading.Event()          # (``stop``)
+        self._starting: threading.Thread | None = None
 
     @classmethod
     def for_server(cls) -> "DenoiserBatcher":
@@ -141,14 +151,27 @@ class DenoiserBatcher:
         def run():
             if after is not None:
                 after.join()
+                if getattr(after, "stopped", False):     # (the server exits: results.SharedResults.stop)
+                    return
+            if self._stopping.is_set():
+                return
             if self.processes is not None:
                 self.processes.start()
             _set_niceness(niceness)     # (only now: a process or thread started from this one would inherit it)
             for pipe, time_steps in prepare or ():
                 self.prepare(pipe, time_steps)
-        thread = threading.Thread(target=run, daemon=True, name="sdm-start-workers")
+        thread = self._starting = threading.Thread(target=run, daemon=True, name="sdm-start-workers")
+        atexit.register(_stop_at_exit, weakref.ref(self))
         thread.start()
         return thread
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Stop ``start``'s thread between two checks and wait for it (up to ``timeout`` s; at the server's exit: a
+        daemon thread inside a torch call when the interpreter ends aborts the process)."""
+        self._stopping.set()
+        thread = self._starting
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     def prepare(self, pipe: SpikingDiffusionPipeline, time_steps: int, wait_s: float = READY_TIMEOUT_S) -> int:
         """Check ahead the batch shapes a class will ask for with ``pipe`` at ``time_steps``: one-image calls in
@@ -160,7 +183,8 @@ class DenoiserBatcher:
         if self.processes is not None and self.processes.serves(pipe):
             self.processes.start()
             deadline = time.monotonic() + wait_s
-            while not self.processes.usable and self.processes.broken is None and time.monotonic() < deadline:
+            while not (self.processes.usable or self.processes.broken or self._stopping.is_set()) \
+                    and time.monotonic() < deadline:
                 time.sleep(0.1)
         remote = self._remote(pipe)
         checked, n = 0, 2
@@ -172,6 +196,8 @@ class DenoiserBatcher:
                 key = self._shape_key(group, remote)
                 with self._cond:
                     known = key in self._verdicts
+                if self._stopping.is_set():
+                    return checked
                 if not known:
                     self._check(group, key, remote)
                     checked += 1

@@ -401,6 +401,11 @@ class Warming(threading.Thread):
         self.error: BaseException | None = None
         self._stop_asked = threading.Event()
 
+    @property
+    def stopped(self) -> bool:
+        """Whether it was asked to stop (``stop``; at the server's exit), rather than left to finish."""
+        return self._stop_asked.is_set()
+
     def stop(self, timeout: float | None = 10.0) -> None:
         """Ask it to stop at the next step boundary and wait for it (up to ``timeout`` s)."""
         self._stop_asked.set()

@@ -37,6 +37,18 @@ log = logging.getLogger("sdm.workers")
 READY_TIMEOUT_S = 60.0      # a worker that has not imported torch and sdm by then is given up
 
 
+_POOLS: "weakref.WeakSet[ProcessWorkers]" = weakref.WeakSet()
+
+
+@atexit.register
+def _exiting() -> None:
+    """At the server's exit no pool starts a worker any more, and a worker's pipe closing is no news. (Registered at
+    import, after torch, whose import registers multiprocessing's exit handler that ends the daemon workers: so this
+    runs first.)"""
+    for pool in list(_POOLS):
+        pool._closed = True
+
+
 class WorkerLost(RuntimeError):
     """A worker process ended or its pipe broke: the batch is to be computed in the server."""
 
@@ -66,14 +78,14 @@ class ProcessWorkers:
         self._lock = threading.Lock()
         self._keys: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # pipeline -> (folder, signature)
         self._ready, self._closed = 0, False
+        _POOLS.add(self)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "ProcessWorkers":
         """Start the processes now (else at the first batch); each imports torch and sdm, a few seconds."""
         with self._lock:
-            if self._procs or self.broken:
+            if self._procs or self.broken or self._closed:
                 return self
-            atexit.register(self._exiting)      # (runs before multiprocessing ends the workers)
             self._spawn_locked()
         return self
 
@@ -114,9 +126,6 @@ class ProcessWorkers:
         """Started, every worker ready, none lost: a batch sent now is computed at once (else the batcher computes
         it in the server meanwhile)."""
         return bool(self._procs) and self.broken is None and self._ready >= self.n
-
-    def _exiting(self) -> None:
-        self._closed = True
 
     def close(self) -> None:
         """Stop the processes (they are daemons: they also end with the server)."""
