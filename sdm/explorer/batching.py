@@ -26,7 +26,8 @@ image and compared: the noise prediction and every layer's spikes and membrane p
 that flips no spike in this batch would in another; a kernel's rounding depends on the shape, not the data). Equal,
 that shape is batched from then on; not, its calls are computed one by one (still correct, without the speed-up).
 The first batch's callers get the image-by-image results. On fmnist-sdm-t4 (one torch thread) every shape checked
-batches.
+batches (T = 1 does not). ``prepare`` checks ahead the shapes a class will use (the app: at start-up, for the lesson
+presets), so that no lesson waits for a check computed in the server.
 """
 from __future__ import annotations
 
