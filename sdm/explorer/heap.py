@@ -10,10 +10,11 @@ collection of a built app walked about 495,000 objects (0.25 s holding the GIL: 
 tabs closed, and each automatic one as long); after it, only what requests made since.
 
 ``keep_freed_blocks`` (in a denoiser worker process, which computes one batch at a time) does the opposite of
-``release_memory``: glibc otherwise maps each large block (a batch's activations, up to some 10 MB) afresh and unmaps
-it when freed, so every call of a batch of 16 touched new pages: about 10,000 page faults, 13% of the call
-(``bench/server_costs.py``, 159 -> 139 ms at 16 images). With blocks up to 64 MB served from the heap and the heap
-trimmed only past 512 MB free, a batch reuses the pages of the previous one.
+``release_memory``. glibc hands freed memory back on its own: a block past its mmap threshold (which adapts, up to
+32 MB) is unmapped when freed, and the free top of its heap is trimmed past twice that threshold. A batch's blocks (up
+to some 10 MB each) then came back as new pages at every call: a call of 16 images touched about
+10,000 of them, 13% of the call (159 -> 139 ms). With blocks up to 64 MB served from the heap and the heap trimmed
+only past 512 MB free, a batch reuses the pages of the previous one (0 faults).
 """
 from __future__ import annotations
 
