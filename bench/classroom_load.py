@@ -5,15 +5,15 @@
     python bench/classroom_load.py --clients 3 --checkpoints-dir tests/fixtures --checkpoint tiny-sdm --steps 10
 
 Starts the app of a checkout (``--repo``, default this one) in its own process on a free loopback port
-(``tests/harness.py``), waits until it is idle (its start-up warming done and its denoiser processes up, as a server
-is before a lesson; ``--no-settle``: at once), connects N ``gradio_client`` clients (one thread each), and once all
+(``tests/harness.py``), waits until it is idle (its start-up warming done, its denoiser processes up and its batch
+shapes checked, as a server is before a lesson; ``--no-settle``: at once), connects N ``gradio_client`` clients (one thread each), and once all
 are connected each runs
 the lesson flow at once: /new_trajectory (DDIM, ``--steps`` steps, grid 1, threshold scale 1.0, the checkpoint's own
 T), /run_to_end (drained to its last output), /set_threshold 1.05, then 0.95. Everything is bounded by ``--timeout``:
 a request still unanswered then is cancelled and counted as an error.
 
 Prints p50, p95 and max seconds per action and for the whole flow, the errors (of which refused: "the server is
-busy" / "queue is full"), the server's CPU seconds (its denoiser worker processes included) and RSS (the server's,
+busy" / "queue is full"), the server's CPU seconds (its denoiser worker processes included, and each apart) and RSS (the server's,
 and its workers') before and after, and the ``final_difference`` of the last
 /set_threshold output at 1.05 and 0.95 (the mean absolute pixel difference between the images generated at s and at
 1.0; "n/a" where the app does not report it).
@@ -126,7 +126,8 @@ def report(students: list[Student], before: tuple[float, ...], after: tuple[floa
         print(f"  client {s.index}: {s.error[:200]}")
     own, kids = after[3] - before[3], after[4] - before[4]
     print(f"server CPU seconds (with its denoiser processes): {before[0]:.1f} before, {after[0]:.1f} after "
-          f"({after[0] - before[0]:+.1f}: server {own:.1f}, denoiser processes {kids:.1f}); RSS {before[1]:.0f} MB before, {after[1]:.0f} MB after, and its denoiser "
+          f"({after[0] - before[0]:+.1f}: server {own:.1f}, denoiser processes {kids:.1f}); "
+          f"RSS {before[1]:.0f} MB before, {after[1]:.0f} MB after, and its denoiser "
           f"processes {before[2]:.0f} / {after[2]:.0f} MB")
     for name in ACTIONS[2:]:
         values = [s.infos[name].get("final_difference") for s in students if name in s.infos]
@@ -163,7 +164,8 @@ def main(argv=None) -> int:
     with launch_app(checkpoints, repo=repo, timeout=180, PYTHONPATH=str(repo)) as srv:
         if args.settle:
             settled = settle(srv)
-            print(f"server settled {settled:.1f} s after it answered (start-up warming done, denoiser processes up)")
+            print(f"server settled {settled:.1f} s after it answered (start-up warming done, denoiser processes up, batch "
+                  "shapes checked)")
         deadline = time.time() + args.timeout
         students = [Student(i) for i in range(args.clients)]
         ready = threading.Barrier(args.clients + 1)

@@ -59,7 +59,8 @@ def _stop_at_exit(ref: "weakref.ref[DenoiserBatcher]") -> None:
 
 
 def _set_niceness(niceness: int) -> None:
-    """This thread at nice ``niceness`` (Linux: a thread's own priority; 19, as the start-up warming: spare CPU only)."""
+    """This thread at nice ``niceness`` (Linux: a thread's own priority; 19, as the start-up warming: spare CPU
+    only)."""
     if not niceness:
         return
     try:

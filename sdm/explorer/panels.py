@@ -78,10 +78,10 @@ def status_markdown(sess: Session, note: str | None = None) -> str:
 
 
 def start_noted(sess: Session, pipe, checkpoint: str, shared=None, batcher=None, **settings) -> str | None:
-    """``sess.start(pipe, checkpoint, shared=shared, batcher=batcher, **settings)`` and the status note of what the new trajectory replaced
-    (``restart_note``), kept on the session. The same request twice (``Session.repeats``: a control that fired twice)
-    starts nothing and returns the note of the first, so that "New trajectory: B (was A)" is not replaced by a bare
-    "New trajectory"."""
+    """``sess.start(pipe, checkpoint, shared=shared, batcher=batcher, **settings)`` and the status note of what the
+    new trajectory replaced (``restart_note``), kept on the session. The same request twice (``Session.repeats``: a
+    control that fired twice) starts nothing and returns the note of the first, so that "New trajectory: B (was A)"
+    is not replaced by a bare "New trajectory"."""
     if not sess.repeats(pipe, checkpoint, **settings):
         before = (sess.settings, sess.num_recorded, sess.records[0].scale) if sess.started else None
         sess.start(pipe, checkpoint, shared=shared, batcher=batcher, **settings)
