@@ -46,6 +46,7 @@ import torch
 from ..energy import EnergyMeter
 from ..pipeline import SpikingDiffusionPipeline
 from ..probes import Probe
+from .results import set_thread_niceness
 from .split import SplitMonitor, _Layers, row_digest
 from .workers import READY_TIMEOUT_S, ProcessWorkers, WorkerLost
 
@@ -56,17 +57,6 @@ def _stop_at_exit(ref: "weakref.ref[DenoiserBatcher]") -> None:
     batcher = ref()
     if batcher is not None:
         batcher.stop()
-
-
-def _set_niceness(niceness: int) -> None:
-    """This thread at nice ``niceness`` (Linux: a thread's own priority; 19, as the start-up warming: spare CPU
-    only)."""
-    if not niceness:
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
-    except (AttributeError, OSError):
-        pass
 
 
 @dataclass(eq=False)
@@ -159,7 +149,7 @@ class DenoiserBatcher:
                 return
             if self.processes is not None:
                 self.processes.start()
-            _set_niceness(niceness)     # (only now: a process or thread started from this one would inherit it)
+            set_thread_niceness(niceness)   # (only now: a process or thread started from this one would inherit it)
             for pipe, time_steps in prepare or ():
                 self.prepare(pipe, time_steps)
         thread = self._starting = threading.Thread(target=run, daemon=True, name="sdm-start-workers")

@@ -385,6 +385,17 @@ class SharedResults:
             gen.close()
 
 
+def set_thread_niceness(niceness: int) -> None:
+    """The calling thread at nice ``niceness`` (Linux: a thread's own priority; 19: only CPU no one else wants; 0:
+    unchanged). A process or thread started from it afterwards inherits it."""
+    if not niceness:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):
+        pass
+
+
 class Warming(threading.Thread):
     """A background run of ``SharedResults.warm``; ``done`` lists the keys it stored (or found stored), ``handed``
     those it left half-way to a request that waited for them."""
@@ -414,11 +425,7 @@ class Warming(threading.Thread):
 
     def run(self) -> None:
         self.native_id_seen = threading.get_native_id()
-        if self.niceness:
-            try:
-                os.setpriority(os.PRIO_PROCESS, self.native_id_seen, self.niceness)   # Linux: this thread only
-            except (AttributeError, OSError):
-                pass
+        set_thread_niceness(self.niceness)
         try:
             for key in self.keys:
                 if self._stop_asked.is_set():
